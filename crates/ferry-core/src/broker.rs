@@ -1,0 +1,610 @@
+//! The broker's domain service: topics, partitions, configs and the background
+//! log maintenance, with no wire types.
+//!
+//! ```text
+//!  frontend ──► Broker::create_topic / alter_configs ──► metadata log ──► image
+//!           ──► Broker::produce / partition(tp).read ──► Partition ──► ferry-log
+//!  background: retention, compaction, flush.ms  ──► every Partition
+//! ```
+//!
+//! Every admin change is first a metadata record, made durable, then applied to the
+//! image and to the partitions it concerns; replay at startup takes the same path,
+//! so a restart sees exactly what clients were told succeeded.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use parking_lot::{Mutex, RwLock};
+use uuid::Uuid;
+
+use crate::clock::Clock;
+use crate::config::{validate_broker_configs, validate_topic_configs, BrokerConfig, TopicConfig};
+use crate::error::CoreError;
+use crate::metadata::{MetadataImage, MetadataLog, MetadataRecord, TopicMetadata};
+use crate::partition::{AppendResult, Partition, TopicPartition};
+
+/// The directory of the local metadata log, named as Kafka names it.
+pub const METADATA_DIR: &str = "__cluster_metadata-0";
+
+/// Largest partition count of one topic; more is refused, never allocated.
+pub const PARTITIONS_PER_TOPIC_MAX: i32 = 10_000;
+
+#[derive(Debug, Clone)]
+pub struct BrokerOptions {
+    pub node_id: i32,
+    pub data_dir: PathBuf,
+    /// Host and port clients are told to connect to.
+    pub advertised_host: String,
+    pub advertised_port: i32,
+    pub rack: Option<String>,
+    /// Static broker settings under Kafka's names.
+    pub configs: BTreeMap<String, String>,
+}
+
+/// A topic to create.
+#[derive(Debug, Clone, Default)]
+pub struct NewTopic {
+    pub name: String,
+    /// -1: `num.partitions`.
+    pub num_partitions: i32,
+    /// -1: `default.replication.factor`.
+    pub replication_factor: i16,
+    /// Explicit replica lists per partition (empty: let the broker place them).
+    pub assignments: Vec<Vec<i32>>,
+    pub configs: BTreeMap<String, String>,
+}
+
+/// How AlterConfigs changes a resource.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigChange {
+    Set(String, String),
+    Delete(String),
+    /// List configs only: add items.
+    Append(String, String),
+    /// List configs only: remove items.
+    Subtract(String, String),
+}
+
+pub struct Broker {
+    options: BrokerOptions,
+    clock: Arc<dyn Clock>,
+    static_config: BrokerConfig,
+    image: RwLock<Arc<MetadataImage>>,
+    /// Serializes metadata changes: append to the log, then apply.
+    metadata_log: Mutex<MetadataLog>,
+    partitions: RwLock<HashMap<TopicPartition, Arc<Partition>>>,
+}
+
+impl std::fmt::Debug for Broker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Broker").field("node_id", &self.options.node_id).finish_non_exhaustive()
+    }
+}
+
+impl Broker {
+    /// Opens the data directory: replays the metadata log and opens (recovering) the
+    /// log of every partition this node holds.
+    pub fn open(options: BrokerOptions, clock: Arc<dyn Clock>) -> Result<Arc<Broker>, CoreError> {
+        let static_config = BrokerConfig::new(options.configs.clone())?;
+        std::fs::create_dir_all(&options.data_dir).map_err(|e| CoreError::Storage(e.to_string()))?;
+        let (metadata_log, records) = MetadataLog::open(&options.data_dir.join(METADATA_DIR))?;
+        let mut image = MetadataImage::default();
+        for r in &records {
+            image.apply(r);
+        }
+        let broker = Arc::new(Broker {
+            options,
+            clock,
+            static_config,
+            image: RwLock::new(Arc::new(image)),
+            metadata_log: Mutex::new(metadata_log),
+            partitions: RwLock::new(HashMap::new()),
+        });
+        let me = MetadataRecord::BrokerRegistered {
+            node_id: broker.options.node_id,
+            host: broker.options.advertised_host.clone(),
+            port: broker.options.advertised_port,
+            rack: broker.options.rack.clone(),
+        };
+        let registered = broker.image().brokers.get(&broker.options.node_id).map(|b| {
+            (b.host.clone(), b.port, b.rack.clone())
+                == (broker.options.advertised_host.clone(), broker.options.advertised_port, broker.options.rack.clone())
+        });
+        if registered != Some(true) {
+            broker.commit(vec![me])?;
+        }
+        let image = broker.image();
+        for topic in image.topics.values() {
+            for p in &topic.partitions {
+                if p.replicas.contains(&broker.options.node_id) {
+                    broker.open_partition(topic, p.partition, p.leader_epoch)?;
+                }
+            }
+        }
+        broker.remove_orphan_dirs(&image);
+        Ok(broker)
+    }
+
+    pub fn node_id(&self) -> i32 {
+        self.options.node_id
+    }
+
+    pub fn options(&self) -> &BrokerOptions {
+        &self.options
+    }
+
+    pub fn now_ms(&self) -> i64 {
+        self.clock.now_ms()
+    }
+
+    /// The current metadata image.
+    pub fn image(&self) -> Arc<MetadataImage> {
+        self.image.read().clone()
+    }
+
+    /// Static settings with the dynamic ones from the metadata log on top.
+    pub fn config(&self) -> BrokerConfig {
+        let mut config = self.static_config.clone();
+        config.dynamic_configs = self.image().broker_configs.clone();
+        config
+    }
+
+    pub fn topic_config(&self, topic: &TopicMetadata) -> TopicConfig {
+        self.config().topic_config(&topic.configs)
+    }
+
+    pub fn partition(&self, tp: &TopicPartition) -> Option<Arc<Partition>> {
+        self.partitions.read().get(tp).cloned()
+    }
+
+    pub fn partitions(&self) -> Vec<Arc<Partition>> {
+        self.partitions.read().values().cloned().collect()
+    }
+
+    /// Makes records durable in the metadata log, then applies them to the image.
+    fn commit(&self, records: Vec<MetadataRecord>) -> Result<Arc<MetadataImage>, CoreError> {
+        let mut log = self.metadata_log.lock();
+        log.append(&records)?;
+        let mut image = (*self.image()).clone();
+        for r in &records {
+            image.apply(r);
+        }
+        let image = Arc::new(image);
+        *self.image.write() = image.clone();
+        Ok(image)
+    }
+
+    fn partition_dir(&self, tp: &TopicPartition) -> PathBuf {
+        self.options.data_dir.join(tp.dir_name())
+    }
+
+    fn open_partition(&self, topic: &TopicMetadata, partition: i32, leader_epoch: i32) -> Result<Arc<Partition>, CoreError> {
+        let tp = TopicPartition::new(topic.name.clone(), partition);
+        let config = self.topic_config(topic);
+        let p = Arc::new(Partition::open(tp.clone(), topic.topic_id, &self.partition_dir(&tp), config, leader_epoch, self.now_ms())?);
+        self.partitions.write().insert(tp, p.clone());
+        Ok(p)
+    }
+
+    /// Directories of deleted topics left by a crash in the middle of a delete.
+    fn remove_orphan_dirs(&self, image: &MetadataImage) {
+        let Ok(entries) = std::fs::read_dir(&self.options.data_dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().to_string();
+            if let Some(stripped) = name.strip_suffix("-delete") {
+                tracing::info!(dir = %stripped, "removing the files of a deleted topic");
+                let _ = std::fs::remove_dir_all(entry.path());
+            } else if name != METADATA_DIR && entry.path().is_dir() {
+                let known = name
+                    .rsplit_once('-')
+                    .and_then(|(t, p)| p.parse::<i32>().ok().map(|p| (t, p)))
+                    .is_some_and(|(t, p)| image.topic(t).is_some_and(|t| t.partitions.iter().any(|x| x.partition == p)));
+                if !known {
+                    tracing::warn!(dir = %name, "a directory in the data dir belongs to no known partition; leaving it alone");
+                }
+            }
+        }
+    }
+
+    /// CreateTopics for one topic.
+    pub fn create_topic(&self, new: NewTopic, validate_only: bool) -> Result<TopicMetadata, CoreError> {
+        validate_topic_name(&new.name)?;
+        let config = self.config();
+        let image = self.image();
+        if image.topic(&new.name).is_some() {
+            return Err(CoreError::TopicAlreadyExists(new.name));
+        }
+        if let Some(other) = image.topics.keys().find(|t| collides(t, &new.name)) {
+            return Err(CoreError::InvalidTopic(format!("topic {} collides with existing topic {other}", new.name)));
+        }
+        validate_topic_configs(&new.configs)?;
+        let live: Vec<i32> = image.brokers.keys().copied().collect();
+        let assignments = if !new.assignments.is_empty() {
+            if new.num_partitions != -1 || new.replication_factor != -1 {
+                return Err(CoreError::InvalidRequest(
+                    "both a replica assignment and a partition count or replication factor were given".into(),
+                ));
+            }
+            for replicas in &new.assignments {
+                if replicas.is_empty() || replicas.iter().any(|r| !live.contains(r)) {
+                    return Err(CoreError::InvalidReplicationFactor(format!("assignment {replicas:?} names a broker that does not exist")));
+                }
+            }
+            new.assignments.clone()
+        } else {
+            let partitions = if new.num_partitions == -1 { config.long("num.partitions") as i32 } else { new.num_partitions };
+            let rf = if new.replication_factor == -1 { config.long("default.replication.factor") as i16 } else { new.replication_factor };
+            if partitions <= 0 || partitions > PARTITIONS_PER_TOPIC_MAX {
+                return Err(CoreError::InvalidPartitions(format!("number of partitions must be between 1 and {PARTITIONS_PER_TOPIC_MAX}")));
+            }
+            if rf <= 0 {
+                return Err(CoreError::InvalidReplicationFactor("replication factor must be larger than 0".into()));
+            }
+            if rf as usize > live.len() {
+                return Err(CoreError::InvalidReplicationFactor(format!(
+                    "replication factor: {rf} larger than available brokers: {}",
+                    live.len()
+                )));
+            }
+            place_replicas(&live, partitions, rf as usize, 0)
+        };
+        let topic_id = Uuid::new_v4();
+        let mut records = vec![MetadataRecord::TopicCreated { name: new.name.clone(), topic_id, configs: new.configs.clone() }];
+        for (i, replicas) in assignments.iter().enumerate() {
+            records.push(MetadataRecord::PartitionCreated {
+                topic_id,
+                partition: i as i32,
+                isr: replicas.clone(),
+                leader: replicas[0],
+                replicas: replicas.clone(),
+                leader_epoch: 0,
+            });
+        }
+        if validate_only {
+            let mut image = (*image).clone();
+            for r in &records {
+                image.apply(r);
+            }
+            return image.topic(&new.name).cloned().ok_or(CoreError::UnknownTopicOrPartition);
+        }
+        let image = self.commit(records)?;
+        let topic = image.topic(&new.name).cloned().ok_or(CoreError::UnknownTopicOrPartition)?;
+        for p in &topic.partitions {
+            if p.replicas.contains(&self.options.node_id) {
+                self.open_partition(&topic, p.partition, p.leader_epoch)?;
+            }
+        }
+        tracing::info!(topic = %topic.name, partitions = topic.partitions.len(), "created topic");
+        Ok(topic)
+    }
+
+    /// Creates a topic on first use when `auto.create.topics.enable` says so.
+    pub fn auto_create_topic(&self, name: &str) -> Result<Option<TopicMetadata>, CoreError> {
+        if let Some(t) = self.image().topic(name) {
+            return Ok(Some(t.clone()));
+        }
+        if !self.config().bool("auto.create.topics.enable") {
+            return Ok(None);
+        }
+        match self.create_topic(NewTopic { name: name.to_string(), num_partitions: -1, replication_factor: -1, ..Default::default() }, false) {
+            Ok(t) => Ok(Some(t)),
+            Err(CoreError::TopicAlreadyExists(_)) => Ok(self.image().topic(name).cloned()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// DeleteTopics for one topic: the metadata record first, then the files.
+    pub fn delete_topic(&self, topic_id: Uuid) -> Result<String, CoreError> {
+        let image = self.image();
+        let topic = image.topic_by_id(&topic_id).cloned().ok_or(CoreError::UnknownTopicOrPartition)?;
+        self.commit(vec![MetadataRecord::TopicDeleted { topic_id }])?;
+        for p in &topic.partitions {
+            let tp = TopicPartition::new(topic.name.clone(), p.partition);
+            let removed = self.partitions.write().remove(&tp);
+            if let Some(partition) = removed {
+                if let Err(e) = partition.close() {
+                    tracing::warn!(partition = %tp, error = %e, "closing a deleted partition");
+                }
+            }
+            let dir = self.partition_dir(&tp);
+            if dir.exists() {
+                // Rename first so a crash in the middle of the removal is finished at startup.
+                let doomed = self.options.data_dir.join(format!("{}.{}-delete", tp.dir_name(), topic_id.simple()));
+                let target = match std::fs::rename(&dir, &doomed) {
+                    Ok(()) => doomed,
+                    Err(_) => dir,
+                };
+                if let Err(e) = std::fs::remove_dir_all(&target) {
+                    tracing::warn!(dir = %target.display(), error = %e, "could not remove a deleted partition's files");
+                }
+            }
+        }
+        tracing::info!(topic = %topic.name, "deleted topic");
+        Ok(topic.name)
+    }
+
+    /// CreatePartitions: raises a topic's partition count.
+    pub fn create_partitions(&self, name: &str, count: i32, assignments: Vec<Vec<i32>>, validate_only: bool) -> Result<(), CoreError> {
+        let image = self.image();
+        let topic = image.topic(name).cloned().ok_or(CoreError::UnknownTopicOrPartition)?;
+        let current = topic.partitions.len() as i32;
+        if count <= current {
+            return Err(CoreError::InvalidPartitions(format!("topic currently has {current} partitions, {count} would not be an increase")));
+        }
+        if count > PARTITIONS_PER_TOPIC_MAX {
+            return Err(CoreError::InvalidPartitions(format!("at most {PARTITIONS_PER_TOPIC_MAX} partitions")));
+        }
+        let live: Vec<i32> = image.brokers.keys().copied().collect();
+        let rf = topic.partitions.first().map(|p| p.replicas.len()).unwrap_or(1);
+        let new_assignments = if assignments.is_empty() {
+            place_replicas(&live, count - current, rf, current as usize)
+        } else {
+            if assignments.len() as i32 != count - current {
+                return Err(CoreError::InvalidRequest("the assignment does not list every new partition".into()));
+            }
+            if assignments.iter().any(|r| r.is_empty() || r.iter().any(|b| !live.contains(b))) {
+                return Err(CoreError::InvalidReplicationFactor("the assignment names a broker that does not exist".into()));
+            }
+            assignments
+        };
+        if validate_only {
+            return Ok(());
+        }
+        let records = new_assignments
+            .into_iter()
+            .enumerate()
+            .map(|(i, replicas)| MetadataRecord::PartitionCreated {
+                topic_id: topic.topic_id,
+                partition: current + i as i32,
+                isr: replicas.clone(),
+                leader: replicas[0],
+                replicas,
+                leader_epoch: 0,
+            })
+            .collect();
+        let image = self.commit(records)?;
+        let topic = image.topic(name).cloned().ok_or(CoreError::UnknownTopicOrPartition)?;
+        for p in topic.partitions.iter().filter(|p| p.partition >= current) {
+            if p.replicas.contains(&self.options.node_id) {
+                self.open_partition(&topic, p.partition, p.leader_epoch)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// AlterConfigs (`incremental == false`: the changes replace every override) and
+    /// IncrementalAlterConfigs on a topic.
+    pub fn alter_topic_configs(&self, name: &str, changes: Vec<ConfigChange>, incremental: bool, validate_only: bool) -> Result<(), CoreError> {
+        let image = self.image();
+        let topic = image.topic(name).cloned().ok_or(CoreError::UnknownTopicOrPartition)?;
+        let current = if incremental { topic.configs.clone() } else { BTreeMap::new() };
+        let next = apply_changes(current, changes, |n| crate::config::topic_config_def(n).map(|(_, d)| d.default))?;
+        validate_topic_configs(&next)?;
+        if validate_only {
+            return Ok(());
+        }
+        let records = diff_configs(&topic.configs, &next)
+            .into_iter()
+            .map(|(name, value)| MetadataRecord::TopicConfigChanged { topic_id: topic.topic_id, name, value })
+            .collect::<Vec<_>>();
+        if records.is_empty() {
+            return Ok(());
+        }
+        let image = self.commit(records)?;
+        if let Some(topic) = image.topic(name) {
+            self.reconfigure(topic);
+        }
+        Ok(())
+    }
+
+    /// AlterConfigs / IncrementalAlterConfigs on the broker (dynamic settings).
+    pub fn alter_broker_configs(&self, changes: Vec<ConfigChange>, incremental: bool, validate_only: bool) -> Result<(), CoreError> {
+        let image = self.image();
+        let current = if incremental { image.broker_configs.clone() } else { BTreeMap::new() };
+        let next = apply_changes(current, changes, |n| crate::config::broker_config_def(n).map(|d| d.default))?;
+        validate_broker_configs(&next)?;
+        if validate_only {
+            return Ok(());
+        }
+        let records: Vec<_> = diff_configs(&image.broker_configs, &next)
+            .into_iter()
+            .map(|(name, value)| MetadataRecord::BrokerConfigChanged { name, value })
+            .collect();
+        if records.is_empty() {
+            return Ok(());
+        }
+        let image = self.commit(records)?;
+        for topic in image.topics.values() {
+            self.reconfigure(topic);
+        }
+        Ok(())
+    }
+
+    fn reconfigure(&self, topic: &TopicMetadata) {
+        let config = self.topic_config(topic);
+        for p in &topic.partitions {
+            if let Some(partition) = self.partition(&TopicPartition::new(topic.name.clone(), p.partition)) {
+                partition.set_config(config.clone());
+            }
+        }
+    }
+
+    /// Appends a produce request's batches to a partition; with `acks == -1` answers
+    /// only once they are durable. `flush.messages` may ask for an fsync too.
+    pub async fn produce(&self, tp: &TopicPartition, records: Bytes, acks: i16) -> Result<AppendResult, CoreError> {
+        let partition = self.partition(tp).ok_or(CoreError::UnknownTopicOrPartition)?;
+        if acks != 0 && acks != 1 && acks != -1 {
+            return Err(CoreError::InvalidRequest(format!("acks must be -1, 0 or 1, not {acks}")));
+        }
+        let now = self.now_ms();
+        let result = partition.append(records, now)?;
+        if acks == -1 || partition.flush_due(now) {
+            partition.flush_to(result.last_offset, now).await?;
+        }
+        Ok(result)
+    }
+
+    /// Runs retention, compaction and `flush.ms` until `shutdown` fires.
+    pub async fn run_maintenance(self: Arc<Self>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+        let mut next_retention = 0i64;
+        let mut next_compaction = 0i64;
+        loop {
+            let config = self.config();
+            let flush_interval = config.long("log.flush.scheduler.interval.ms").clamp(1, 60_000);
+            let tick = flush_interval.min(config.long("log.retention.check.interval.ms")).min(config.long("log.cleaner.backoff.ms")).max(1);
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(tick as u64)) => {}
+                _ = shutdown.changed() => return,
+            }
+            let now = self.now_ms();
+            for p in self.partitions() {
+                if p.flush_due(now) {
+                    if let Err(e) = p.flush_to(p.log_end_offset() - 1, now).await {
+                        tracing::warn!(partition = %p.tp, error = %e, "scheduled flush failed");
+                    }
+                }
+            }
+            let retention_due = now >= next_retention;
+            let compaction_due = now >= next_compaction;
+            if retention_due {
+                next_retention = now + config.long("log.retention.check.interval.ms");
+            }
+            if compaction_due {
+                next_compaction = now + config.long("log.cleaner.backoff.ms");
+            }
+            if !retention_due && !compaction_due {
+                continue;
+            }
+            let partitions = self.partitions();
+            let outcome = tokio::task::spawn_blocking(move || {
+                for p in partitions {
+                    let config = p.config();
+                    if retention_due && config.cleanup_delete {
+                        match p.log().enforce_retention(now) {
+                            Ok(o) if o.segments_deleted > 0 => tracing::info!(
+                                partition = %p.tp, segments = o.segments_deleted, log_start_offset = o.log_start_offset,
+                                "retention deleted segments"
+                            ),
+                            Ok(_) => {}
+                            Err(e) => tracing::warn!(partition = %p.tp, error = %e, "retention failed"),
+                        }
+                    }
+                    if compaction_due && config.cleanup_compact {
+                        if let Err(e) = p.log().compact(now) {
+                            tracing::warn!(partition = %p.tp, error = %e, "compaction failed");
+                        }
+                    }
+                }
+            })
+            .await;
+            if let Err(e) = outcome {
+                tracing::error!(error = %e, "log maintenance task failed");
+            }
+        }
+    }
+
+    /// Flushes and closes every partition.
+    pub fn shutdown(&self) {
+        for p in self.partitions() {
+            if let Err(e) = p.close() {
+                tracing::warn!(partition = %p.tp, error = %e, "closing partition");
+            }
+        }
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.options.data_dir
+    }
+}
+
+/// Kafka's topic name rules.
+pub fn validate_topic_name(name: &str) -> Result<(), CoreError> {
+    if name.is_empty() {
+        return Err(CoreError::InvalidTopic("topic name is empty".into()));
+    }
+    if name == "." || name == ".." {
+        return Err(CoreError::InvalidTopic(format!("topic name cannot be \"{name}\"")));
+    }
+    if name.len() > 249 {
+        return Err(CoreError::InvalidTopic(format!("topic name is longer than 249 characters: {}", name.len())));
+    }
+    if let Some(c) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || *c == '.' || *c == '_' || *c == '-')) {
+        return Err(CoreError::InvalidTopic(format!(
+            "topic name {name:?} contains {c:?}; legal characters are ASCII letters and digits, '.', '_' and '-'"
+        )));
+    }
+    Ok(())
+}
+
+/// Kafka refuses topics whose names differ only in '.' versus '_' (metric names clash).
+fn collides(a: &str, b: &str) -> bool {
+    a != b && a.replace('.', "_") == b.replace('.', "_")
+}
+
+/// Round-robin placement: partition i's replicas start at broker i (offset by `start`).
+fn place_replicas(live: &[i32], partitions: i32, rf: usize, start: usize) -> Vec<Vec<i32>> {
+    (0..partitions as usize)
+        .map(|i| (0..rf).map(|r| live[(start + i + r) % live.len()]).collect())
+        .collect()
+}
+
+fn apply_changes(
+    mut configs: BTreeMap<String, String>,
+    changes: Vec<ConfigChange>,
+    default_of: impl Fn(&str) -> Option<&'static str>,
+) -> Result<BTreeMap<String, String>, CoreError> {
+    for change in changes {
+        match change {
+            ConfigChange::Set(k, v) => {
+                configs.insert(k, v);
+            }
+            ConfigChange::Delete(k) => {
+                configs.remove(&k);
+            }
+            ConfigChange::Append(k, v) | ConfigChange::Subtract(k, v) if default_of(&k).is_none() => {
+                return Err(CoreError::InvalidConfig(format!("unknown config {k} ({v})")));
+            }
+            ConfigChange::Append(k, v) => {
+                let mut items = list_items(&configs, &k, &default_of);
+                for item in v.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+                    if !items.iter().any(|i| i == item) {
+                        items.push(item.to_string());
+                    }
+                }
+                configs.insert(k, items.join(","));
+            }
+            ConfigChange::Subtract(k, v) => {
+                let mut items = list_items(&configs, &k, &default_of);
+                let removed: Vec<&str> = v.split(',').map(str::trim).collect();
+                items.retain(|i| !removed.contains(&i.as_str()));
+                configs.insert(k, items.join(","));
+            }
+        }
+    }
+    Ok(configs)
+}
+
+fn list_items(configs: &BTreeMap<String, String>, key: &str, default_of: &impl Fn(&str) -> Option<&'static str>) -> Vec<String> {
+    let current = configs.get(key).cloned().or_else(|| default_of(key).map(str::to_string)).unwrap_or_default();
+    current.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect()
+}
+
+fn diff_configs(old: &BTreeMap<String, String>, new: &BTreeMap<String, String>) -> Vec<(String, Option<String>)> {
+    let mut out = Vec::new();
+    for (k, v) in new {
+        if old.get(k) != Some(v) {
+            out.push((k.clone(), Some(v.clone())));
+        }
+    }
+    for k in old.keys() {
+        if !new.contains_key(k) {
+            out.push((k.clone(), None));
+        }
+    }
+    out
+}

@@ -1,0 +1,342 @@
+//! Broker and topic configuration under Kafka's names.
+//!
+//! Every setting a user can see is a row of one table ([`TOPIC_CONFIGS`],
+//! [`BROKER_CONFIGS`]) so that DescribeConfigs, validation, `ferry serve --help`
+//! and the defaults never disagree. A topic config falls back to the broker
+//! setting it is named after in Kafka (`retention.ms` ← `log.retention.ms`), so
+//! changing a broker default changes every topic that does not override it.
+
+use std::collections::BTreeMap;
+
+use ferry_log::LogConfig;
+
+/// The type of a config value, as DescribeConfigs reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConfigType {
+    Boolean,
+    String,
+    Int,
+    Long,
+    List,
+}
+
+impl ConfigType {
+    /// Kafka's `ConfigType` id in DescribeConfigs v3+.
+    pub fn kafka_id(self) -> i8 {
+        match self {
+            ConfigType::Boolean => 1,
+            ConfigType::String => 2,
+            ConfigType::Int => 3,
+            ConfigType::Long => 5,
+            ConfigType::List => 7,
+        }
+    }
+}
+
+/// One config a user can set.
+#[derive(Debug, Clone, Copy)]
+pub struct ConfigDef {
+    pub name: &'static str,
+    pub config_type: ConfigType,
+    pub default: &'static str,
+    /// Smallest allowed value for numeric types.
+    pub min: i64,
+    /// Allowed values for strings and list items (empty = any).
+    pub allowed: &'static [&'static str],
+    pub doc: &'static str,
+}
+
+const NO_MIN: i64 = i64::MIN;
+
+const fn def(
+    name: &'static str,
+    config_type: ConfigType,
+    default: &'static str,
+    min: i64,
+    allowed: &'static [&'static str],
+    doc: &'static str,
+) -> ConfigDef {
+    ConfigDef {
+        name,
+        config_type,
+        default,
+        min,
+        allowed,
+        doc,
+    }
+}
+
+const LONG_MAX: &str = "9223372036854775807";
+const CLEANUP: &[&str] = &["delete", "compact"];
+const CODECS: &[&str] = &["uncompressed", "zstd", "lz4", "snappy", "gzip", "producer"];
+const TS_TYPES: &[&str] = &["CreateTime", "LogAppendTime"];
+
+/// Broker settings (Kafka names) with their defaults.
+pub const BROKER_CONFIGS: &[ConfigDef] = &[
+    def("auto.create.topics.enable", ConfigType::Boolean, "true", NO_MIN, &[], "Create a topic on first use in Metadata or Produce."),
+    def("num.partitions", ConfigType::Int, "1", 1, &[], "Partitions of an auto-created topic."),
+    def("default.replication.factor", ConfigType::Int, "1", 1, &[], "Replication factor of an auto-created topic."),
+    def("socket.request.max.bytes", ConfigType::Int, "104857600", 1024, &[], "Largest request frame accepted; larger ones close the connection."),
+    def("message.max.bytes", ConfigType::Int, "1048588", 0, &[], "Default max.message.bytes: largest record batch accepted."),
+    def("log.segment.bytes", ConfigType::Int, "1073741824", 14, &[], "Default segment.bytes."),
+    def("log.roll.ms", ConfigType::Long, "604800000", 1, &[], "Default segment.ms."),
+    def("log.retention.ms", ConfigType::Long, "604800000", -1, &[], "Default retention.ms (-1: keep forever)."),
+    def("log.retention.bytes", ConfigType::Long, "-1", -1, &[], "Default retention.bytes (-1: no size limit)."),
+    def("log.cleanup.policy", ConfigType::List, "delete", NO_MIN, CLEANUP, "Default cleanup.policy."),
+    def("log.cleaner.delete.retention.ms", ConfigType::Long, "86400000", 0, &[], "Default delete.retention.ms."),
+    def("log.cleaner.min.compaction.lag.ms", ConfigType::Long, "0", 0, &[], "Default min.compaction.lag.ms."),
+    def("log.cleaner.backoff.ms", ConfigType::Long, "15000", 1, &[], "Pause between two compaction passes."),
+    def("log.retention.check.interval.ms", ConfigType::Long, "300000", 1, &[], "Pause between two retention passes."),
+    def("log.flush.interval.messages", ConfigType::Long, LONG_MAX, 1, &[], "Default flush.messages."),
+    def("log.flush.interval.ms", ConfigType::Long, LONG_MAX, 0, &[], "Default flush.ms."),
+    def("log.flush.scheduler.interval.ms", ConfigType::Long, "1000", 1, &[], "How often flush.ms is checked."),
+    def("log.index.interval.bytes", ConfigType::Int, "4096", 0, &[], "Default index.interval.bytes."),
+    def("log.message.timestamp.type", ConfigType::String, "CreateTime", NO_MIN, TS_TYPES, "Default message.timestamp.type."),
+    def("compression.type", ConfigType::String, "producer", NO_MIN, CODECS, "Default compression.type."),
+    def("min.insync.replicas", ConfigType::Int, "1", 1, &[], "Default min.insync.replicas."),
+    def("unclean.leader.election.enable", ConfigType::Boolean, "false", NO_MIN, &[], "Default unclean.leader.election.enable."),
+    def("fetch.max.bytes", ConfigType::Int, "57671680", 1024, &[], "Cap on the bytes of one fetch response."),
+    def("queued.max.requests", ConfigType::Int, "500", 1, &[], "Requests in flight per connection."),
+    def("max.connections", ConfigType::Int, "10000", 1, &[], "Open client connections."),
+];
+
+/// Topic settings: (topic name, broker setting it defaults to, definition).
+pub const TOPIC_CONFIGS: &[(&str, &str, ConfigDef)] = &[
+    ("cleanup.policy", "log.cleanup.policy", def("cleanup.policy", ConfigType::List, "delete", NO_MIN, CLEANUP, "delete, compact, or both.")),
+    ("compression.type", "compression.type", def("compression.type", ConfigType::String, "producer", NO_MIN, CODECS, "Codec of stored batches; producer keeps the producer's.")),
+    ("delete.retention.ms", "log.cleaner.delete.retention.ms", def("delete.retention.ms", ConfigType::Long, "86400000", 0, &[], "How long tombstones survive compaction.")),
+    ("flush.messages", "log.flush.interval.messages", def("flush.messages", ConfigType::Long, LONG_MAX, 1, &[], "fsync after this many records.")),
+    ("flush.ms", "log.flush.interval.ms", def("flush.ms", ConfigType::Long, LONG_MAX, 0, &[], "fsync at least this often.")),
+    ("index.interval.bytes", "log.index.interval.bytes", def("index.interval.bytes", ConfigType::Int, "4096", 0, &[], "Bytes between offset index entries.")),
+    ("max.message.bytes", "message.max.bytes", def("max.message.bytes", ConfigType::Int, "1048588", 0, &[], "Largest record batch accepted.")),
+    ("message.timestamp.type", "log.message.timestamp.type", def("message.timestamp.type", ConfigType::String, "CreateTime", NO_MIN, TS_TYPES, "CreateTime or LogAppendTime.")),
+    ("min.compaction.lag.ms", "log.cleaner.min.compaction.lag.ms", def("min.compaction.lag.ms", ConfigType::Long, "0", 0, &[], "Records younger than this are not compacted.")),
+    ("min.insync.replicas", "min.insync.replicas", def("min.insync.replicas", ConfigType::Int, "1", 1, &[], "In-sync replicas needed for acks=all.")),
+    ("retention.bytes", "log.retention.bytes", def("retention.bytes", ConfigType::Long, "-1", -1, &[], "Size limit of a partition (-1: none).")),
+    ("retention.ms", "log.retention.ms", def("retention.ms", ConfigType::Long, "604800000", -1, &[], "Age limit of records (-1: none).")),
+    ("segment.bytes", "log.segment.bytes", def("segment.bytes", ConfigType::Int, "1073741824", 14, &[], "Segment file size.")),
+    ("segment.ms", "log.roll.ms", def("segment.ms", ConfigType::Long, "604800000", 1, &[], "Segment age before rolling.")),
+    ("unclean.leader.election.enable", "unclean.leader.election.enable", def("unclean.leader.election.enable", ConfigType::Boolean, "false", NO_MIN, &[], "Let an out-of-sync replica become leader.")),
+];
+
+/// Why a config was refused; frontends answer INVALID_CONFIG.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+fn check_value(def: &ConfigDef, value: &str) -> Result<(), ConfigError> {
+    let bad = |why: &str| ConfigError(format!("invalid value {value:?} for {}: {why}", def.name));
+    match def.config_type {
+        ConfigType::Boolean => {
+            if !value.eq_ignore_ascii_case("true") && !value.eq_ignore_ascii_case("false") {
+                return Err(bad("expected true or false"));
+            }
+        }
+        ConfigType::Int | ConfigType::Long => {
+            let n: i64 = value.trim().parse().map_err(|_| bad("expected a number"))?;
+            if def.config_type == ConfigType::Int && i32::try_from(n).is_err() {
+                return Err(bad("out of the range of an int"));
+            }
+            if n < def.min {
+                return Err(bad(&format!("must be at least {}", def.min)));
+            }
+        }
+        ConfigType::String => {
+            if !def.allowed.is_empty() && !def.allowed.contains(&value) {
+                return Err(bad(&format!("expected one of {}", def.allowed.join(", "))));
+            }
+        }
+        ConfigType::List => {
+            let items: Vec<&str> = value.split(',').map(str::trim).collect();
+            if items.iter().any(|i| i.is_empty() || (!def.allowed.is_empty() && !def.allowed.contains(i))) {
+                return Err(bad(&format!("expected a list of {}", def.allowed.join(", "))));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Looks up a topic config definition.
+pub fn topic_config_def(name: &str) -> Option<(&'static str, &'static ConfigDef)> {
+    TOPIC_CONFIGS
+        .iter()
+        .find(|(n, _, _)| *n == name)
+        .map(|(_, broker_name, def)| (*broker_name, def))
+}
+
+/// Looks up a broker config definition.
+pub fn broker_config_def(name: &str) -> Option<&'static ConfigDef> {
+    BROKER_CONFIGS.iter().find(|d| d.name == name)
+}
+
+/// Validates topic overrides: every name known, every value well-formed.
+pub fn validate_topic_configs(configs: &BTreeMap<String, String>) -> Result<(), ConfigError> {
+    for (name, value) in configs {
+        let (_, def) = topic_config_def(name).ok_or_else(|| ConfigError(format!("unknown topic config {name}")))?;
+        check_value(def, value)?;
+    }
+    Ok(())
+}
+
+/// Validates broker settings.
+pub fn validate_broker_configs(configs: &BTreeMap<String, String>) -> Result<(), ConfigError> {
+    for (name, value) in configs {
+        let def = broker_config_def(name).ok_or_else(|| ConfigError(format!("unknown broker config {name}")))?;
+        check_value(def, value)?;
+    }
+    Ok(())
+}
+
+/// Where a config value came from (Kafka's `ConfigSource` ids).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConfigSource {
+    TopicConfig = 1,
+    DynamicBrokerConfig = 2,
+    StaticBrokerConfig = 4,
+    DefaultConfig = 5,
+}
+
+/// Broker settings: static ones (command line, file, environment) under dynamic
+/// ones (AlterConfigs on the broker resource, kept in the metadata log).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct BrokerConfig {
+    pub static_configs: BTreeMap<String, String>,
+    pub dynamic_configs: BTreeMap<String, String>,
+}
+
+impl BrokerConfig {
+    pub fn new(static_configs: BTreeMap<String, String>) -> Result<BrokerConfig, ConfigError> {
+        validate_broker_configs(&static_configs)?;
+        Ok(BrokerConfig {
+            static_configs,
+            dynamic_configs: BTreeMap::new(),
+        })
+    }
+
+    /// The effective value and where it came from.
+    pub fn get(&self, name: &str) -> Option<(String, ConfigSource)> {
+        if let Some(v) = self.dynamic_configs.get(name) {
+            return Some((v.clone(), ConfigSource::DynamicBrokerConfig));
+        }
+        if let Some(v) = self.static_configs.get(name) {
+            return Some((v.clone(), ConfigSource::StaticBrokerConfig));
+        }
+        broker_config_def(name).map(|d| (d.default.to_string(), ConfigSource::DefaultConfig))
+    }
+
+    fn value(&self, name: &str) -> String {
+        self.get(name).map(|(v, _)| v).unwrap_or_default()
+    }
+
+    pub fn long(&self, name: &str) -> i64 {
+        self.value(name).trim().parse().unwrap_or(0)
+    }
+
+    pub fn bool(&self, name: &str) -> bool {
+        self.value(name).eq_ignore_ascii_case("true")
+    }
+
+    /// A topic config's effective value given the topic's overrides.
+    pub fn topic_value(&self, overrides: &BTreeMap<String, String>, name: &str) -> Option<(String, ConfigSource)> {
+        if let Some(v) = overrides.get(name) {
+            return Some((v.clone(), ConfigSource::TopicConfig));
+        }
+        let (broker_name, def) = topic_config_def(name)?;
+        match self.get(broker_name) {
+            Some((_, ConfigSource::DefaultConfig)) | None => Some((def.default.to_string(), ConfigSource::DefaultConfig)),
+            Some(other) => Some(other),
+        }
+    }
+
+    /// Resolves the effective settings of a topic.
+    pub fn topic_config(&self, overrides: &BTreeMap<String, String>) -> TopicConfig {
+        let get = |name: &str| self.topic_value(overrides, name).map(|(v, _)| v).unwrap_or_default();
+        let long = |name: &str| get(name).trim().parse::<i64>().unwrap_or(0);
+        let policy = get("cleanup.policy");
+        TopicConfig {
+            cleanup_delete: policy.split(',').any(|p| p.trim() == "delete"),
+            cleanup_compact: policy.split(',').any(|p| p.trim() == "compact"),
+            compression_type: get("compression.type"),
+            delete_retention_ms: long("delete.retention.ms"),
+            flush_messages: long("flush.messages"),
+            flush_ms: long("flush.ms"),
+            index_interval_bytes: long("index.interval.bytes"),
+            max_message_bytes: long("max.message.bytes"),
+            log_append_time: get("message.timestamp.type") == "LogAppendTime",
+            min_compaction_lag_ms: long("min.compaction.lag.ms"),
+            min_insync_replicas: long("min.insync.replicas"),
+            retention_bytes: long("retention.bytes"),
+            retention_ms: long("retention.ms"),
+            segment_bytes: long("segment.bytes"),
+            segment_ms: long("segment.ms"),
+        }
+    }
+}
+
+/// A topic's effective settings, typed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TopicConfig {
+    pub cleanup_delete: bool,
+    pub cleanup_compact: bool,
+    pub compression_type: String,
+    pub delete_retention_ms: i64,
+    pub flush_messages: i64,
+    pub flush_ms: i64,
+    pub index_interval_bytes: i64,
+    pub max_message_bytes: i64,
+    pub log_append_time: bool,
+    pub min_compaction_lag_ms: i64,
+    pub min_insync_replicas: i64,
+    pub retention_bytes: i64,
+    pub retention_ms: i64,
+    pub segment_bytes: i64,
+    pub segment_ms: i64,
+}
+
+impl TopicConfig {
+    /// The part of the settings the log engine applies.
+    pub fn log_config(&self) -> LogConfig {
+        LogConfig {
+            segment_bytes: self.segment_bytes.max(14) as u64,
+            segment_ms: self.segment_ms,
+            index_interval_bytes: self.index_interval_bytes.clamp(0, i64::from(u32::MAX)) as u32,
+            retention_ms: self.retention_ms,
+            retention_bytes: self.retention_bytes,
+            cleanup_delete: self.cleanup_delete,
+            cleanup_compact: self.cleanup_compact,
+            delete_retention_ms: self.delete_retention_ms,
+            min_compaction_lag_ms: self.min_compaction_lag_ms,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn topic_values_fall_back_to_broker_settings_then_defaults() {
+        let mut broker = BrokerConfig::new(map(&[("log.retention.ms", "1000")])).expect("valid");
+        let topic = map(&[("segment.bytes", "4096")]);
+        assert_eq!(broker.topic_value(&topic, "segment.bytes"), Some(("4096".into(), ConfigSource::TopicConfig)));
+        assert_eq!(broker.topic_value(&topic, "retention.ms"), Some(("1000".into(), ConfigSource::StaticBrokerConfig)));
+        assert_eq!(broker.topic_value(&topic, "retention.bytes"), Some(("-1".into(), ConfigSource::DefaultConfig)));
+        broker.dynamic_configs.insert("log.retention.ms".into(), "2000".into());
+        assert_eq!(broker.topic_config(&topic).retention_ms, 2000);
+    }
+
+    #[test]
+    fn invalid_configs_are_refused() {
+        assert!(validate_topic_configs(&map(&[("retention.ms", "abc")])).is_err());
+        assert!(validate_topic_configs(&map(&[("no.such.config", "1")])).is_err());
+        assert!(validate_topic_configs(&map(&[("cleanup.policy", "compact,delete")])).is_ok());
+        assert!(validate_topic_configs(&map(&[("cleanup.policy", "shred")])).is_err());
+        assert!(validate_topic_configs(&map(&[("message.timestamp.type", "LogAppendTime")])).is_ok());
+        assert!(validate_topic_configs(&map(&[("segment.bytes", "99999999999")])).is_err());
+        assert!(validate_broker_configs(&map(&[("num.partitions", "0")])).is_err());
+    }
+}

@@ -1,0 +1,24 @@
+//! ferry-core: the broker's domain services, with no wire types.
+//!
+//! ```text
+//!  ferry-kafka (and later ferry-amqp)
+//!        │ domain calls: create_topic, produce, read, alter_configs …
+//!        ▼
+//!  Broker ── metadata log + image (topics, partitions, configs)
+//!    └── Partition (replica state: leader epoch, high watermark, log start) ── ferry-log
+//! ```
+//!
+//! Time comes from a [`clock::Clock`]; storage from `ferry-log`. Errors are
+//! [`error::CoreError`]; frontends map them to their protocol's codes.
+
+pub mod broker;
+pub mod clock;
+pub mod config;
+pub mod error;
+pub mod metadata;
+pub mod partition;
+
+pub use broker::{Broker, BrokerOptions, ConfigChange, NewTopic};
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use error::CoreError;
+pub use partition::{AppendResult, Isolation, Partition, TopicPartition};
