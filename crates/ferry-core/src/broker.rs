@@ -70,6 +70,7 @@ pub enum ConfigChange {
 
 pub struct Broker {
     options: BrokerOptions,
+    cluster_id: String,
     clock: Arc<dyn Clock>,
     static_config: BrokerConfig,
     image: RwLock<Arc<MetadataImage>>,
@@ -80,7 +81,9 @@ pub struct Broker {
 
 impl std::fmt::Debug for Broker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Broker").field("node_id", &self.options.node_id).finish_non_exhaustive()
+        f.debug_struct("Broker")
+            .field("node_id", &self.options.node_id)
+            .finish_non_exhaustive()
     }
 }
 
@@ -89,7 +92,9 @@ impl Broker {
     /// log of every partition this node holds.
     pub fn open(options: BrokerOptions, clock: Arc<dyn Clock>) -> Result<Arc<Broker>, CoreError> {
         let static_config = BrokerConfig::new(options.configs.clone())?;
-        std::fs::create_dir_all(&options.data_dir).map_err(|e| CoreError::Storage(e.to_string()))?;
+        std::fs::create_dir_all(&options.data_dir)
+            .map_err(|e| CoreError::Storage(e.to_string()))?;
+        let cluster_id = load_or_create_cluster_id(&options.data_dir, options.node_id)?;
         let (metadata_log, records) = MetadataLog::open(&options.data_dir.join(METADATA_DIR))?;
         let mut image = MetadataImage::default();
         for r in &records {
@@ -97,6 +102,7 @@ impl Broker {
         }
         let broker = Arc::new(Broker {
             options,
+            cluster_id,
             clock,
             static_config,
             image: RwLock::new(Arc::new(image)),
@@ -109,10 +115,18 @@ impl Broker {
             port: broker.options.advertised_port,
             rack: broker.options.rack.clone(),
         };
-        let registered = broker.image().brokers.get(&broker.options.node_id).map(|b| {
-            (b.host.clone(), b.port, b.rack.clone())
-                == (broker.options.advertised_host.clone(), broker.options.advertised_port, broker.options.rack.clone())
-        });
+        let registered = broker
+            .image()
+            .brokers
+            .get(&broker.options.node_id)
+            .map(|b| {
+                (b.host.clone(), b.port, b.rack.clone())
+                    == (
+                        broker.options.advertised_host.clone(),
+                        broker.options.advertised_port,
+                        broker.options.rack.clone(),
+                    )
+            });
         if registered != Some(true) {
             broker.commit(vec![me])?;
         }
@@ -126,6 +140,11 @@ impl Broker {
         }
         broker.remove_orphan_dirs(&image);
         Ok(broker)
+    }
+
+    /// The cluster id, created with the data directory (`meta.properties`).
+    pub fn cluster_id(&self) -> &str {
+        &self.cluster_id
     }
 
     pub fn node_id(&self) -> i32 {
@@ -181,10 +200,22 @@ impl Broker {
         self.options.data_dir.join(tp.dir_name())
     }
 
-    fn open_partition(&self, topic: &TopicMetadata, partition: i32, leader_epoch: i32) -> Result<Arc<Partition>, CoreError> {
+    fn open_partition(
+        &self,
+        topic: &TopicMetadata,
+        partition: i32,
+        leader_epoch: i32,
+    ) -> Result<Arc<Partition>, CoreError> {
         let tp = TopicPartition::new(topic.name.clone(), partition);
         let config = self.topic_config(topic);
-        let p = Arc::new(Partition::open(tp.clone(), topic.topic_id, &self.partition_dir(&tp), config, leader_epoch, self.now_ms())?);
+        let p = Arc::new(Partition::open(
+            tp.clone(),
+            topic.topic_id,
+            &self.partition_dir(&tp),
+            config,
+            leader_epoch,
+            self.now_ms(),
+        )?);
         self.partitions.write().insert(tp, p.clone());
         Ok(p)
     }
@@ -203,7 +234,11 @@ impl Broker {
                 let known = name
                     .rsplit_once('-')
                     .and_then(|(t, p)| p.parse::<i32>().ok().map(|p| (t, p)))
-                    .is_some_and(|(t, p)| image.topic(t).is_some_and(|t| t.partitions.iter().any(|x| x.partition == p)));
+                    .is_some_and(|(t, p)| {
+                        image
+                            .topic(t)
+                            .is_some_and(|t| t.partitions.iter().any(|x| x.partition == p))
+                    });
                 if !known {
                     tracing::warn!(dir = %name, "a directory in the data dir belongs to no known partition; leaving it alone");
                 }
@@ -212,7 +247,11 @@ impl Broker {
     }
 
     /// CreateTopics for one topic.
-    pub fn create_topic(&self, new: NewTopic, validate_only: bool) -> Result<TopicMetadata, CoreError> {
+    pub fn create_topic(
+        &self,
+        new: NewTopic,
+        validate_only: bool,
+    ) -> Result<TopicMetadata, CoreError> {
         validate_topic_name(&new.name)?;
         let config = self.config();
         let image = self.image();
@@ -220,7 +259,10 @@ impl Broker {
             return Err(CoreError::TopicAlreadyExists(new.name));
         }
         if let Some(other) = image.topics.keys().find(|t| collides(t, &new.name)) {
-            return Err(CoreError::InvalidTopic(format!("topic {} collides with existing topic {other}", new.name)));
+            return Err(CoreError::InvalidTopic(format!(
+                "topic {} collides with existing topic {other}",
+                new.name
+            )));
         }
         validate_topic_configs(&new.configs)?;
         let live: Vec<i32> = image.brokers.keys().copied().collect();
@@ -232,18 +274,32 @@ impl Broker {
             }
             for replicas in &new.assignments {
                 if replicas.is_empty() || replicas.iter().any(|r| !live.contains(r)) {
-                    return Err(CoreError::InvalidReplicationFactor(format!("assignment {replicas:?} names a broker that does not exist")));
+                    return Err(CoreError::InvalidReplicationFactor(format!(
+                        "assignment {replicas:?} names a broker that does not exist"
+                    )));
                 }
             }
             new.assignments.clone()
         } else {
-            let partitions = if new.num_partitions == -1 { config.long("num.partitions") as i32 } else { new.num_partitions };
-            let rf = if new.replication_factor == -1 { config.long("default.replication.factor") as i16 } else { new.replication_factor };
+            let partitions = if new.num_partitions == -1 {
+                config.long("num.partitions") as i32
+            } else {
+                new.num_partitions
+            };
+            let rf = if new.replication_factor == -1 {
+                config.long("default.replication.factor") as i16
+            } else {
+                new.replication_factor
+            };
             if partitions <= 0 || partitions > PARTITIONS_PER_TOPIC_MAX {
-                return Err(CoreError::InvalidPartitions(format!("number of partitions must be between 1 and {PARTITIONS_PER_TOPIC_MAX}")));
+                return Err(CoreError::InvalidPartitions(format!(
+                    "number of partitions must be between 1 and {PARTITIONS_PER_TOPIC_MAX}"
+                )));
             }
             if rf <= 0 {
-                return Err(CoreError::InvalidReplicationFactor("replication factor must be larger than 0".into()));
+                return Err(CoreError::InvalidReplicationFactor(
+                    "replication factor must be larger than 0".into(),
+                ));
             }
             if rf as usize > live.len() {
                 return Err(CoreError::InvalidReplicationFactor(format!(
@@ -254,7 +310,11 @@ impl Broker {
             place_replicas(&live, partitions, rf as usize, 0)
         };
         let topic_id = Uuid::new_v4();
-        let mut records = vec![MetadataRecord::TopicCreated { name: new.name.clone(), topic_id, configs: new.configs.clone() }];
+        let mut records = vec![MetadataRecord::TopicCreated {
+            name: new.name.clone(),
+            topic_id,
+            configs: new.configs.clone(),
+        }];
         for (i, replicas) in assignments.iter().enumerate() {
             records.push(MetadataRecord::PartitionCreated {
                 topic_id,
@@ -270,10 +330,16 @@ impl Broker {
             for r in &records {
                 image.apply(r);
             }
-            return image.topic(&new.name).cloned().ok_or(CoreError::UnknownTopicOrPartition);
+            return image
+                .topic(&new.name)
+                .cloned()
+                .ok_or(CoreError::UnknownTopicOrPartition);
         }
         let image = self.commit(records)?;
-        let topic = image.topic(&new.name).cloned().ok_or(CoreError::UnknownTopicOrPartition)?;
+        let topic = image
+            .topic(&new.name)
+            .cloned()
+            .ok_or(CoreError::UnknownTopicOrPartition)?;
         for p in &topic.partitions {
             if p.replicas.contains(&self.options.node_id) {
                 self.open_partition(&topic, p.partition, p.leader_epoch)?;
@@ -291,7 +357,15 @@ impl Broker {
         if !self.config().bool("auto.create.topics.enable") {
             return Ok(None);
         }
-        match self.create_topic(NewTopic { name: name.to_string(), num_partitions: -1, replication_factor: -1, ..Default::default() }, false) {
+        match self.create_topic(
+            NewTopic {
+                name: name.to_string(),
+                num_partitions: -1,
+                replication_factor: -1,
+                ..Default::default()
+            },
+            false,
+        ) {
             Ok(t) => Ok(Some(t)),
             Err(CoreError::TopicAlreadyExists(_)) => Ok(self.image().topic(name).cloned()),
             Err(e) => Err(e),
@@ -301,7 +375,10 @@ impl Broker {
     /// DeleteTopics for one topic: the metadata record first, then the files.
     pub fn delete_topic(&self, topic_id: Uuid) -> Result<String, CoreError> {
         let image = self.image();
-        let topic = image.topic_by_id(&topic_id).cloned().ok_or(CoreError::UnknownTopicOrPartition)?;
+        let topic = image
+            .topic_by_id(&topic_id)
+            .cloned()
+            .ok_or(CoreError::UnknownTopicOrPartition)?;
         self.commit(vec![MetadataRecord::TopicDeleted { topic_id }])?;
         for p in &topic.partitions {
             let tp = TopicPartition::new(topic.name.clone(), p.partition);
@@ -314,7 +391,11 @@ impl Broker {
             let dir = self.partition_dir(&tp);
             if dir.exists() {
                 // Rename first so a crash in the middle of the removal is finished at startup.
-                let doomed = self.options.data_dir.join(format!("{}.{}-delete", tp.dir_name(), topic_id.simple()));
+                let doomed = self.options.data_dir.join(format!(
+                    "{}.{}-delete",
+                    tp.dir_name(),
+                    topic_id.simple()
+                ));
                 let target = match std::fs::rename(&dir, &doomed) {
                     Ok(()) => doomed,
                     Err(_) => dir,
@@ -329,26 +410,50 @@ impl Broker {
     }
 
     /// CreatePartitions: raises a topic's partition count.
-    pub fn create_partitions(&self, name: &str, count: i32, assignments: Vec<Vec<i32>>, validate_only: bool) -> Result<(), CoreError> {
+    pub fn create_partitions(
+        &self,
+        name: &str,
+        count: i32,
+        assignments: Vec<Vec<i32>>,
+        validate_only: bool,
+    ) -> Result<(), CoreError> {
         let image = self.image();
-        let topic = image.topic(name).cloned().ok_or(CoreError::UnknownTopicOrPartition)?;
+        let topic = image
+            .topic(name)
+            .cloned()
+            .ok_or(CoreError::UnknownTopicOrPartition)?;
         let current = topic.partitions.len() as i32;
         if count <= current {
-            return Err(CoreError::InvalidPartitions(format!("topic currently has {current} partitions, {count} would not be an increase")));
+            return Err(CoreError::InvalidPartitions(format!(
+                "topic currently has {current} partitions, {count} would not be an increase"
+            )));
         }
         if count > PARTITIONS_PER_TOPIC_MAX {
-            return Err(CoreError::InvalidPartitions(format!("at most {PARTITIONS_PER_TOPIC_MAX} partitions")));
+            return Err(CoreError::InvalidPartitions(format!(
+                "at most {PARTITIONS_PER_TOPIC_MAX} partitions"
+            )));
         }
         let live: Vec<i32> = image.brokers.keys().copied().collect();
-        let rf = topic.partitions.first().map(|p| p.replicas.len()).unwrap_or(1);
+        let rf = topic
+            .partitions
+            .first()
+            .map(|p| p.replicas.len())
+            .unwrap_or(1);
         let new_assignments = if assignments.is_empty() {
             place_replicas(&live, count - current, rf, current as usize)
         } else {
             if assignments.len() as i32 != count - current {
-                return Err(CoreError::InvalidRequest("the assignment does not list every new partition".into()));
+                return Err(CoreError::InvalidRequest(
+                    "the assignment does not list every new partition".into(),
+                ));
             }
-            if assignments.iter().any(|r| r.is_empty() || r.iter().any(|b| !live.contains(b))) {
-                return Err(CoreError::InvalidReplicationFactor("the assignment names a broker that does not exist".into()));
+            if assignments
+                .iter()
+                .any(|r| r.is_empty() || r.iter().any(|b| !live.contains(b)))
+            {
+                return Err(CoreError::InvalidReplicationFactor(
+                    "the assignment names a broker that does not exist".into(),
+                ));
             }
             assignments
         };
@@ -368,7 +473,10 @@ impl Broker {
             })
             .collect();
         let image = self.commit(records)?;
-        let topic = image.topic(name).cloned().ok_or(CoreError::UnknownTopicOrPartition)?;
+        let topic = image
+            .topic(name)
+            .cloned()
+            .ok_or(CoreError::UnknownTopicOrPartition)?;
         for p in topic.partitions.iter().filter(|p| p.partition >= current) {
             if p.replicas.contains(&self.options.node_id) {
                 self.open_partition(&topic, p.partition, p.leader_epoch)?;
@@ -379,18 +487,37 @@ impl Broker {
 
     /// AlterConfigs (`incremental == false`: the changes replace every override) and
     /// IncrementalAlterConfigs on a topic.
-    pub fn alter_topic_configs(&self, name: &str, changes: Vec<ConfigChange>, incremental: bool, validate_only: bool) -> Result<(), CoreError> {
+    pub fn alter_topic_configs(
+        &self,
+        name: &str,
+        changes: Vec<ConfigChange>,
+        incremental: bool,
+        validate_only: bool,
+    ) -> Result<(), CoreError> {
         let image = self.image();
-        let topic = image.topic(name).cloned().ok_or(CoreError::UnknownTopicOrPartition)?;
-        let current = if incremental { topic.configs.clone() } else { BTreeMap::new() };
-        let next = apply_changes(current, changes, |n| crate::config::topic_config_def(n).map(|(_, d)| d.default))?;
+        let topic = image
+            .topic(name)
+            .cloned()
+            .ok_or(CoreError::UnknownTopicOrPartition)?;
+        let current = if incremental {
+            topic.configs.clone()
+        } else {
+            BTreeMap::new()
+        };
+        let next = apply_changes(current, changes, |n| {
+            crate::config::topic_config_def(n).map(|(_, d)| d.default)
+        })?;
         validate_topic_configs(&next)?;
         if validate_only {
             return Ok(());
         }
         let records = diff_configs(&topic.configs, &next)
             .into_iter()
-            .map(|(name, value)| MetadataRecord::TopicConfigChanged { topic_id: topic.topic_id, name, value })
+            .map(|(name, value)| MetadataRecord::TopicConfigChanged {
+                topic_id: topic.topic_id,
+                name,
+                value,
+            })
             .collect::<Vec<_>>();
         if records.is_empty() {
             return Ok(());
@@ -403,10 +530,21 @@ impl Broker {
     }
 
     /// AlterConfigs / IncrementalAlterConfigs on the broker (dynamic settings).
-    pub fn alter_broker_configs(&self, changes: Vec<ConfigChange>, incremental: bool, validate_only: bool) -> Result<(), CoreError> {
+    pub fn alter_broker_configs(
+        &self,
+        changes: Vec<ConfigChange>,
+        incremental: bool,
+        validate_only: bool,
+    ) -> Result<(), CoreError> {
         let image = self.image();
-        let current = if incremental { image.broker_configs.clone() } else { BTreeMap::new() };
-        let next = apply_changes(current, changes, |n| crate::config::broker_config_def(n).map(|d| d.default))?;
+        let current = if incremental {
+            image.broker_configs.clone()
+        } else {
+            BTreeMap::new()
+        };
+        let next = apply_changes(current, changes, |n| {
+            crate::config::broker_config_def(n).map(|d| d.default)
+        })?;
         validate_broker_configs(&next)?;
         if validate_only {
             return Ok(());
@@ -428,7 +566,9 @@ impl Broker {
     fn reconfigure(&self, topic: &TopicMetadata) {
         let config = self.topic_config(topic);
         for p in &topic.partitions {
-            if let Some(partition) = self.partition(&TopicPartition::new(topic.name.clone(), p.partition)) {
+            if let Some(partition) =
+                self.partition(&TopicPartition::new(topic.name.clone(), p.partition))
+            {
                 partition.set_config(config.clone());
             }
         }
@@ -436,10 +576,19 @@ impl Broker {
 
     /// Appends a produce request's batches to a partition; with `acks == -1` answers
     /// only once they are durable. `flush.messages` may ask for an fsync too.
-    pub async fn produce(&self, tp: &TopicPartition, records: Bytes, acks: i16) -> Result<AppendResult, CoreError> {
-        let partition = self.partition(tp).ok_or(CoreError::UnknownTopicOrPartition)?;
+    pub async fn produce(
+        &self,
+        tp: &TopicPartition,
+        records: Bytes,
+        acks: i16,
+    ) -> Result<AppendResult, CoreError> {
+        let partition = self
+            .partition(tp)
+            .ok_or(CoreError::UnknownTopicOrPartition)?;
         if acks != 0 && acks != 1 && acks != -1 {
-            return Err(CoreError::InvalidRequest(format!("acks must be -1, 0 or 1, not {acks}")));
+            return Err(CoreError::InvalidRequest(format!(
+                "acks must be -1, 0 or 1, not {acks}"
+            )));
         }
         let now = self.now_ms();
         let result = partition.append(records, now)?;
@@ -450,13 +599,21 @@ impl Broker {
     }
 
     /// Runs retention, compaction and `flush.ms` until `shutdown` fires.
-    pub async fn run_maintenance(self: Arc<Self>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    pub async fn run_maintenance(
+        self: Arc<Self>,
+        mut shutdown: tokio::sync::watch::Receiver<bool>,
+    ) {
         let mut next_retention = 0i64;
         let mut next_compaction = 0i64;
         loop {
             let config = self.config();
-            let flush_interval = config.long("log.flush.scheduler.interval.ms").clamp(1, 60_000);
-            let tick = flush_interval.min(config.long("log.retention.check.interval.ms")).min(config.long("log.cleaner.backoff.ms")).max(1);
+            let flush_interval = config
+                .long("log.flush.scheduler.interval.ms")
+                .clamp(1, 60_000);
+            let tick = flush_interval
+                .min(config.long("log.retention.check.interval.ms"))
+                .min(config.long("log.cleaner.backoff.ms"))
+                .max(1);
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_millis(tick as u64)) => {}
                 _ = shutdown.changed() => return,
@@ -522,18 +679,42 @@ impl Broker {
     }
 }
 
+/// Reads the cluster id from `meta.properties`, writing a new one on first start.
+fn load_or_create_cluster_id(data_dir: &Path, node_id: i32) -> Result<String, CoreError> {
+    let path = data_dir.join("meta.properties");
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        if let Some(id) = text.lines().find_map(|l| l.strip_prefix("cluster.id=")) {
+            return Ok(id.trim().to_string());
+        }
+    }
+    // Kafka's cluster ids are base64 of 16 random bytes; a uuid's simple form serves.
+    let id = Uuid::new_v4().simple().to_string();
+    let text = format!("version=1\ncluster.id={id}\nnode.id={node_id}\n");
+    crate::partition::write_atomically(&path, text.as_bytes())
+        .map_err(|e| CoreError::Storage(e.to_string()))?;
+    Ok(id)
+}
+
 /// Kafka's topic name rules.
 pub fn validate_topic_name(name: &str) -> Result<(), CoreError> {
     if name.is_empty() {
         return Err(CoreError::InvalidTopic("topic name is empty".into()));
     }
     if name == "." || name == ".." {
-        return Err(CoreError::InvalidTopic(format!("topic name cannot be \"{name}\"")));
+        return Err(CoreError::InvalidTopic(format!(
+            "topic name cannot be \"{name}\""
+        )));
     }
     if name.len() > 249 {
-        return Err(CoreError::InvalidTopic(format!("topic name is longer than 249 characters: {}", name.len())));
+        return Err(CoreError::InvalidTopic(format!(
+            "topic name is longer than 249 characters: {}",
+            name.len()
+        )));
     }
-    if let Some(c) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || *c == '.' || *c == '_' || *c == '-')) {
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || *c == '.' || *c == '_' || *c == '-'))
+    {
         return Err(CoreError::InvalidTopic(format!(
             "topic name {name:?} contains {c:?}; legal characters are ASCII letters and digits, '.', '_' and '-'"
         )));
@@ -549,7 +730,11 @@ fn collides(a: &str, b: &str) -> bool {
 /// Round-robin placement: partition i's replicas start at broker i (offset by `start`).
 fn place_replicas(live: &[i32], partitions: i32, rf: usize, start: usize) -> Vec<Vec<i32>> {
     (0..partitions as usize)
-        .map(|i| (0..rf).map(|r| live[(start + i + r) % live.len()]).collect())
+        .map(|i| {
+            (0..rf)
+                .map(|r| live[(start + i + r) % live.len()])
+                .collect()
+        })
         .collect()
 }
 
@@ -566,8 +751,12 @@ fn apply_changes(
             ConfigChange::Delete(k) => {
                 configs.remove(&k);
             }
-            ConfigChange::Append(k, v) | ConfigChange::Subtract(k, v) if default_of(&k).is_none() => {
-                return Err(CoreError::InvalidConfig(format!("unknown config {k} ({v})")));
+            ConfigChange::Append(k, v) | ConfigChange::Subtract(k, v)
+                if default_of(&k).is_none() =>
+            {
+                return Err(CoreError::InvalidConfig(format!(
+                    "unknown config {k} ({v})"
+                )));
             }
             ConfigChange::Append(k, v) => {
                 let mut items = list_items(&configs, &k, &default_of);
@@ -589,12 +778,27 @@ fn apply_changes(
     Ok(configs)
 }
 
-fn list_items(configs: &BTreeMap<String, String>, key: &str, default_of: &impl Fn(&str) -> Option<&'static str>) -> Vec<String> {
-    let current = configs.get(key).cloned().or_else(|| default_of(key).map(str::to_string)).unwrap_or_default();
-    current.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect()
+fn list_items(
+    configs: &BTreeMap<String, String>,
+    key: &str,
+    default_of: &impl Fn(&str) -> Option<&'static str>,
+) -> Vec<String> {
+    let current = configs
+        .get(key)
+        .cloned()
+        .or_else(|| default_of(key).map(str::to_string))
+        .unwrap_or_default();
+    current
+        .split(',')
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect()
 }
 
-fn diff_configs(old: &BTreeMap<String, String>, new: &BTreeMap<String, String>) -> Vec<(String, Option<String>)> {
+fn diff_configs(
+    old: &BTreeMap<String, String>,
+    new: &BTreeMap<String, String>,
+) -> Vec<(String, Option<String>)> {
     let mut out = Vec::new();
     for (k, v) in new {
         if old.get(k) != Some(v) {

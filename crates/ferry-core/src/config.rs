@@ -73,50 +73,390 @@ const TS_TYPES: &[&str] = &["CreateTime", "LogAppendTime"];
 
 /// Broker settings (Kafka names) with their defaults.
 pub const BROKER_CONFIGS: &[ConfigDef] = &[
-    def("auto.create.topics.enable", ConfigType::Boolean, "true", NO_MIN, &[], "Create a topic on first use in Metadata or Produce."),
-    def("num.partitions", ConfigType::Int, "1", 1, &[], "Partitions of an auto-created topic."),
-    def("default.replication.factor", ConfigType::Int, "1", 1, &[], "Replication factor of an auto-created topic."),
-    def("socket.request.max.bytes", ConfigType::Int, "104857600", 1024, &[], "Largest request frame accepted; larger ones close the connection."),
-    def("message.max.bytes", ConfigType::Int, "1048588", 0, &[], "Default max.message.bytes: largest record batch accepted."),
-    def("log.segment.bytes", ConfigType::Int, "1073741824", 14, &[], "Default segment.bytes."),
-    def("log.roll.ms", ConfigType::Long, "604800000", 1, &[], "Default segment.ms."),
-    def("log.retention.ms", ConfigType::Long, "604800000", -1, &[], "Default retention.ms (-1: keep forever)."),
-    def("log.retention.bytes", ConfigType::Long, "-1", -1, &[], "Default retention.bytes (-1: no size limit)."),
-    def("log.cleanup.policy", ConfigType::List, "delete", NO_MIN, CLEANUP, "Default cleanup.policy."),
-    def("log.cleaner.delete.retention.ms", ConfigType::Long, "86400000", 0, &[], "Default delete.retention.ms."),
-    def("log.cleaner.min.compaction.lag.ms", ConfigType::Long, "0", 0, &[], "Default min.compaction.lag.ms."),
-    def("log.cleaner.backoff.ms", ConfigType::Long, "15000", 1, &[], "Pause between two compaction passes."),
-    def("log.retention.check.interval.ms", ConfigType::Long, "300000", 1, &[], "Pause between two retention passes."),
-    def("log.flush.interval.messages", ConfigType::Long, LONG_MAX, 1, &[], "Default flush.messages."),
-    def("log.flush.interval.ms", ConfigType::Long, LONG_MAX, 0, &[], "Default flush.ms."),
-    def("log.flush.scheduler.interval.ms", ConfigType::Long, "1000", 1, &[], "How often flush.ms is checked."),
-    def("log.index.interval.bytes", ConfigType::Int, "4096", 0, &[], "Default index.interval.bytes."),
-    def("log.message.timestamp.type", ConfigType::String, "CreateTime", NO_MIN, TS_TYPES, "Default message.timestamp.type."),
-    def("compression.type", ConfigType::String, "producer", NO_MIN, CODECS, "Default compression.type."),
-    def("min.insync.replicas", ConfigType::Int, "1", 1, &[], "Default min.insync.replicas."),
-    def("unclean.leader.election.enable", ConfigType::Boolean, "false", NO_MIN, &[], "Default unclean.leader.election.enable."),
-    def("fetch.max.bytes", ConfigType::Int, "57671680", 1024, &[], "Cap on the bytes of one fetch response."),
-    def("queued.max.requests", ConfigType::Int, "500", 1, &[], "Requests in flight per connection."),
-    def("max.connections", ConfigType::Int, "10000", 1, &[], "Open client connections."),
+    def(
+        "auto.create.topics.enable",
+        ConfigType::Boolean,
+        "true",
+        NO_MIN,
+        &[],
+        "Create a topic on first use in Metadata or Produce.",
+    ),
+    def(
+        "num.partitions",
+        ConfigType::Int,
+        "1",
+        1,
+        &[],
+        "Partitions of an auto-created topic.",
+    ),
+    def(
+        "default.replication.factor",
+        ConfigType::Int,
+        "1",
+        1,
+        &[],
+        "Replication factor of an auto-created topic.",
+    ),
+    def(
+        "socket.request.max.bytes",
+        ConfigType::Int,
+        "104857600",
+        1024,
+        &[],
+        "Largest request frame accepted; larger ones close the connection.",
+    ),
+    def(
+        "message.max.bytes",
+        ConfigType::Int,
+        "1048588",
+        0,
+        &[],
+        "Default max.message.bytes: largest record batch accepted.",
+    ),
+    def(
+        "log.segment.bytes",
+        ConfigType::Int,
+        "1073741824",
+        14,
+        &[],
+        "Default segment.bytes.",
+    ),
+    def(
+        "log.roll.ms",
+        ConfigType::Long,
+        "604800000",
+        1,
+        &[],
+        "Default segment.ms.",
+    ),
+    def(
+        "log.retention.ms",
+        ConfigType::Long,
+        "604800000",
+        -1,
+        &[],
+        "Default retention.ms (-1: keep forever).",
+    ),
+    def(
+        "log.retention.bytes",
+        ConfigType::Long,
+        "-1",
+        -1,
+        &[],
+        "Default retention.bytes (-1: no size limit).",
+    ),
+    def(
+        "log.cleanup.policy",
+        ConfigType::List,
+        "delete",
+        NO_MIN,
+        CLEANUP,
+        "Default cleanup.policy.",
+    ),
+    def(
+        "log.cleaner.delete.retention.ms",
+        ConfigType::Long,
+        "86400000",
+        0,
+        &[],
+        "Default delete.retention.ms.",
+    ),
+    def(
+        "log.cleaner.min.compaction.lag.ms",
+        ConfigType::Long,
+        "0",
+        0,
+        &[],
+        "Default min.compaction.lag.ms.",
+    ),
+    def(
+        "log.cleaner.backoff.ms",
+        ConfigType::Long,
+        "15000",
+        1,
+        &[],
+        "Pause between two compaction passes.",
+    ),
+    def(
+        "log.retention.check.interval.ms",
+        ConfigType::Long,
+        "300000",
+        1,
+        &[],
+        "Pause between two retention passes.",
+    ),
+    def(
+        "log.flush.interval.messages",
+        ConfigType::Long,
+        LONG_MAX,
+        1,
+        &[],
+        "Default flush.messages.",
+    ),
+    def(
+        "log.flush.interval.ms",
+        ConfigType::Long,
+        LONG_MAX,
+        0,
+        &[],
+        "Default flush.ms.",
+    ),
+    def(
+        "log.flush.scheduler.interval.ms",
+        ConfigType::Long,
+        "1000",
+        1,
+        &[],
+        "How often flush.ms is checked.",
+    ),
+    def(
+        "log.index.interval.bytes",
+        ConfigType::Int,
+        "4096",
+        0,
+        &[],
+        "Default index.interval.bytes.",
+    ),
+    def(
+        "log.message.timestamp.type",
+        ConfigType::String,
+        "CreateTime",
+        NO_MIN,
+        TS_TYPES,
+        "Default message.timestamp.type.",
+    ),
+    def(
+        "compression.type",
+        ConfigType::String,
+        "producer",
+        NO_MIN,
+        CODECS,
+        "Default compression.type.",
+    ),
+    def(
+        "min.insync.replicas",
+        ConfigType::Int,
+        "1",
+        1,
+        &[],
+        "Default min.insync.replicas.",
+    ),
+    def(
+        "unclean.leader.election.enable",
+        ConfigType::Boolean,
+        "false",
+        NO_MIN,
+        &[],
+        "Default unclean.leader.election.enable.",
+    ),
+    def(
+        "fetch.max.bytes",
+        ConfigType::Int,
+        "57671680",
+        1024,
+        &[],
+        "Cap on the bytes of one fetch response.",
+    ),
+    def(
+        "queued.max.requests",
+        ConfigType::Int,
+        "500",
+        1,
+        &[],
+        "Requests in flight per connection.",
+    ),
+    def(
+        "max.connections",
+        ConfigType::Int,
+        "10000",
+        1,
+        &[],
+        "Open client connections.",
+    ),
 ];
 
 /// Topic settings: (topic name, broker setting it defaults to, definition).
 pub const TOPIC_CONFIGS: &[(&str, &str, ConfigDef)] = &[
-    ("cleanup.policy", "log.cleanup.policy", def("cleanup.policy", ConfigType::List, "delete", NO_MIN, CLEANUP, "delete, compact, or both.")),
-    ("compression.type", "compression.type", def("compression.type", ConfigType::String, "producer", NO_MIN, CODECS, "Codec of stored batches; producer keeps the producer's.")),
-    ("delete.retention.ms", "log.cleaner.delete.retention.ms", def("delete.retention.ms", ConfigType::Long, "86400000", 0, &[], "How long tombstones survive compaction.")),
-    ("flush.messages", "log.flush.interval.messages", def("flush.messages", ConfigType::Long, LONG_MAX, 1, &[], "fsync after this many records.")),
-    ("flush.ms", "log.flush.interval.ms", def("flush.ms", ConfigType::Long, LONG_MAX, 0, &[], "fsync at least this often.")),
-    ("index.interval.bytes", "log.index.interval.bytes", def("index.interval.bytes", ConfigType::Int, "4096", 0, &[], "Bytes between offset index entries.")),
-    ("max.message.bytes", "message.max.bytes", def("max.message.bytes", ConfigType::Int, "1048588", 0, &[], "Largest record batch accepted.")),
-    ("message.timestamp.type", "log.message.timestamp.type", def("message.timestamp.type", ConfigType::String, "CreateTime", NO_MIN, TS_TYPES, "CreateTime or LogAppendTime.")),
-    ("min.compaction.lag.ms", "log.cleaner.min.compaction.lag.ms", def("min.compaction.lag.ms", ConfigType::Long, "0", 0, &[], "Records younger than this are not compacted.")),
-    ("min.insync.replicas", "min.insync.replicas", def("min.insync.replicas", ConfigType::Int, "1", 1, &[], "In-sync replicas needed for acks=all.")),
-    ("retention.bytes", "log.retention.bytes", def("retention.bytes", ConfigType::Long, "-1", -1, &[], "Size limit of a partition (-1: none).")),
-    ("retention.ms", "log.retention.ms", def("retention.ms", ConfigType::Long, "604800000", -1, &[], "Age limit of records (-1: none).")),
-    ("segment.bytes", "log.segment.bytes", def("segment.bytes", ConfigType::Int, "1073741824", 14, &[], "Segment file size.")),
-    ("segment.ms", "log.roll.ms", def("segment.ms", ConfigType::Long, "604800000", 1, &[], "Segment age before rolling.")),
-    ("unclean.leader.election.enable", "unclean.leader.election.enable", def("unclean.leader.election.enable", ConfigType::Boolean, "false", NO_MIN, &[], "Let an out-of-sync replica become leader.")),
+    (
+        "cleanup.policy",
+        "log.cleanup.policy",
+        def(
+            "cleanup.policy",
+            ConfigType::List,
+            "delete",
+            NO_MIN,
+            CLEANUP,
+            "delete, compact, or both.",
+        ),
+    ),
+    (
+        "compression.type",
+        "compression.type",
+        def(
+            "compression.type",
+            ConfigType::String,
+            "producer",
+            NO_MIN,
+            CODECS,
+            "Codec of stored batches; producer keeps the producer's.",
+        ),
+    ),
+    (
+        "delete.retention.ms",
+        "log.cleaner.delete.retention.ms",
+        def(
+            "delete.retention.ms",
+            ConfigType::Long,
+            "86400000",
+            0,
+            &[],
+            "How long tombstones survive compaction.",
+        ),
+    ),
+    (
+        "flush.messages",
+        "log.flush.interval.messages",
+        def(
+            "flush.messages",
+            ConfigType::Long,
+            LONG_MAX,
+            1,
+            &[],
+            "fsync after this many records.",
+        ),
+    ),
+    (
+        "flush.ms",
+        "log.flush.interval.ms",
+        def(
+            "flush.ms",
+            ConfigType::Long,
+            LONG_MAX,
+            0,
+            &[],
+            "fsync at least this often.",
+        ),
+    ),
+    (
+        "index.interval.bytes",
+        "log.index.interval.bytes",
+        def(
+            "index.interval.bytes",
+            ConfigType::Int,
+            "4096",
+            0,
+            &[],
+            "Bytes between offset index entries.",
+        ),
+    ),
+    (
+        "max.message.bytes",
+        "message.max.bytes",
+        def(
+            "max.message.bytes",
+            ConfigType::Int,
+            "1048588",
+            0,
+            &[],
+            "Largest record batch accepted.",
+        ),
+    ),
+    (
+        "message.timestamp.type",
+        "log.message.timestamp.type",
+        def(
+            "message.timestamp.type",
+            ConfigType::String,
+            "CreateTime",
+            NO_MIN,
+            TS_TYPES,
+            "CreateTime or LogAppendTime.",
+        ),
+    ),
+    (
+        "min.compaction.lag.ms",
+        "log.cleaner.min.compaction.lag.ms",
+        def(
+            "min.compaction.lag.ms",
+            ConfigType::Long,
+            "0",
+            0,
+            &[],
+            "Records younger than this are not compacted.",
+        ),
+    ),
+    (
+        "min.insync.replicas",
+        "min.insync.replicas",
+        def(
+            "min.insync.replicas",
+            ConfigType::Int,
+            "1",
+            1,
+            &[],
+            "In-sync replicas needed for acks=all.",
+        ),
+    ),
+    (
+        "retention.bytes",
+        "log.retention.bytes",
+        def(
+            "retention.bytes",
+            ConfigType::Long,
+            "-1",
+            -1,
+            &[],
+            "Size limit of a partition (-1: none).",
+        ),
+    ),
+    (
+        "retention.ms",
+        "log.retention.ms",
+        def(
+            "retention.ms",
+            ConfigType::Long,
+            "604800000",
+            -1,
+            &[],
+            "Age limit of records (-1: none).",
+        ),
+    ),
+    (
+        "segment.bytes",
+        "log.segment.bytes",
+        def(
+            "segment.bytes",
+            ConfigType::Int,
+            "1073741824",
+            14,
+            &[],
+            "Segment file size.",
+        ),
+    ),
+    (
+        "segment.ms",
+        "log.roll.ms",
+        def(
+            "segment.ms",
+            ConfigType::Long,
+            "604800000",
+            1,
+            &[],
+            "Segment age before rolling.",
+        ),
+    ),
+    (
+        "unclean.leader.election.enable",
+        "unclean.leader.election.enable",
+        def(
+            "unclean.leader.election.enable",
+            ConfigType::Boolean,
+            "false",
+            NO_MIN,
+            &[],
+            "Let an out-of-sync replica become leader.",
+        ),
+    ),
 ];
 
 /// Why a config was refused; frontends answer INVALID_CONFIG.
@@ -148,8 +488,14 @@ fn check_value(def: &ConfigDef, value: &str) -> Result<(), ConfigError> {
         }
         ConfigType::List => {
             let items: Vec<&str> = value.split(',').map(str::trim).collect();
-            if items.iter().any(|i| i.is_empty() || (!def.allowed.is_empty() && !def.allowed.contains(i))) {
-                return Err(bad(&format!("expected a list of {}", def.allowed.join(", "))));
+            if items
+                .iter()
+                .any(|i| i.is_empty() || (!def.allowed.is_empty() && !def.allowed.contains(i)))
+            {
+                return Err(bad(&format!(
+                    "expected a list of {}",
+                    def.allowed.join(", ")
+                )));
             }
         }
     }
@@ -172,7 +518,8 @@ pub fn broker_config_def(name: &str) -> Option<&'static ConfigDef> {
 /// Validates topic overrides: every name known, every value well-formed.
 pub fn validate_topic_configs(configs: &BTreeMap<String, String>) -> Result<(), ConfigError> {
     for (name, value) in configs {
-        let (_, def) = topic_config_def(name).ok_or_else(|| ConfigError(format!("unknown topic config {name}")))?;
+        let (_, def) = topic_config_def(name)
+            .ok_or_else(|| ConfigError(format!("unknown topic config {name}")))?;
         check_value(def, value)?;
     }
     Ok(())
@@ -181,7 +528,8 @@ pub fn validate_topic_configs(configs: &BTreeMap<String, String>) -> Result<(), 
 /// Validates broker settings.
 pub fn validate_broker_configs(configs: &BTreeMap<String, String>) -> Result<(), ConfigError> {
     for (name, value) in configs {
-        let def = broker_config_def(name).ok_or_else(|| ConfigError(format!("unknown broker config {name}")))?;
+        let def = broker_config_def(name)
+            .ok_or_else(|| ConfigError(format!("unknown broker config {name}")))?;
         check_value(def, value)?;
     }
     Ok(())
@@ -237,20 +585,30 @@ impl BrokerConfig {
     }
 
     /// A topic config's effective value given the topic's overrides.
-    pub fn topic_value(&self, overrides: &BTreeMap<String, String>, name: &str) -> Option<(String, ConfigSource)> {
+    pub fn topic_value(
+        &self,
+        overrides: &BTreeMap<String, String>,
+        name: &str,
+    ) -> Option<(String, ConfigSource)> {
         if let Some(v) = overrides.get(name) {
             return Some((v.clone(), ConfigSource::TopicConfig));
         }
         let (broker_name, def) = topic_config_def(name)?;
         match self.get(broker_name) {
-            Some((_, ConfigSource::DefaultConfig)) | None => Some((def.default.to_string(), ConfigSource::DefaultConfig)),
+            Some((_, ConfigSource::DefaultConfig)) | None => {
+                Some((def.default.to_string(), ConfigSource::DefaultConfig))
+            }
             Some(other) => Some(other),
         }
     }
 
     /// Resolves the effective settings of a topic.
     pub fn topic_config(&self, overrides: &BTreeMap<String, String>) -> TopicConfig {
-        let get = |name: &str| self.topic_value(overrides, name).map(|(v, _)| v).unwrap_or_default();
+        let get = |name: &str| {
+            self.topic_value(overrides, name)
+                .map(|(v, _)| v)
+                .unwrap_or_default()
+        };
         let long = |name: &str| get(name).trim().parse::<i64>().unwrap_or(0);
         let policy = get("cleanup.policy");
         TopicConfig {
@@ -315,17 +673,31 @@ mod tests {
     use super::*;
 
     fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
     fn topic_values_fall_back_to_broker_settings_then_defaults() {
         let mut broker = BrokerConfig::new(map(&[("log.retention.ms", "1000")])).expect("valid");
         let topic = map(&[("segment.bytes", "4096")]);
-        assert_eq!(broker.topic_value(&topic, "segment.bytes"), Some(("4096".into(), ConfigSource::TopicConfig)));
-        assert_eq!(broker.topic_value(&topic, "retention.ms"), Some(("1000".into(), ConfigSource::StaticBrokerConfig)));
-        assert_eq!(broker.topic_value(&topic, "retention.bytes"), Some(("-1".into(), ConfigSource::DefaultConfig)));
-        broker.dynamic_configs.insert("log.retention.ms".into(), "2000".into());
+        assert_eq!(
+            broker.topic_value(&topic, "segment.bytes"),
+            Some(("4096".into(), ConfigSource::TopicConfig))
+        );
+        assert_eq!(
+            broker.topic_value(&topic, "retention.ms"),
+            Some(("1000".into(), ConfigSource::StaticBrokerConfig))
+        );
+        assert_eq!(
+            broker.topic_value(&topic, "retention.bytes"),
+            Some(("-1".into(), ConfigSource::DefaultConfig))
+        );
+        broker
+            .dynamic_configs
+            .insert("log.retention.ms".into(), "2000".into());
         assert_eq!(broker.topic_config(&topic).retention_ms, 2000);
     }
 
@@ -335,7 +707,9 @@ mod tests {
         assert!(validate_topic_configs(&map(&[("no.such.config", "1")])).is_err());
         assert!(validate_topic_configs(&map(&[("cleanup.policy", "compact,delete")])).is_ok());
         assert!(validate_topic_configs(&map(&[("cleanup.policy", "shred")])).is_err());
-        assert!(validate_topic_configs(&map(&[("message.timestamp.type", "LogAppendTime")])).is_ok());
+        assert!(
+            validate_topic_configs(&map(&[("message.timestamp.type", "LogAppendTime")])).is_ok()
+        );
         assert!(validate_topic_configs(&map(&[("segment.bytes", "99999999999")])).is_err());
         assert!(validate_broker_configs(&map(&[("num.partitions", "0")])).is_err());
     }

@@ -33,6 +33,10 @@ pub enum CoreError {
     Storage(String),
     #[error("not enough in-sync replicas")]
     NotEnoughReplicas,
+    #[error("the leader epoch in the request is older than the partition's")]
+    FencedLeaderEpoch,
+    #[error("the leader epoch in the request is newer than the partition's")]
+    UnknownLeaderEpoch,
     #[error("the broker is shutting down")]
     ShuttingDown,
 }

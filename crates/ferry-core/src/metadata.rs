@@ -24,13 +24,38 @@ use uuid::Uuid;
 #[serde(tag = "type")]
 pub enum MetadataRecord {
     /// A broker joined (on one node: itself, at every start).
-    BrokerRegistered { node_id: i32, host: String, port: i32, rack: Option<String> },
-    TopicCreated { name: String, topic_id: Uuid, configs: BTreeMap<String, String> },
-    PartitionCreated { topic_id: Uuid, partition: i32, replicas: Vec<i32>, isr: Vec<i32>, leader: i32, leader_epoch: i32 },
+    BrokerRegistered {
+        node_id: i32,
+        host: String,
+        port: i32,
+        rack: Option<String>,
+    },
+    TopicCreated {
+        name: String,
+        topic_id: Uuid,
+        configs: BTreeMap<String, String>,
+    },
+    PartitionCreated {
+        topic_id: Uuid,
+        partition: i32,
+        replicas: Vec<i32>,
+        isr: Vec<i32>,
+        leader: i32,
+        leader_epoch: i32,
+    },
     /// `value: None` removes the override.
-    TopicConfigChanged { topic_id: Uuid, name: String, value: Option<String> },
-    BrokerConfigChanged { name: String, value: Option<String> },
-    TopicDeleted { topic_id: Uuid },
+    TopicConfigChanged {
+        topic_id: Uuid,
+        name: String,
+        value: Option<String>,
+    },
+    BrokerConfigChanged {
+        name: String,
+        value: Option<String>,
+    },
+    TopicDeleted {
+        topic_id: Uuid,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -90,21 +115,51 @@ impl MetadataImage {
     pub fn apply(&mut self, record: &MetadataRecord) {
         self.offset += 1;
         match record {
-            MetadataRecord::BrokerRegistered { node_id, host, port, rack } => {
+            MetadataRecord::BrokerRegistered {
+                node_id,
+                host,
+                port,
+                rack,
+            } => {
                 self.brokers.insert(
                     *node_id,
-                    BrokerMetadata { node_id: *node_id, host: host.clone(), port: *port, rack: rack.clone() },
+                    BrokerMetadata {
+                        node_id: *node_id,
+                        host: host.clone(),
+                        port: *port,
+                        rack: rack.clone(),
+                    },
                 );
             }
-            MetadataRecord::TopicCreated { name, topic_id, configs } => {
+            MetadataRecord::TopicCreated {
+                name,
+                topic_id,
+                configs,
+            } => {
                 self.topic_names.insert(*topic_id, name.clone());
                 self.topics.insert(
                     name.clone(),
-                    TopicMetadata { name: name.clone(), topic_id: *topic_id, configs: configs.clone(), partitions: Vec::new() },
+                    TopicMetadata {
+                        name: name.clone(),
+                        topic_id: *topic_id,
+                        configs: configs.clone(),
+                        partitions: Vec::new(),
+                    },
                 );
             }
-            MetadataRecord::PartitionCreated { topic_id, partition, replicas, isr, leader, leader_epoch } => {
-                if let Some(topic) = self.topic_names.get(topic_id).and_then(|n| self.topics.get_mut(n)) {
+            MetadataRecord::PartitionCreated {
+                topic_id,
+                partition,
+                replicas,
+                isr,
+                leader,
+                leader_epoch,
+            } => {
+                if let Some(topic) = self
+                    .topic_names
+                    .get(topic_id)
+                    .and_then(|n| self.topics.get_mut(n))
+                {
                     let p = PartitionMetadata {
                         partition: *partition,
                         replicas: replicas.clone(),
@@ -112,7 +167,11 @@ impl MetadataImage {
                         leader: *leader,
                         leader_epoch: *leader_epoch,
                     };
-                    match topic.partitions.iter_mut().find(|x| x.partition == *partition) {
+                    match topic
+                        .partitions
+                        .iter_mut()
+                        .find(|x| x.partition == *partition)
+                    {
                         Some(existing) => *existing = p,
                         None => {
                             topic.partitions.push(p);
@@ -121,8 +180,16 @@ impl MetadataImage {
                     }
                 }
             }
-            MetadataRecord::TopicConfigChanged { topic_id, name, value } => {
-                if let Some(topic) = self.topic_names.get(topic_id).and_then(|n| self.topics.get_mut(n)) {
+            MetadataRecord::TopicConfigChanged {
+                topic_id,
+                name,
+                value,
+            } => {
+                if let Some(topic) = self
+                    .topic_names
+                    .get(topic_id)
+                    .and_then(|n| self.topics.get_mut(n))
+                {
                     match value {
                         Some(v) => topic.configs.insert(name.clone(), v.clone()),
                         None => topic.configs.remove(name),
@@ -187,7 +254,12 @@ impl MetadataLog {
                 }
             }
         }
-        let file = OpenOptions::new().create(true).read(true).write(true).truncate(false).open(&path)?;
+        let file = OpenOptions::new()
+            .create(true)
+            .read(true)
+            .write(true)
+            .truncate(false)
+            .open(&path)?;
         if file.metadata()?.len() != valid_len {
             file.set_len(valid_len)?;
             file.sync_all()?;
@@ -238,8 +310,19 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let id = Uuid::new_v4();
         let records = vec![
-            MetadataRecord::TopicCreated { name: "t".into(), topic_id: id, configs: BTreeMap::new() },
-            MetadataRecord::PartitionCreated { topic_id: id, partition: 0, replicas: vec![1], isr: vec![1], leader: 1, leader_epoch: 0 },
+            MetadataRecord::TopicCreated {
+                name: "t".into(),
+                topic_id: id,
+                configs: BTreeMap::new(),
+            },
+            MetadataRecord::PartitionCreated {
+                topic_id: id,
+                partition: 0,
+                replicas: vec![1],
+                isr: vec![1],
+                leader: 1,
+                leader_epoch: 0,
+            },
         ];
         {
             let (mut log, existing) = MetadataLog::open(dir.path()).expect("open");
@@ -248,12 +331,17 @@ mod tests {
         }
         // A crash in the middle of a write leaves half a line.
         let path = dir.path().join("metadata.log");
-        let mut f = OpenOptions::new().append(true).open(&path).expect("open file");
-        f.write_all(b"0badc0de {\"type\":\"TopicDel").expect("write");
+        let mut f = OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .expect("open file");
+        f.write_all(b"0badc0de {\"type\":\"TopicDel")
+            .expect("write");
         drop(f);
         let (mut log, replayed) = MetadataLog::open(dir.path()).expect("reopen");
         assert_eq!(replayed, records);
-        log.append(&[MetadataRecord::TopicDeleted { topic_id: id }]).expect("append after recovery");
+        log.append(&[MetadataRecord::TopicDeleted { topic_id: id }])
+            .expect("append after recovery");
         let (_, replayed) = MetadataLog::open(dir.path()).expect("reopen");
         assert_eq!(replayed.len(), 3);
         let mut image = MetadataImage::default();
@@ -267,13 +355,31 @@ mod tests {
     fn image_applies_partitions_and_configs() {
         let id = Uuid::new_v4();
         let mut image = MetadataImage::default();
-        image.apply(&MetadataRecord::TopicCreated { name: "t".into(), topic_id: id, configs: BTreeMap::new() });
+        image.apply(&MetadataRecord::TopicCreated {
+            name: "t".into(),
+            topic_id: id,
+            configs: BTreeMap::new(),
+        });
         for p in [1, 0] {
-            image.apply(&MetadataRecord::PartitionCreated { topic_id: id, partition: p, replicas: vec![1], isr: vec![1], leader: 1, leader_epoch: 0 });
+            image.apply(&MetadataRecord::PartitionCreated {
+                topic_id: id,
+                partition: p,
+                replicas: vec![1],
+                isr: vec![1],
+                leader: 1,
+                leader_epoch: 0,
+            });
         }
-        image.apply(&MetadataRecord::TopicConfigChanged { topic_id: id, name: "retention.ms".into(), value: Some("5".into()) });
+        image.apply(&MetadataRecord::TopicConfigChanged {
+            topic_id: id,
+            name: "retention.ms".into(),
+            value: Some("5".into()),
+        });
         let t = image.topic("t").expect("topic");
-        assert_eq!(t.partitions.iter().map(|p| p.partition).collect::<Vec<_>>(), vec![0, 1]);
+        assert_eq!(
+            t.partitions.iter().map(|p| p.partition).collect::<Vec<_>>(),
+            vec![0, 1]
+        );
         assert_eq!(t.configs.get("retention.ms").map(String::as_str), Some("5"));
         assert_eq!(image.topic_by_id(&id).map(|t| t.name.as_str()), Some("t"));
     }

@@ -35,7 +35,10 @@ pub struct TopicPartition {
 
 impl TopicPartition {
     pub fn new(topic: impl Into<String>, partition: i32) -> TopicPartition {
-        TopicPartition { topic: topic.into(), partition }
+        TopicPartition {
+            topic: topic.into(),
+            partition,
+        }
     }
 
     /// Kafka's directory name: `<topic>-<partition>`.
@@ -93,7 +96,9 @@ pub struct Partition {
 
 impl std::fmt::Debug for Partition {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Partition").field("tp", &self.tp).finish_non_exhaustive()
+        f.debug_struct("Partition")
+            .field("tp", &self.tp)
+            .finish_non_exhaustive()
     }
 }
 
@@ -178,17 +183,24 @@ impl Partition {
     pub fn append(&self, records: Bytes, now_ms: i64) -> Result<AppendResult, CoreError> {
         let headers = batch::validate_batches(&records).map_err(batch_error)?;
         if headers.is_empty() {
-            return Err(CoreError::InvalidRecord("no record batch in produce".into()));
+            return Err(CoreError::InvalidRecord(
+                "no record batch in produce".into(),
+            ));
         }
         let mut state = self.state.lock();
         let max = state.config.max_message_bytes;
         let mut records_in = 0i64;
         for h in &headers {
             if h.total_size() as i64 > max {
-                return Err(CoreError::MessageTooLarge { size: h.total_size(), max });
+                return Err(CoreError::MessageTooLarge {
+                    size: h.total_size(),
+                    max,
+                });
             }
             if h.is_control() {
-                return Err(CoreError::InvalidRecord("clients may not produce control batches".into()));
+                return Err(CoreError::InvalidRecord(
+                    "clients may not produce control batches".into(),
+                ));
             }
             records_in += i64::from(h.records_count);
         }
@@ -263,14 +275,22 @@ impl Partition {
 
     /// Reads stored batches for a consumer, up to the high watermark (or the last
     /// stable offset for read_committed).
-    pub fn read(&self, offset: i64, max_bytes: usize, isolation: Isolation) -> Result<ReadResult, CoreError> {
+    pub fn read(
+        &self,
+        offset: i64,
+        max_bytes: usize,
+        isolation: Isolation,
+    ) -> Result<ReadResult, CoreError> {
         let upper = match isolation {
             Isolation::ReadUncommitted => self.high_watermark(),
             Isolation::ReadCommitted => self.last_stable_offset(),
         };
         if offset > self.high_watermark() && offset <= self.log_end_offset() {
             // Only a follower or a future fetch can ask for this; it is not an error.
-            return Ok(ReadResult { bytes: Bytes::new(), next_offset: offset });
+            return Ok(ReadResult {
+                bytes: Bytes::new(),
+                next_offset: offset,
+            });
         }
         Ok(self.log.read(offset, max_bytes, upper)?)
     }
@@ -286,7 +306,10 @@ impl Partition {
         match cache.iter().rposition(|(e, _)| *e <= requested) {
             None => (-1, -1),
             Some(i) => {
-                let end = cache.get(i + 1).map(|(_, s)| *s).unwrap_or_else(|| self.log.log_end_offset());
+                let end = cache
+                    .get(i + 1)
+                    .map(|(_, s)| *s)
+                    .unwrap_or_else(|| self.log.log_end_offset());
                 (cache[i].0, end)
             }
         }
@@ -294,7 +317,11 @@ impl Partition {
 
     /// DeleteRecords: raises the log start offset.
     pub fn delete_records_before(&self, offset: i64) -> Result<i64, CoreError> {
-        let target = if offset == -1 { self.high_watermark() } else { offset };
+        let target = if offset == -1 {
+            self.high_watermark()
+        } else {
+            offset
+        };
         if target < 0 || target > self.high_watermark() {
             return Err(CoreError::OffsetOutOfRange);
         }
@@ -311,7 +338,9 @@ impl Partition {
 fn batch_error(e: BatchError) -> CoreError {
     match e {
         BatchError::CorruptCrc | BatchError::Truncated => CoreError::CorruptMessage(e.to_string()),
-        BatchError::UnsupportedMagic(_) | BatchError::Invalid(_) => CoreError::InvalidRecord(e.to_string()),
+        BatchError::UnsupportedMagic(_) | BatchError::Invalid(_) => {
+            CoreError::InvalidRecord(e.to_string())
+        }
     }
 }
 
@@ -330,7 +359,10 @@ fn read_epoch_checkpoint(dir: &Path) -> Vec<(i32, i64)> {
     let mut entries = Vec::new();
     for line in lines.by_ref() {
         let mut parts = line.split_whitespace();
-        match (parts.next().and_then(|e| e.parse().ok()), parts.next().and_then(|o| o.parse().ok())) {
+        match (
+            parts.next().and_then(|e| e.parse().ok()),
+            parts.next().and_then(|o| o.parse().ok()),
+        ) {
             (Some(e), Some(o)) => entries.push((e, o)),
             _ => {
                 tracing::warn!(dir = %dir.display(), "ignoring a damaged leader epoch checkpoint");

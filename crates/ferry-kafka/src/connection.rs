@@ -1,0 +1,116 @@
+//! One client connection: a reader that parses frames and starts their handlers,
+//! and a writer that sends the responses in request order.
+//!
+//! Requests of one connection are handled concurrently (an `acks=all` produce
+//! waiting for its fsync does not hold up the fetches behind it), bounded by
+//! `queued.max.requests`; Kafka clients match responses by order, so the writer
+//! awaits them in the order the requests came.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use ferry_core::Broker;
+use tokio::io::{AsyncWriteExt, BufWriter};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::dispatch::{self, RequestContext};
+use crate::frame::{self, FrameError};
+use crate::server::KafkaListenerConfig;
+
+pub struct Connection {
+    stream: TcpStream,
+    peer: SocketAddr,
+    broker: Arc<Broker>,
+    config: KafkaListenerConfig,
+}
+
+/// A response slot: `None` when the request gets no response (produce with acks=0)
+/// or when the connection must close after the responses before it.
+type Slot = oneshot::Receiver<dispatch::Outcome>;
+
+impl Connection {
+    pub fn new(stream: TcpStream, peer: SocketAddr, broker: Arc<Broker>, config: KafkaListenerConfig) -> Connection {
+        Connection { stream, peer, broker, config }
+    }
+
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let Connection { stream, peer, broker, config } = self;
+        let (mut reader, writer) = stream.into_split();
+        let (slots_tx, mut slots_rx) = mpsc::channel::<Slot>(config.inflight_requests_max);
+        let mut writer_task = tokio::spawn(async move {
+            let mut writer = BufWriter::with_capacity(64 * 1024, writer);
+            while let Some(slot) = slots_rx.recv().await {
+                match slot.await {
+                    Ok(dispatch::Outcome::Respond(bytes)) => {
+                        if write(&mut writer, &bytes).await.is_err() {
+                            return;
+                        }
+                    }
+                    Ok(dispatch::Outcome::NoResponse) => {}
+                    Ok(dispatch::Outcome::Close) | Err(_) => break,
+                }
+                if slots_rx.is_empty() && writer.flush().await.is_err() {
+                    return;
+                }
+            }
+            let _ = writer.flush().await;
+            let _ = writer.shutdown().await;
+        });
+        let mut client_id = String::new();
+        let mut writer_done = false;
+        loop {
+            let frame = tokio::select! {
+                f = frame::read_frame(&mut reader, config.frame_bytes_max) => f,
+                _ = shutdown.changed() => break,
+                // The writer stops on a request that must close the connection.
+                _ = &mut writer_task => {
+                    writer_done = true;
+                    break;
+                }
+            };
+            let frame = match frame {
+                Ok(Some(f)) => f.freeze(),
+                Ok(None) | Err(FrameError::Closed) => break,
+                Err(e) => {
+                    tracing::warn!(%peer, client_id = %client_id, error = %e, "closing connection: bad frame");
+                    break;
+                }
+            };
+            let (tx, rx) = oneshot::channel();
+            if slots_tx.send(rx).await.is_err() {
+                break;
+            }
+            let mut body: Bytes = frame;
+            let parsed = match frame::parse_header(&mut body) {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::warn!(%peer, client_id = %client_id, error = %e, "closing connection: bad request header");
+                    let _ = tx.send(dispatch::Outcome::Close);
+                    break;
+                }
+            };
+            if let Some(id) = &parsed.header.client_id {
+                if id.as_str() != client_id {
+                    client_id = id.as_str().to_string();
+                }
+            }
+            let ctx = RequestContext { broker: broker.clone(), peer, client_id: client_id.clone() };
+            // A request that cannot be answered yields Outcome::Close: the writer
+            // sends the responses before it, then the connection closes.
+            tokio::spawn(async move {
+                let outcome = dispatch::handle(ctx, parsed, body).await;
+                let _ = tx.send(outcome);
+            });
+        }
+        drop(slots_tx);
+        if !writer_done {
+            let _ = writer_task.await;
+        }
+    }
+}
+
+async fn write<W: tokio::io::AsyncWrite + Unpin>(writer: &mut W, bytes: &Bytes) -> std::io::Result<()> {
+    writer.write_all(bytes).await
+}

@@ -1,0 +1,132 @@
+//! Routes a request to its handler by API key, after checking the version against
+//! what ferry implements. [`SUPPORTED`] is the single table that both routing and
+//! the ApiVersions answer read, so ferry advertises exactly what it implements.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use ferry_core::Broker;
+use kafka_protocol::messages::*;
+
+use crate::frame::{self, ParsedHeader};
+use crate::handlers;
+
+/// What the connection does with a request.
+#[derive(Debug)]
+pub enum Outcome {
+    Respond(Bytes),
+    /// Produce with acks=0: the client expects nothing back.
+    NoResponse,
+    /// The request could not be parsed or answered: close the connection.
+    Close,
+}
+
+/// Who sent a request, for handlers and log lines.
+#[derive(Debug, Clone)]
+pub struct RequestContext {
+    pub broker: Arc<Broker>,
+    pub peer: SocketAddr,
+    pub client_id: String,
+}
+
+/// The APIs and versions ferry implements: (key, min version, max version).
+pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
+    (ApiKey::Produce, 3, 11),
+    (ApiKey::Fetch, 4, 12),
+    (ApiKey::ListOffsets, 1, 8),
+    (ApiKey::Metadata, 0, 12),
+    (ApiKey::ApiVersions, 0, 3),
+    (ApiKey::CreateTopics, 2, 7),
+    (ApiKey::DeleteTopics, 1, 6),
+    (ApiKey::DeleteRecords, 0, 2),
+    (ApiKey::OffsetForLeaderEpoch, 2, 4),
+    (ApiKey::DescribeConfigs, 1, 4),
+    (ApiKey::AlterConfigs, 0, 2),
+    (ApiKey::CreatePartitions, 0, 3),
+    (ApiKey::IncrementalAlterConfigs, 0, 1),
+    (ApiKey::DescribeCluster, 0, 1),
+];
+
+/// The version range ferry implements for `key`.
+pub fn supported(key: ApiKey) -> Option<(i16, i16)> {
+    SUPPORTED.iter().find(|(k, _, _)| *k == key).map(|(_, min, max)| (*min, *max))
+}
+
+macro_rules! route {
+    ($ctx:ident, $key:ident, $version:ident, $corr:ident, $body:ident, { $($api:ident => $req:ty => $handler:path),* $(,)? }) => {
+        match $key {
+            $(
+                ApiKey::$api => {
+                    let req: $req = match frame::decode_body(&mut $body, $version) {
+                        Ok(r) => r,
+                        Err(e) => {
+                            tracing::warn!(peer = %$ctx.peer, client_id = %$ctx.client_id, api = ?$key, version = $version, error = %e, "closing connection: malformed request");
+                            return Outcome::Close;
+                        }
+                    };
+                    let resp = $handler(&$ctx, $version, req).await;
+                    encode($key, $version, $corr, &resp)
+                }
+            )*
+            _ => {
+                tracing::warn!(peer = %$ctx.peer, client_id = %$ctx.client_id, api = ?$key, "closing connection: API not implemented");
+                Outcome::Close
+            }
+        }
+    };
+}
+
+fn encode<R: kafka_protocol::protocol::Encodable>(key: ApiKey, version: i16, correlation_id: i32, resp: &R) -> Outcome {
+    match frame::encode_response(key, version, correlation_id, resp) {
+        Ok(bytes) => Outcome::Respond(bytes),
+        Err(e) => {
+            tracing::error!(api = ?key, version, error = %e, "could not encode a response");
+            Outcome::Close
+        }
+    }
+}
+
+/// Handles one request and returns what to send back.
+pub async fn handle(ctx: RequestContext, parsed: ParsedHeader, mut body: Bytes) -> Outcome {
+    let ParsedHeader { api_key, api_version: version, header } = parsed;
+    let corr = header.correlation_id;
+    if api_key == ApiKey::ApiVersions {
+        return handlers::api_versions::handle(&ctx, version, corr, body);
+    }
+    let Some((min, max)) = supported(api_key) else {
+        tracing::warn!(peer = %ctx.peer, client_id = %ctx.client_id, api = ?api_key, "closing connection: API not implemented");
+        return Outcome::Close;
+    };
+    if version < min || version > max {
+        tracing::warn!(peer = %ctx.peer, client_id = %ctx.client_id, api = ?api_key, version, "closing connection: unsupported API version");
+        return Outcome::Close;
+    }
+    if api_key == ApiKey::Produce {
+        let req: ProduceRequest = match frame::decode_body(&mut body, version) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(peer = %ctx.peer, client_id = %ctx.client_id, error = %e, "closing connection: malformed produce request");
+                return Outcome::Close;
+            }
+        };
+        return match handlers::produce::handle(&ctx, version, req).await {
+            Some(resp) => encode(api_key, version, corr, &resp),
+            None => Outcome::NoResponse,
+        };
+    }
+    route!(ctx, api_key, version, corr, body, {
+        Fetch => FetchRequest => handlers::fetch::handle,
+        ListOffsets => ListOffsetsRequest => handlers::list_offsets::handle,
+        Metadata => MetadataRequest => handlers::metadata::handle,
+        CreateTopics => CreateTopicsRequest => handlers::create_topics::handle,
+        DeleteTopics => DeleteTopicsRequest => handlers::delete_topics::handle,
+        DeleteRecords => DeleteRecordsRequest => handlers::delete_records::handle,
+        OffsetForLeaderEpoch => OffsetForLeaderEpochRequest => handlers::offset_for_leader_epoch::handle,
+        DescribeConfigs => DescribeConfigsRequest => handlers::configs::describe,
+        AlterConfigs => AlterConfigsRequest => handlers::configs::alter,
+        IncrementalAlterConfigs => IncrementalAlterConfigsRequest => handlers::configs::incremental_alter,
+        CreatePartitions => CreatePartitionsRequest => handlers::create_partitions::handle,
+        DescribeCluster => DescribeClusterRequest => handlers::describe_cluster::handle,
+    })
+}

@@ -1,0 +1,38 @@
+//! Domain errors → Kafka error codes. The one place the frontend decides which
+//! code a client sees for a broker-side failure.
+
+use ferry_core::CoreError;
+use kafka_protocol::ResponseError;
+
+/// The Kafka error code for a domain error.
+pub fn error_code(e: &CoreError) -> i16 {
+    kafka_error(e).code()
+}
+
+/// The Kafka error for a domain error.
+pub fn kafka_error(e: &CoreError) -> ResponseError {
+    match e {
+        CoreError::UnknownTopicOrPartition => ResponseError::UnknownTopicOrPartition,
+        CoreError::UnknownTopicId => ResponseError::UnknownTopicId,
+        CoreError::TopicAlreadyExists(_) => ResponseError::TopicAlreadyExists,
+        CoreError::InvalidTopic(_) => ResponseError::InvalidTopicException,
+        CoreError::InvalidPartitions(_) => ResponseError::InvalidPartitions,
+        CoreError::InvalidReplicationFactor(_) => ResponseError::InvalidReplicationFactor,
+        CoreError::InvalidConfig(_) => ResponseError::InvalidConfig,
+        CoreError::InvalidRequest(_) => ResponseError::InvalidRequest,
+        CoreError::MessageTooLarge { .. } => ResponseError::MessageTooLarge,
+        CoreError::CorruptMessage(_) => ResponseError::CorruptMessage,
+        CoreError::InvalidRecord(_) => ResponseError::InvalidRecord,
+        CoreError::OffsetOutOfRange | CoreError::OffsetAboveHighWatermark(_) => ResponseError::OffsetOutOfRange,
+        CoreError::Storage(_) => ResponseError::KafkaStorageError,
+        CoreError::NotEnoughReplicas => ResponseError::NotEnoughReplicas,
+        CoreError::FencedLeaderEpoch => ResponseError::FencedLeaderEpoch,
+        CoreError::UnknownLeaderEpoch => ResponseError::UnknownLeaderEpoch,
+        CoreError::ShuttingDown => ResponseError::NotLeaderOrFollower,
+    }
+}
+
+/// The message to put beside the code where the response has room for one.
+pub fn error_message(e: &CoreError) -> Option<kafka_protocol::protocol::StrBytes> {
+    Some(kafka_protocol::protocol::StrBytes::from_string(e.to_string()))
+}

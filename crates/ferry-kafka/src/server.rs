@@ -1,0 +1,65 @@
+//! The Kafka listener: accepts connections up to `max.connections` and hands each
+//! to its own task.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use ferry_core::Broker;
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+
+use crate::connection::Connection;
+
+/// Limits of the listener, from the broker settings of the same Kafka names.
+#[derive(Debug, Clone)]
+pub struct KafkaListenerConfig {
+    /// `socket.request.max.bytes`.
+    pub frame_bytes_max: usize,
+    /// `queued.max.requests`: requests of one connection in flight at once.
+    pub inflight_requests_max: usize,
+    /// `max.connections`.
+    pub connections_max: usize,
+}
+
+impl KafkaListenerConfig {
+    pub fn from_broker(broker: &Broker) -> KafkaListenerConfig {
+        let c = broker.config();
+        KafkaListenerConfig {
+            frame_bytes_max: c.long("socket.request.max.bytes").max(1024) as usize,
+            inflight_requests_max: c.long("queued.max.requests").max(1) as usize,
+            connections_max: c.long("max.connections").max(1) as usize,
+        }
+    }
+}
+
+/// Serves Kafka clients on `listener` until `shutdown` turns true.
+pub async fn serve(listener: TcpListener, broker: Arc<Broker>, config: KafkaListenerConfig, mut shutdown: watch::Receiver<bool>) {
+    let connections = Arc::new(Semaphore::new(config.connections_max));
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = shutdown.changed() => return,
+        };
+        let (stream, peer): (_, SocketAddr) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = connections.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, limit = config.connections_max, "refusing a connection over max.connections");
+            drop(stream);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let conn = Connection::new(stream, peer, broker.clone(), config.clone());
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            conn.run(shutdown).await;
+            drop(permit);
+        });
+    }
+}

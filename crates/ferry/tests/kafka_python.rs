@@ -1,0 +1,166 @@
+//! kafka-python 3.x against ferry, with librdkafka cross-checks: what one
+//! client writes, the other reads.
+//!
+//! The interpreter is `FERRY_PYTHON`, else `<workspace>/.venv/bin/python`
+//! (scripts/test.sh creates it). A missing interpreter fails the test.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+use rdkafka::message::Message;
+use rdkafka::Offset;
+use serde_json::Value;
+
+/// Runs one scenario of `kafka_python_suite.py`; returns its JSON result.
+fn run_scenario(broker: &Broker, scenario: &str, topic: &str) -> Value {
+    let mut cmd = Command::new(python());
+    cmd.arg(python_script("kafka_python_suite.py"))
+        .arg(scenario)
+        .arg(broker.bootstrap())
+        .arg(topic);
+    let out = run_with_deadline(cmd, b"", std::time::Duration::from_secs(120));
+    assert!(
+        out.status.success(),
+        "kafka-python scenario {scenario} failed ({})\n--- stdout ---\n{}\n--- stderr ---\n{}",
+        out.status,
+        out.stdout,
+        out.stderr
+    );
+    let last = out.stdout.lines().last().unwrap_or_default();
+    serde_json::from_str(last)
+        .unwrap_or_else(|e| panic!("scenario {scenario} printed no JSON ({e}): {}", out.stdout))
+}
+
+#[test]
+fn python_round_trip_with_every_codec_read_back_by_rdkafka() {
+    let broker = Broker::start();
+    let topic = unique_topic("py-roundtrip");
+    let result = run_scenario(&broker, "roundtrip", &topic);
+    let codecs: Vec<&str> = result["codecs"]
+        .as_array()
+        .expect("codecs")
+        .iter()
+        .map(|c| c.as_str().expect("codec name"))
+        .collect();
+    assert_eq!(
+        codecs,
+        vec!["gzip", "snappy", "lz4", "zstd"],
+        "the Python environment lacks codec packages; run scripts/test.sh (installs lz4, zstandard, python-snappy, cramjam)"
+    );
+    // librdkafka reads exactly what kafka-python wrote.
+    for codec in codecs {
+        let written = &result["written"][codec];
+        let partition = written["partition"].as_i64().expect("partition") as i32;
+        let want: Vec<Rec> = written["records"]
+            .as_array()
+            .expect("records")
+            .iter()
+            .map(|r| {
+                let mut rec = Rec::kv(r[0].as_str().expect("key"), r[1].as_str().expect("value"));
+                for h in r[2].as_array().expect("headers") {
+                    rec = rec.with_header(
+                        h[0].as_str().expect("hk"),
+                        Some(h[1].as_str().expect("hv").as_bytes()),
+                    );
+                }
+                rec
+            })
+            .collect();
+        let read = read_all(&broker, &topic, partition, Offset::Beginning);
+        assert_eq!(
+            recs_of(&read),
+            want,
+            "codec {codec}: librdkafka read differs"
+        );
+    }
+}
+
+#[test]
+fn python_reads_what_rdkafka_wrote() {
+    let broker = Broker::start();
+    let topic = unique_topic("py-read");
+    create_topic(&broker, &topic, 1, &[]);
+    let producer = producer(
+        &broker,
+        &[("compression.type", "zstd"), ("linger.ms", "10")],
+    );
+    let mut recs: Vec<Rec> = (0..30)
+        .map(|i| {
+            Rec::kv(&format!("rk{i}"), &format!("from rdkafka {i}")).with_header("h", Some(b"x"))
+        })
+        .collect();
+    recs.push(Rec {
+        key: None,
+        value: Some(b"no key".to_vec()),
+        headers: vec![],
+    });
+    send_all(&producer, &topic, Some(0), &recs);
+
+    let result = run_scenario(&broker, "read_rdkafka", &topic);
+    let got = result["records"].as_array().expect("records");
+    assert_eq!(got.len(), recs.len());
+    for (i, (g, want)) in got.iter().zip(&recs).enumerate() {
+        assert_eq!(g[0].as_i64(), Some(i as i64), "offset");
+        let key = want
+            .key
+            .as_ref()
+            .map(|k| String::from_utf8_lossy(k).into_owned());
+        assert_eq!(g[1].as_str().map(str::to_string), key, "key of record {i}");
+        let value = want
+            .value
+            .as_ref()
+            .map(|v| String::from_utf8_lossy(v).into_owned());
+        assert_eq!(
+            g[2].as_str().map(str::to_string),
+            value,
+            "value of record {i}"
+        );
+        let headers: Vec<(String, Option<Vec<u8>>)> = g[3]
+            .as_array()
+            .expect("headers")
+            .iter()
+            .map(|h| {
+                (
+                    h[0].as_str().expect("hk").to_string(),
+                    h[1].as_str().map(|v| v.as_bytes().to_vec()),
+                )
+            })
+            .collect();
+        assert_eq!(headers, want.headers, "headers of record {i}");
+    }
+}
+
+#[test]
+fn python_consumer_seeks_by_offset() {
+    let broker = Broker::start();
+    let topic = unique_topic("py-seek");
+    create_topic(&broker, &topic, 1, &[]);
+    run_scenario(&broker, "seek", &topic);
+    let read = read_all(&broker, &topic, 0, Offset::Beginning);
+    assert_eq!(read.len(), 20);
+    assert_eq!(read[19].payload(), Some(&b"v19"[..]));
+}
+
+#[test]
+fn python_admin_creates_and_deletes_topics() {
+    let broker = Broker::start();
+    let topic = unique_topic("py-admin");
+    let result = run_scenario(&broker, "admin", &topic);
+    assert_eq!(
+        result["remaining"],
+        serde_json::json!([format!("{topic}-other")])
+    );
+    assert_eq!(partition_count(&broker, &topic), None);
+    assert_eq!(partition_count(&broker, &format!("{topic}-other")), Some(1));
+}
+
+#[test]
+fn python_offsets_for_times() {
+    let broker = Broker::start();
+    let topic = unique_topic("py-times");
+    create_topic(&broker, &topic, 1, &[]);
+    let result = run_scenario(&broker, "offsets_for_times", &topic);
+    assert_eq!(result["offset"], 5);
+}
