@@ -13,7 +13,7 @@ use bytes::Bytes;
 use ferry_core::Broker;
 use tokio::io::{AsyncWriteExt, BufWriter};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 
 use crate::dispatch::{self, RequestContext};
 use crate::frame::{self, FrameError};
@@ -24,6 +24,9 @@ pub struct Connection {
     peer: SocketAddr,
     broker: Arc<Broker>,
     config: KafkaListenerConfig,
+    /// Broker-wide budget of request bytes in memory; a frame's bytes are taken
+    /// before it is read and given back when its handler has finished.
+    memory: Arc<Semaphore>,
 }
 
 /// A response slot: `None` when the request gets no response (produce with acks=0)
@@ -31,12 +34,30 @@ pub struct Connection {
 type Slot = oneshot::Receiver<dispatch::Outcome>;
 
 impl Connection {
-    pub fn new(stream: TcpStream, peer: SocketAddr, broker: Arc<Broker>, config: KafkaListenerConfig) -> Connection {
-        Connection { stream, peer, broker, config }
+    pub fn new(
+        stream: TcpStream,
+        peer: SocketAddr,
+        broker: Arc<Broker>,
+        config: KafkaListenerConfig,
+        memory: Arc<Semaphore>,
+    ) -> Connection {
+        Connection {
+            stream,
+            peer,
+            broker,
+            config,
+            memory,
+        }
     }
 
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
-        let Connection { stream, peer, broker, config } = self;
+        let Connection {
+            stream,
+            peer,
+            broker,
+            config,
+            memory,
+        } = self;
         let (mut reader, writer) = stream.into_split();
         let (slots_tx, mut slots_rx) = mpsc::channel::<Slot>(config.inflight_requests_max);
         let mut writer_task = tokio::spawn(async move {
@@ -62,7 +83,7 @@ impl Connection {
         let mut writer_done = false;
         loop {
             let frame = tokio::select! {
-                f = frame::read_frame(&mut reader, config.frame_bytes_max) => f,
+                f = frame::read_frame(&mut reader, config.frame_bytes_max, &memory) => f,
                 _ = shutdown.changed() => break,
                 // The writer stops on a request that must close the connection.
                 _ = &mut writer_task => {
@@ -70,8 +91,8 @@ impl Connection {
                     break;
                 }
             };
-            let frame = match frame {
-                Ok(Some(f)) => f.freeze(),
+            let (frame, permit) = match frame {
+                Ok(Some((f, permit))) => (f.freeze(), permit),
                 Ok(None) | Err(FrameError::Closed) => break,
                 Err(e) => {
                     tracing::warn!(%peer, client_id = %client_id, error = %e, "closing connection: bad frame");
@@ -96,11 +117,16 @@ impl Connection {
                     client_id = id.as_str().to_string();
                 }
             }
-            let ctx = RequestContext { broker: broker.clone(), peer, client_id: client_id.clone() };
+            let ctx = RequestContext {
+                broker: broker.clone(),
+                peer,
+                client_id: client_id.clone(),
+            };
             // A request that cannot be answered yields Outcome::Close: the writer
             // sends the responses before it, then the connection closes.
             tokio::spawn(async move {
                 let outcome = dispatch::handle(ctx, parsed, body).await;
+                drop(permit);
                 let _ = tx.send(outcome);
             });
         }
@@ -111,6 +137,9 @@ impl Connection {
     }
 }
 
-async fn write<W: tokio::io::AsyncWrite + Unpin>(writer: &mut W, bytes: &Bytes) -> std::io::Result<()> {
+async fn write<W: tokio::io::AsyncWrite + Unpin>(
+    writer: &mut W,
+    bytes: &Bytes,
+) -> std::io::Result<()> {
     writer.write_all(bytes).await
 }

@@ -4,7 +4,10 @@
 use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader};
 use kafka_protocol::protocol::{Decodable, Encodable};
+use std::sync::Arc;
+
 use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Why a connection is closed instead of answered.
 #[derive(Debug, thiserror::Error)]
@@ -23,8 +26,13 @@ pub enum FrameError {
     Io(#[from] std::io::Error),
 }
 
-/// Reads one whole frame (without its length prefix). `Ok(None)` at a clean end of stream.
-pub async fn read_frame<R: AsyncRead + Unpin>(reader: &mut R, frame_bytes_max: usize) -> Result<Option<BytesMut>, FrameError> {
+/// Reads one whole frame (without its length prefix) once `memory` has room for
+/// it; the permit travels with the frame. `Ok(None)` at a clean end of stream.
+pub async fn read_frame<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    frame_bytes_max: usize,
+    memory: &Arc<Semaphore>,
+) -> Result<Option<(BytesMut, OwnedSemaphorePermit)>, FrameError> {
     let mut len = [0u8; 4];
     match reader.read_exact(&mut len).await {
         Ok(_) => {}
@@ -37,8 +45,16 @@ pub async fn read_frame<R: AsyncRead + Unpin>(reader: &mut R, frame_bytes_max: u
         return Err(FrameError::TooShort(size));
     }
     if size as u64 > frame_bytes_max as u64 {
-        return Err(FrameError::TooLarge { size, max: frame_bytes_max });
+        return Err(FrameError::TooLarge {
+            size,
+            max: frame_bytes_max,
+        });
     }
+    let permit = memory
+        .clone()
+        .acquire_many_owned(size as u32)
+        .await
+        .map_err(|_| FrameError::Closed)?;
     let mut buf = BytesMut::zeroed(size as usize);
     reader.read_exact(&mut buf).await.map_err(|e| {
         if e.kind() == std::io::ErrorKind::UnexpectedEof {
@@ -47,7 +63,7 @@ pub async fn read_frame<R: AsyncRead + Unpin>(reader: &mut R, frame_bytes_max: u
             FrameError::Io(e)
         }
     })?;
-    Ok(Some(buf))
+    Ok(Some((buf, permit)))
 }
 
 /// The parts of a request header needed before the body is decoded.
@@ -67,12 +83,22 @@ pub fn parse_header(frame: &mut Bytes) -> Result<ParsedHeader, FrameError> {
     // version the key knows when the requested version is past its range.
     let range = api_key.valid_versions();
     let header_version = api_key.request_header_version(api_version.clamp(range.min, range.max));
-    let header = RequestHeader::decode(frame, header_version).map_err(|e| FrameError::BadHeader(e.to_string()))?;
-    Ok(ParsedHeader { api_key, api_version, header })
+    let header = RequestHeader::decode(frame, header_version)
+        .map_err(|e| FrameError::BadHeader(e.to_string()))?;
+    Ok(ParsedHeader {
+        api_key,
+        api_version,
+        header,
+    })
 }
 
 /// Encodes a response frame: length, response header, body.
-pub fn encode_response<R: Encodable>(api_key: ApiKey, version: i16, correlation_id: i32, body: &R) -> anyhow::Result<Bytes> {
+pub fn encode_response<R: Encodable>(
+    api_key: ApiKey,
+    version: i16,
+    correlation_id: i32,
+    body: &R,
+) -> anyhow::Result<Bytes> {
     let mut buf = BytesMut::with_capacity(64);
     buf.put_i32(0);
     let header = ResponseHeader::default().with_correlation_id(correlation_id);

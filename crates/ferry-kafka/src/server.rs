@@ -19,6 +19,8 @@ pub struct KafkaListenerConfig {
     pub inflight_requests_max: usize,
     /// `max.connections`.
     pub connections_max: usize,
+    /// `queued.max.request.bytes`: request bytes held at once over all connections.
+    pub request_bytes_max: usize,
 }
 
 impl KafkaListenerConfig {
@@ -28,13 +30,25 @@ impl KafkaListenerConfig {
             frame_bytes_max: c.long("socket.request.max.bytes").max(1024) as usize,
             inflight_requests_max: c.long("queued.max.requests").max(1) as usize,
             connections_max: c.long("max.connections").max(1) as usize,
+            request_bytes_max: c.long("queued.max.request.bytes").max(1024) as usize,
         }
     }
 }
 
 /// Serves Kafka clients on `listener` until `shutdown` turns true.
-pub async fn serve(listener: TcpListener, broker: Arc<Broker>, config: KafkaListenerConfig, mut shutdown: watch::Receiver<bool>) {
+pub async fn serve(
+    listener: TcpListener,
+    broker: Arc<Broker>,
+    config: KafkaListenerConfig,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let connections = Arc::new(Semaphore::new(config.connections_max));
+    // A frame may not be larger than the pool, or it could never be admitted.
+    let pool_bytes = config
+        .request_bytes_max
+        .max(config.frame_bytes_max)
+        .min(Semaphore::MAX_PERMITS);
+    let memory = Arc::new(Semaphore::new(pool_bytes));
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
@@ -55,7 +69,7 @@ pub async fn serve(listener: TcpListener, broker: Arc<Broker>, config: KafkaList
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let conn = Connection::new(stream, peer, broker.clone(), config.clone());
+        let conn = Connection::new(stream, peer, broker.clone(), config.clone(), memory.clone());
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
             conn.run(shutdown).await;
