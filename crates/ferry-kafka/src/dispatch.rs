@@ -50,7 +50,10 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
 
 /// The version range ferry implements for `key`.
 pub fn supported(key: ApiKey) -> Option<(i16, i16)> {
-    SUPPORTED.iter().find(|(k, _, _)| *k == key).map(|(_, min, max)| (*min, *max))
+    SUPPORTED
+        .iter()
+        .find(|(k, _, _)| *k == key)
+        .map(|(_, min, max)| (*min, *max))
 }
 
 macro_rules! route {
@@ -77,7 +80,12 @@ macro_rules! route {
     };
 }
 
-fn encode<R: kafka_protocol::protocol::Encodable>(key: ApiKey, version: i16, correlation_id: i32, resp: &R) -> Outcome {
+fn encode<R: kafka_protocol::protocol::Encodable>(
+    key: ApiKey,
+    version: i16,
+    correlation_id: i32,
+    resp: &R,
+) -> Outcome {
     match frame::encode_response(key, version, correlation_id, resp) {
         Ok(bytes) => Outcome::Respond(bytes),
         Err(e) => {
@@ -89,7 +97,11 @@ fn encode<R: kafka_protocol::protocol::Encodable>(key: ApiKey, version: i16, cor
 
 /// Handles one request and returns what to send back.
 pub async fn handle(ctx: RequestContext, parsed: ParsedHeader, mut body: Bytes) -> Outcome {
-    let ParsedHeader { api_key, api_version: version, header } = parsed;
+    let ParsedHeader {
+        api_key,
+        api_version: version,
+        header,
+    } = parsed;
     let corr = header.correlation_id;
     if api_key == ApiKey::ApiVersions {
         return handlers::api_versions::handle(&ctx, version, corr, body);

@@ -23,7 +23,9 @@ pub fn kafka_error(e: &CoreError) -> ResponseError {
         CoreError::MessageTooLarge { .. } => ResponseError::MessageTooLarge,
         CoreError::CorruptMessage(_) => ResponseError::CorruptMessage,
         CoreError::InvalidRecord(_) => ResponseError::InvalidRecord,
-        CoreError::OffsetOutOfRange | CoreError::OffsetAboveHighWatermark(_) => ResponseError::OffsetOutOfRange,
+        CoreError::OffsetOutOfRange | CoreError::OffsetAboveHighWatermark(_) => {
+            ResponseError::OffsetOutOfRange
+        }
         CoreError::Storage(_) => ResponseError::KafkaStorageError,
         CoreError::NotEnoughReplicas => ResponseError::NotEnoughReplicas,
         CoreError::FencedLeaderEpoch => ResponseError::FencedLeaderEpoch,
@@ -34,5 +36,7 @@ pub fn kafka_error(e: &CoreError) -> ResponseError {
 
 /// The message to put beside the code where the response has room for one.
 pub fn error_message(e: &CoreError) -> Option<kafka_protocol::protocol::StrBytes> {
-    Some(kafka_protocol::protocol::StrBytes::from_string(e.to_string()))
+    Some(kafka_protocol::protocol::StrBytes::from_string(
+        e.to_string(),
+    ))
 }

@@ -16,7 +16,12 @@ use crate::frame;
 fn supported_versions() -> Vec<ApiVersion> {
     SUPPORTED
         .iter()
-        .map(|(key, min, max)| ApiVersion::default().with_api_key(*key as i16).with_min_version(*min).with_max_version(*max))
+        .map(|(key, min, max)| {
+            ApiVersion::default()
+                .with_api_key(*key as i16)
+                .with_min_version(*min)
+                .with_max_version(*max)
+        })
         .collect()
 }
 

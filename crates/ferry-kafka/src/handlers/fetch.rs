@@ -32,15 +32,28 @@ pub async fn handle(ctx: &RequestContext, version: i16, req: FetchRequest) -> Fe
     let broker = &ctx.broker;
     if req.session_id != 0 {
         // ferry hands out no fetch sessions (KIP-227), so clients never hold one.
-        return FetchResponse::default().with_error_code(ResponseError::FetchSessionIdNotFound.code());
+        return FetchResponse::default()
+            .with_error_code(ResponseError::FetchSessionIdNotFound.code());
     }
-    let isolation = if req.isolation_level == 1 { Isolation::ReadCommitted } else { Isolation::ReadUncommitted };
-    let response_max = if version >= 3 { req.max_bytes.max(0) as usize } else { usize::MAX };
+    let isolation = if req.isolation_level == 1 {
+        Isolation::ReadCommitted
+    } else {
+        Isolation::ReadUncommitted
+    };
+    let response_max = if version >= 3 {
+        req.max_bytes.max(0) as usize
+    } else {
+        usize::MAX
+    };
     let response_max = response_max.min(broker.config().long("fetch.max.bytes").max(1024) as usize);
     let mut wanted = Vec::new();
     for t in &req.topics {
         let name = if version >= 13 {
-            broker.image().topic_by_id(&t.topic_id).map(|t| t.name.clone()).unwrap_or_default()
+            broker
+                .image()
+                .topic_by_id(&t.topic_id)
+                .map(|t| t.name.clone())
+                .unwrap_or_default()
         } else {
             t.topic.0.as_str().to_string()
         };
@@ -49,21 +62,36 @@ pub async fn handle(ctx: &RequestContext, version: i16, req: FetchRequest) -> Fe
                 tp: TopicPartition::new(name.clone(), p.partition),
                 offset: p.fetch_offset,
                 partition_max_bytes: p.partition_max_bytes.max(0) as usize,
-                current_leader_epoch: if version >= 9 { p.current_leader_epoch } else { -1 },
+                current_leader_epoch: if version >= 9 {
+                    p.current_leader_epoch
+                } else {
+                    -1
+                },
             });
         }
     }
-    let deadline = tokio::time::Instant::now() + Duration::from_millis(req.max_wait_ms.clamp(0, MAX_WAIT_MS_MAX) as u64);
+    let deadline = tokio::time::Instant::now()
+        + Duration::from_millis(req.max_wait_ms.clamp(0, MAX_WAIT_MS_MAX) as u64);
     let min_bytes = req.min_bytes.max(0) as usize;
     loop {
         // Subscribe before reading so an append between the read and the wait is not missed.
-        let partitions: Vec<_> = wanted.iter().filter_map(|w| broker.partition(&w.tp)).collect();
-        let mut waits: Vec<_> = partitions.iter().map(|p| Box::pin(p.hw_changed())).collect();
+        let partitions: Vec<_> = wanted
+            .iter()
+            .filter_map(|w| broker.partition(&w.tp))
+            .collect();
+        let mut waits: Vec<_> = partitions
+            .iter()
+            .map(|p| Box::pin(p.hw_changed()))
+            .collect();
         for w in waits.iter_mut() {
             w.as_mut().enable();
         }
         let (results, bytes, errors) = read_all(ctx, &wanted, isolation, response_max);
-        if bytes >= min_bytes || errors || waits.is_empty() || tokio::time::Instant::now() >= deadline {
+        if bytes >= min_bytes
+            || errors
+            || waits.is_empty()
+            || tokio::time::Instant::now() >= deadline
+        {
             return build_response(version, results);
         }
         tokio::select! {
@@ -76,12 +104,23 @@ pub async fn handle(ctx: &RequestContext, version: i16, req: FetchRequest) -> Fe
     }
 }
 
-fn read_all(ctx: &RequestContext, wanted: &[Wanted], isolation: Isolation, response_max: usize) -> (Vec<(TopicPartition, PartitionData)>, usize, bool) {
+fn read_all(
+    ctx: &RequestContext,
+    wanted: &[Wanted],
+    isolation: Isolation,
+    response_max: usize,
+) -> (Vec<(TopicPartition, PartitionData)>, usize, bool) {
     let mut total = 0usize;
     let mut errors = false;
     let mut out = Vec::with_capacity(wanted.len());
     for w in wanted {
-        let data = match read_one(ctx, w, isolation, response_max.saturating_sub(total), total == 0) {
+        let data = match read_one(
+            ctx,
+            w,
+            isolation,
+            response_max.saturating_sub(total),
+            total == 0,
+        ) {
             Ok(d) => d,
             Err(e) => {
                 errors = true;
@@ -90,7 +129,9 @@ fn read_all(ctx: &RequestContext, wanted: &[Wanted], isolation: Isolation, respo
                     .with_partition_index(w.tp.partition)
                     .with_error_code(error_code(&e))
                     .with_high_watermark(p.as_ref().map(|p| p.high_watermark()).unwrap_or(-1))
-                    .with_last_stable_offset(p.as_ref().map(|p| p.last_stable_offset()).unwrap_or(-1))
+                    .with_last_stable_offset(
+                        p.as_ref().map(|p| p.last_stable_offset()).unwrap_or(-1),
+                    )
                     .with_log_start_offset(p.as_ref().map(|p| p.log_start_offset()).unwrap_or(-1))
                     .with_preferred_read_replica(BrokerId(-1))
                     .with_records(Some(Bytes::new()))
@@ -102,14 +143,27 @@ fn read_all(ctx: &RequestContext, wanted: &[Wanted], isolation: Isolation, respo
     (out, total, errors)
 }
 
-fn read_one(ctx: &RequestContext, w: &Wanted, isolation: Isolation, remaining: usize, first: bool) -> Result<PartitionData, CoreError> {
+fn read_one(
+    ctx: &RequestContext,
+    w: &Wanted,
+    isolation: Isolation,
+    remaining: usize,
+    first: bool,
+) -> Result<PartitionData, CoreError> {
     if w.tp.topic.is_empty() {
         return Err(CoreError::UnknownTopicId);
     }
-    let p = ctx.broker.partition(&w.tp).ok_or(CoreError::UnknownTopicOrPartition)?;
+    let p = ctx
+        .broker
+        .partition(&w.tp)
+        .ok_or(CoreError::UnknownTopicOrPartition)?;
     let epoch = p.leader_epoch();
     if w.current_leader_epoch >= 0 && w.current_leader_epoch != epoch {
-        return Err(if w.current_leader_epoch < epoch { CoreError::FencedLeaderEpoch } else { CoreError::UnknownLeaderEpoch });
+        return Err(if w.current_leader_epoch < epoch {
+            CoreError::FencedLeaderEpoch
+        } else {
+            CoreError::UnknownLeaderEpoch
+        });
     }
     // The response limit may cut a partition to nothing, except the first data of
     // the response, which is returned whole.
@@ -124,7 +178,11 @@ fn read_one(ctx: &RequestContext, w: &Wanted, isolation: Isolation, remaining: u
         .with_high_watermark(p.high_watermark())
         .with_last_stable_offset(p.last_stable_offset())
         .with_log_start_offset(p.log_start_offset())
-        .with_aborted_transactions(if isolation == Isolation::ReadCommitted { Some(Vec::new()) } else { None })
+        .with_aborted_transactions(if isolation == Isolation::ReadCommitted {
+            Some(Vec::new())
+        } else {
+            None
+        })
         .with_preferred_read_replica(BrokerId(-1))
         .with_records(Some(records)))
 }
@@ -136,7 +194,9 @@ fn build_response(version: i16, results: Vec<(TopicPartition, PartitionData)>) -
             Some(t) if t.topic.0.as_str() == tp.topic => t.partitions.push(data),
             _ => topics.push(
                 FetchableTopicResponse::default()
-                    .with_topic(TopicName(kafka_protocol::protocol::StrBytes::from_string(tp.topic.clone())))
+                    .with_topic(TopicName(kafka_protocol::protocol::StrBytes::from_string(
+                        tp.topic.clone(),
+                    )))
                     .with_partitions(vec![data]),
             ),
         }

@@ -2,7 +2,9 @@
 //! and ISR; creates topics on first use when `auto.create.topics.enable` allows.
 
 use ferry_core::metadata::TopicMetadata;
-use kafka_protocol::messages::metadata_response::{MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic};
+use kafka_protocol::messages::metadata_response::{
+    MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
+};
 use kafka_protocol::messages::{BrokerId, MetadataRequest, MetadataResponse, TopicName};
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
@@ -38,10 +40,15 @@ pub async fn handle(ctx: &RequestContext, version: i16, req: MetadataRequest) ->
                     continue;
                 }
                 let Some(name) = t.name else {
-                    topics.push(MetadataResponseTopic::default().with_topic_id(t.topic_id).with_error_code(ResponseError::UnknownTopicId.code()));
+                    topics.push(
+                        MetadataResponseTopic::default()
+                            .with_topic_id(t.topic_id)
+                            .with_error_code(ResponseError::UnknownTopicId.code()),
+                    );
                     continue;
                 };
-                let error = if let Err(e) = ferry_core::broker::validate_topic_name(name.0.as_str()) {
+                let error = if let Err(e) = ferry_core::broker::validate_topic_name(name.0.as_str())
+                {
                     error_code(&e)
                 } else if auto_create {
                     match broker.auto_create_topic(name.0.as_str()) {
@@ -58,7 +65,11 @@ pub async fn handle(ctx: &RequestContext, version: i16, req: MetadataRequest) ->
                 } else {
                     ResponseError::UnknownTopicOrPartition.code()
                 };
-                topics.push(MetadataResponseTopic::default().with_name(Some(name)).with_error_code(error));
+                topics.push(
+                    MetadataResponseTopic::default()
+                        .with_name(Some(name))
+                        .with_error_code(error),
+                );
             }
         }
     }

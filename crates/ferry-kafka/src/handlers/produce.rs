@@ -11,7 +11,11 @@ use crate::dispatch::RequestContext;
 use crate::errors::{error_code, error_message};
 
 /// `None` when the client asked for no response (acks=0).
-pub async fn handle(ctx: &RequestContext, version: i16, req: ProduceRequest) -> Option<ProduceResponse> {
+pub async fn handle(
+    ctx: &RequestContext,
+    version: i16,
+    req: ProduceRequest,
+) -> Option<ProduceResponse> {
     let broker = &ctx.broker;
     let acks = req.acks;
     let mut work = Vec::new();
@@ -19,7 +23,9 @@ pub async fn handle(ctx: &RequestContext, version: i16, req: ProduceRequest) -> 
         let name = topic.name.0.as_str().to_string();
         let topic_error = match ferry_core::broker::validate_topic_name(&name) {
             Err(e) => Some(e),
-            Ok(()) if broker.image().topic(&name).is_none() => Some(CoreError::UnknownTopicOrPartition),
+            Ok(()) if broker.image().topic(&name).is_none() => {
+                Some(CoreError::UnknownTopicOrPartition)
+            }
             Ok(()) => None,
         };
         for p in topic.partition_data {
@@ -53,7 +59,12 @@ pub async fn handle(ctx: &RequestContext, version: i16, req: ProduceRequest) -> 
                 .with_log_append_time_ms(r.log_append_time)
                 .with_log_start_offset(r.log_start_offset),
             Err(e) => {
-                if matches!(e, CoreError::CorruptMessage(_) | CoreError::InvalidRecord(_) | CoreError::Storage(_)) {
+                if matches!(
+                    e,
+                    CoreError::CorruptMessage(_)
+                        | CoreError::InvalidRecord(_)
+                        | CoreError::Storage(_)
+                ) {
                     tracing::warn!(peer = %ctx.peer, client_id = %ctx.client_id, partition = %tp, error = %e, "produce refused");
                 }
                 PartitionProduceResponse::default()
@@ -69,7 +80,9 @@ pub async fn handle(ctx: &RequestContext, version: i16, req: ProduceRequest) -> 
             Some(t) => t.partition_responses.push(partition),
             None => responses.push(
                 TopicProduceResponse::default()
-                    .with_name(kafka_protocol::messages::TopicName(kafka_protocol::protocol::StrBytes::from_string(tp.topic.clone())))
+                    .with_name(kafka_protocol::messages::TopicName(
+                        kafka_protocol::protocol::StrBytes::from_string(tp.topic.clone()),
+                    ))
                     .with_partition_responses(vec![partition]),
             ),
         }
