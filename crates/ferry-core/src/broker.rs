@@ -23,11 +23,15 @@ use uuid::Uuid;
 use crate::clock::Clock;
 use crate::config::{validate_broker_configs, validate_topic_configs, BrokerConfig, TopicConfig};
 use crate::error::CoreError;
+use crate::group::{BrokerGroupStorage, GroupConfig, GroupCoordinator};
 use crate::metadata::{MetadataImage, MetadataLog, MetadataRecord, TopicMetadata};
 use crate::partition::{AppendResult, Partition, TopicPartition};
 
 /// The directory of the local metadata log, named as Kafka names it.
 pub const METADATA_DIR: &str = "__cluster_metadata-0";
+
+/// Producer ids reserved per metadata record.
+const PRODUCER_ID_BLOCK: i64 = 1000;
 
 /// Largest partition count of one topic; more is refused, never allocated.
 pub const PARTITIONS_PER_TOPIC_MAX: i32 = 10_000;
@@ -77,6 +81,10 @@ pub struct Broker {
     /// Serializes metadata changes: append to the log, then apply.
     metadata_log: Mutex<MetadataLog>,
     partitions: RwLock<HashMap<TopicPartition, Arc<Partition>>>,
+    /// Consumer groups and committed offsets, stored in `__consumer_offsets`.
+    groups: GroupCoordinator,
+    /// (next id to hand out, end of the reserved block).
+    producer_ids: Mutex<(i64, i64)>,
 }
 
 impl std::fmt::Debug for Broker {
@@ -100,14 +108,21 @@ impl Broker {
         for r in &records {
             image.apply(r);
         }
-        let broker = Arc::new(Broker {
+        let group_config = GroupConfig::from_broker(&static_config);
+        let broker = Arc::new_cyclic(|me| Broker {
             options,
             cluster_id,
+            groups: GroupCoordinator::new(
+                Arc::new(BrokerGroupStorage::new(me.clone())),
+                clock.clone(),
+                group_config,
+            ),
             clock,
             static_config,
             image: RwLock::new(Arc::new(image)),
             metadata_log: Mutex::new(metadata_log),
             partitions: RwLock::new(HashMap::new()),
+            producer_ids: Mutex::new((0, 0)),
         });
         let me = MetadataRecord::BrokerRegistered {
             node_id: broker.options.node_id,
@@ -139,6 +154,7 @@ impl Broker {
             }
         }
         broker.remove_orphan_dirs(&image);
+        broker.groups.load()?;
         Ok(broker)
     }
 
@@ -175,12 +191,32 @@ impl Broker {
         self.config().topic_config(&topic.configs)
     }
 
+    /// The group coordinator (consumer groups and committed offsets).
+    pub fn groups(&self) -> &GroupCoordinator {
+        &self.groups
+    }
+
     pub fn partition(&self, tp: &TopicPartition) -> Option<Arc<Partition>> {
         self.partitions.read().get(tp).cloned()
     }
 
     pub fn partitions(&self) -> Vec<Arc<Partition>> {
         self.partitions.read().values().cloned().collect()
+    }
+
+    /// A producer id never handed out before, also across restarts: ids are reserved
+    /// in blocks through the metadata log, and a restart starts a new block.
+    pub fn allocate_producer_id(&self) -> Result<i64, CoreError> {
+        let mut ids = self.producer_ids.lock();
+        if ids.0 >= ids.1 {
+            let start = self.image().producer_ids_end;
+            let end = start + PRODUCER_ID_BLOCK;
+            self.commit(vec![MetadataRecord::ProducerIdsAllocated { end }])?;
+            *ids = (start, end);
+        }
+        let id = ids.0;
+        ids.0 += 1;
+        Ok(id)
     }
 
     /// Makes records durable in the metadata log, then applies them to the image.
@@ -603,6 +639,7 @@ impl Broker {
         self: Arc<Self>,
         mut shutdown: tokio::sync::watch::Receiver<bool>,
     ) {
+        tokio::spawn(GroupCoordinator::run_ticks(self.clone(), shutdown.clone()));
         let mut next_retention = 0i64;
         let mut next_compaction = 0i64;
         loop {

@@ -5,6 +5,7 @@
 //!        │ domain calls: create_topic, produce, read, alter_configs …
 //!        ▼
 //!  Broker ── metadata log + image (topics, partitions, configs)
+//!    ├── GroupCoordinator (consumer groups, committed offsets ── __consumer_offsets)
 //!    └── Partition (replica state: leader epoch, high watermark, log start) ── ferry-log
 //! ```
 //!
@@ -15,6 +16,7 @@ pub mod broker;
 pub mod clock;
 pub mod config;
 pub mod error;
+pub mod group;
 pub mod metadata;
 pub mod partition;
 

@@ -56,6 +56,10 @@ pub enum MetadataRecord {
     TopicDeleted {
         topic_id: Uuid,
     },
+    /// Producer ids below `end` are handed out (or reserved) and never given again.
+    ProducerIdsAllocated {
+        end: i64,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -96,6 +100,8 @@ pub struct MetadataImage {
     pub topics: BTreeMap<String, TopicMetadata>,
     pub topic_names: BTreeMap<Uuid, String>,
     pub broker_configs: BTreeMap<String, String>,
+    /// End of the last reserved block of producer ids.
+    pub producer_ids_end: i64,
     /// Records applied so far.
     pub offset: u64,
 }
@@ -201,6 +207,9 @@ impl MetadataImage {
                     Some(v) => self.broker_configs.insert(name.clone(), v.clone()),
                     None => self.broker_configs.remove(name),
                 };
+            }
+            MetadataRecord::ProducerIdsAllocated { end } => {
+                self.producer_ids_end = self.producer_ids_end.max(*end);
             }
             MetadataRecord::TopicDeleted { topic_id } => {
                 if let Some(name) = self.topic_names.remove(topic_id) {

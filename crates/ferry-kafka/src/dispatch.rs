@@ -46,6 +46,18 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::CreatePartitions, 0, 3),
     (ApiKey::IncrementalAlterConfigs, 0, 1),
     (ApiKey::DescribeCluster, 0, 1),
+    (ApiKey::FindCoordinator, 0, 6),
+    (ApiKey::JoinGroup, 0, 9),
+    (ApiKey::SyncGroup, 0, 5),
+    (ApiKey::Heartbeat, 0, 4),
+    (ApiKey::LeaveGroup, 0, 5),
+    (ApiKey::OffsetCommit, 2, 9),
+    (ApiKey::OffsetFetch, 1, 9),
+    (ApiKey::DescribeGroups, 0, 6),
+    (ApiKey::ListGroups, 0, 5),
+    (ApiKey::DeleteGroups, 0, 2),
+    (ApiKey::OffsetDelete, 0, 0),
+    (ApiKey::InitProducerId, 0, 5),
 ];
 
 /// The version range ferry implements for `key`.
@@ -140,5 +152,17 @@ pub async fn handle(ctx: RequestContext, parsed: ParsedHeader, mut body: Bytes) 
         IncrementalAlterConfigs => IncrementalAlterConfigsRequest => handlers::configs::incremental_alter,
         CreatePartitions => CreatePartitionsRequest => handlers::create_partitions::handle,
         DescribeCluster => DescribeClusterRequest => handlers::describe_cluster::handle,
+        FindCoordinator => FindCoordinatorRequest => handlers::find_coordinator::handle,
+        JoinGroup => JoinGroupRequest => handlers::join_group::handle,
+        SyncGroup => SyncGroupRequest => handlers::sync_group::handle,
+        Heartbeat => HeartbeatRequest => handlers::heartbeat::handle,
+        LeaveGroup => LeaveGroupRequest => handlers::leave_group::handle,
+        OffsetCommit => OffsetCommitRequest => handlers::offset_commit::handle,
+        OffsetFetch => OffsetFetchRequest => handlers::offset_fetch::handle,
+        DescribeGroups => DescribeGroupsRequest => handlers::describe_groups::handle,
+        ListGroups => ListGroupsRequest => handlers::list_groups::handle,
+        DeleteGroups => DeleteGroupsRequest => handlers::delete_groups::handle,
+        OffsetDelete => OffsetDeleteRequest => handlers::offset_delete::handle,
+        InitProducerId => InitProducerIdRequest => handlers::init_producer_id::handle,
     })
 }

@@ -40,3 +40,35 @@ pub fn error_message(e: &CoreError) -> Option<kafka_protocol::protocol::StrBytes
         e.to_string(),
     ))
 }
+
+/// The Kafka error code for a group coordinator error.
+pub fn group_error_code(e: &ferry_core::group::GroupError) -> i16 {
+    group_error(e).code()
+}
+
+/// The Kafka error for a group coordinator error.
+pub fn group_error(e: &ferry_core::group::GroupError) -> ResponseError {
+    use ferry_core::group::GroupError;
+    match e {
+        GroupError::CoordinatorNotAvailable => ResponseError::CoordinatorNotAvailable,
+        GroupError::NotCoordinator => ResponseError::NotCoordinator,
+        GroupError::InvalidGroupId => ResponseError::InvalidGroupId,
+        GroupError::InvalidSessionTimeout => ResponseError::InvalidSessionTimeout,
+        GroupError::InconsistentGroupProtocol => ResponseError::InconsistentGroupProtocol,
+        GroupError::MemberIdRequired => ResponseError::MemberIdRequired,
+        GroupError::UnknownMemberId => ResponseError::UnknownMemberId,
+        GroupError::IllegalGeneration => ResponseError::IllegalGeneration,
+        GroupError::RebalanceInProgress => ResponseError::RebalanceInProgress,
+        GroupError::FencedInstanceId => ResponseError::FencedInstanceId,
+        GroupError::GroupMaxSizeReached => ResponseError::GroupMaxSizeReached,
+        GroupError::NonEmptyGroup => ResponseError::NonEmptyGroup,
+        GroupError::GroupIdNotFound => ResponseError::GroupIdNotFound,
+        GroupError::GroupSubscribedToTopic => ResponseError::GroupSubscribedToTopic,
+        GroupError::OffsetMetadataTooLarge => ResponseError::OffsetMetadataTooLarge,
+        GroupError::UnknownTopicOrPartition => ResponseError::UnknownTopicOrPartition,
+        GroupError::InvalidRequest(_) => ResponseError::InvalidRequest,
+        // A commit that could not be made durable: the client retries after finding
+        // the coordinator again, as it does after a Kafka coordinator failover.
+        GroupError::Storage(_) => ResponseError::CoordinatorNotAvailable,
+    }
+}
