@@ -43,7 +43,9 @@ impl Compression {
             2 => Ok(Compression::Snappy),
             3 => Ok(Compression::Lz4),
             4 => Ok(Compression::Zstd),
-            other => Err(BatchError::Invalid(format!("unknown compression codec {other}"))),
+            other => Err(BatchError::Invalid(format!(
+                "unknown compression codec {other}"
+            ))),
         }
     }
 
@@ -136,7 +138,9 @@ fn read_i16(buf: &[u8], at: usize) -> Option<i16> {
 
 fn write_bytes(buf: &mut [u8], at: usize, bytes: &[u8]) -> Result<(), BatchError> {
     let end = at.checked_add(bytes.len()).ok_or(BatchError::Truncated)?;
-    buf.get_mut(at..end).ok_or(BatchError::Truncated)?.copy_from_slice(bytes);
+    buf.get_mut(at..end)
+        .ok_or(BatchError::Truncated)?
+        .copy_from_slice(bytes);
     Ok(())
 }
 
@@ -164,7 +168,8 @@ impl BatchHeader {
         let header = BatchHeader {
             base_offset: field(read_i64(buf, BASE_OFFSET_AT))?,
             batch_length: read_i32(buf, LENGTH_AT).ok_or(BatchError::Truncated)?,
-            partition_leader_epoch: read_i32(buf, PARTITION_LEADER_EPOCH_AT).ok_or(BatchError::Truncated)?,
+            partition_leader_epoch: read_i32(buf, PARTITION_LEADER_EPOCH_AT)
+                .ok_or(BatchError::Truncated)?,
             magic,
             crc: read_u32(buf, CRC_AT).ok_or(BatchError::Truncated)?,
             attributes: read_i16(buf, ATTRIBUTES_AT).ok_or(BatchError::Truncated)?,
@@ -191,7 +196,8 @@ impl BatchHeader {
     }
 
     pub fn last_offset(&self) -> i64 {
-        self.base_offset.saturating_add(i64::from(self.last_offset_delta))
+        self.base_offset
+            .saturating_add(i64::from(self.last_offset_delta))
     }
 
     pub fn compression(&self) -> Result<Compression, BatchError> {
@@ -223,12 +229,18 @@ impl BatchHeader {
     pub(crate) fn check_fields(&self, mode: Mode) -> Result<(), BatchError> {
         self.compression()?;
         if self.records_count < 0 {
-            return Err(BatchError::Invalid(format!("negative record count {}", self.records_count)));
+            return Err(BatchError::Invalid(format!(
+                "negative record count {}",
+                self.records_count
+            )));
         }
         // An empty batch still spans offsets (compaction keeps such headers), so its
         // delta must be non-negative or offsets would stop increasing.
         if self.last_offset_delta < 0 {
-            return Err(BatchError::Invalid(format!("negative last offset delta {}", self.last_offset_delta)));
+            return Err(BatchError::Invalid(format!(
+                "negative last offset delta {}",
+                self.last_offset_delta
+            )));
         }
         if self.records_count > 0 {
             let expected = self.records_count - 1;
@@ -272,7 +284,10 @@ pub(crate) enum Mode {
 
 /// CRC-32C of a whole batch as Kafka computes it: from `attributes` to the end.
 pub fn compute_crc(batch: &[u8]) -> Result<u32, BatchError> {
-    batch.get(ATTRIBUTES_AT..).map(crc32c::crc32c).ok_or(BatchError::Truncated)
+    batch
+        .get(ATTRIBUTES_AT..)
+        .map(crc32c::crc32c)
+        .ok_or(BatchError::Truncated)
 }
 
 /// Splits off the first batch of `buf`: its header and its exact bytes.
@@ -396,6 +411,7 @@ pub fn set_log_append_time(buf: &mut [u8], timestamp: i64) -> Result<(), BatchEr
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use crate::record::BatchBuilder;
@@ -405,7 +421,11 @@ mod tests {
     fn sample(records: usize) -> Vec<u8> {
         let mut b = BatchBuilder::new(Compression::None).base_offset(0);
         for i in 0..records {
-            b.append(1_000 + i as i64, Some(Bytes::from(format!("k{i}"))), Some(Bytes::from_static(b"v")));
+            b.append(
+                1_000 + i as i64,
+                Some(Bytes::from(format!("k{i}"))),
+                Some(Bytes::from_static(b"v")),
+            );
         }
         b.build().unwrap()
     }
@@ -429,7 +449,10 @@ mod tests {
         buf.extend(sample(5));
         buf.extend(sample(2));
         let headers = validate_batches(&buf).unwrap();
-        assert_eq!(headers.iter().map(|h| h.records_count).collect::<Vec<_>>(), vec![1, 5, 2]);
+        assert_eq!(
+            headers.iter().map(|h| h.records_count).collect::<Vec<_>>(),
+            vec![1, 5, 2]
+        );
         assert_eq!(batches(&buf).count(), 3);
     }
 
@@ -449,9 +472,15 @@ mod tests {
         count[RECORDS_COUNT_AT..RECORDS_COUNT_AT + 4].copy_from_slice(&3i32.to_be_bytes());
         let crc = compute_crc(&count).unwrap();
         count[CRC_AT..CRC_AT + 4].copy_from_slice(&crc.to_be_bytes());
-        assert!(matches!(validate_batches(&count), Err(BatchError::Invalid(_))));
+        assert!(matches!(
+            validate_batches(&count),
+            Err(BatchError::Invalid(_))
+        ));
 
-        assert_eq!(validate_batches(&batch[..batch.len() - 1]), Err(BatchError::Truncated));
+        assert_eq!(
+            validate_batches(&batch[..batch.len() - 1]),
+            Err(BatchError::Truncated)
+        );
         assert!(validate_batches(&[]).is_err());
         let mut trailing = batch.clone();
         trailing.push(0);
@@ -464,7 +493,10 @@ mod tests {
         set_base_offset(&mut batch, 77).unwrap();
         set_partition_leader_epoch(&mut batch, 9).unwrap();
         let h = validate_batches(&batch).unwrap()[0];
-        assert_eq!((h.base_offset, h.partition_leader_epoch, h.last_offset()), (77, 9, 78));
+        assert_eq!(
+            (h.base_offset, h.partition_leader_epoch, h.last_offset()),
+            (77, 9, 78)
+        );
     }
 
     #[test]
@@ -494,9 +526,15 @@ mod tests {
             .unwrap()
             .build()
             .unwrap();
-        assert!(matches!(validate_batches(&batch), Err(BatchError::Invalid(_))));
+        assert!(matches!(
+            validate_batches(&batch),
+            Err(BatchError::Invalid(_))
+        ));
         let h = validate_stored_batches(&batch).unwrap()[0];
-        assert_eq!((h.base_offset, h.last_offset(), h.records_count), (10, 15, 1));
+        assert_eq!(
+            (h.base_offset, h.last_offset(), h.records_count),
+            (10, 15, 1)
+        );
     }
 
     proptest! {

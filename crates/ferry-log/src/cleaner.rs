@@ -31,7 +31,10 @@ use crate::batch::BatchHeader;
 use crate::checkpoint::{self, LOG_START_OFFSET};
 use crate::log::Log;
 use crate::record::{self, BatchBuilder, Record};
-use crate::segment::{self, CleanedSegment, Segment, SegmentWriter, CLEANED_SUFFIX, INDEX_SUFFIX, LOG_SUFFIX, SWAP_SUFFIX, TIME_INDEX_SUFFIX};
+use crate::segment::{
+    self, CleanedSegment, Segment, SegmentWriter, CLEANED_SUFFIX, INDEX_SUFFIX, LOG_SUFFIX,
+    SWAP_SUFFIX, TIME_INDEX_SUFFIX,
+};
 use crate::{CleanupOutcome, LogConfig, LogError};
 
 impl Log {
@@ -46,7 +49,11 @@ impl Log {
         let log_end = self.log_end_offset.load(Ordering::Acquire);
         let log_start = self.log_start_offset.load(Ordering::Acquire);
         if offset < 0 || offset > log_end {
-            return Err(LogError::OffsetOutOfRange { offset, log_start, log_end });
+            return Err(LogError::OffsetOutOfRange {
+                offset,
+                log_start,
+                log_end,
+            });
         }
         if offset <= log_start {
             return Ok(log_start);
@@ -58,8 +65,10 @@ impl Log {
             self.roll(log_end, self.last_now_ms.load(Ordering::Acquire))?;
         }
         let segments = self.snapshot();
-        let closed = segments.len() - 1;
-        let count = segments.iter().take(closed).take_while(|s| s.next_offset() <= offset).count();
+        let count = closed_segments(&segments)?
+            .iter()
+            .take_while(|s| s.next_offset() <= offset)
+            .count();
         self.delete_oldest_segments(count)?;
         Ok(self.log_start_offset())
     }
@@ -75,16 +84,24 @@ impl Log {
         self.check_open()?;
         self.note_now(now_ms);
         if !config.cleanup_delete {
-            return Ok(CleanupOutcome { log_start_offset: self.log_start_offset(), ..CleanupOutcome::default() });
+            return Ok(CleanupOutcome {
+                log_start_offset: self.log_start_offset(),
+                ..CleanupOutcome::default()
+            });
         }
         let segments = self.snapshot();
-        let closed = &segments[..segments.len() - 1];
+        let closed = closed_segments(&segments)?;
         let log_start = self.log_start_offset();
-        let mut count = closed.iter().take_while(|s| s.next_offset() <= log_start).count();
+        let mut count = closed
+            .iter()
+            .take_while(|s| s.next_offset() <= log_start)
+            .count();
         if config.retention_ms >= 0 {
             count += closed[count..]
                 .iter()
-                .take_while(|s| now_ms.saturating_sub(s.largest_timestamp_ms()) > config.retention_ms)
+                .take_while(|s| {
+                    now_ms.saturating_sub(s.largest_timestamp_ms()) > config.retention_ms
+                })
                 .count();
         }
         if config.retention_bytes >= 0 {
@@ -105,9 +122,12 @@ impl Log {
     /// start offset to the new first segment. Caller holds the writer lock.
     pub(crate) fn delete_oldest_segments(&self, count: usize) -> Result<CleanupOutcome, LogError> {
         let segments = self.snapshot();
-        let count = count.min(segments.len() - 1);
+        let count = count.min(closed_segments(&segments)?.len());
         if count == 0 {
-            return Ok(CleanupOutcome { log_start_offset: self.log_start_offset(), ..CleanupOutcome::default() });
+            return Ok(CleanupOutcome {
+                log_start_offset: self.log_start_offset(),
+                ..CleanupOutcome::default()
+            });
         }
         let remaining = segments[count..].to_vec();
         let new_start = remaining.first().map_or(0, |s| s.base_offset());
@@ -150,18 +170,26 @@ impl Log {
     /// decided records are compacted).
     ///
     /// `segments_deleted` / `bytes_deleted` count segments merged away and bytes freed.
-    pub fn compact_below(&self, now_ms: i64, offset_limit: i64) -> Result<CleanupOutcome, LogError> {
+    pub fn compact_below(
+        &self,
+        now_ms: i64,
+        offset_limit: i64,
+    ) -> Result<CleanupOutcome, LogError> {
         self.check_open()?;
         self.note_now(now_ms);
         let config = self.config();
-        let mut outcome = CleanupOutcome { log_start_offset: self.log_start_offset(), ..CleanupOutcome::default() };
+        let mut outcome = CleanupOutcome {
+            log_start_offset: self.log_start_offset(),
+            ..CleanupOutcome::default()
+        };
         if !config.cleanup_compact {
             return Ok(outcome);
         }
         let _compaction = self.compaction.lock();
+        let truncations = self.truncations.load(Ordering::Acquire);
         let log_end = self.log_end_offset.load(Ordering::Acquire);
         let segments = self.snapshot();
-        let closed = &segments[..segments.len() - 1];
+        let closed = closed_segments(&segments)?;
         let lag = config.min_compaction_lag_ms;
         let cleanable: Vec<Arc<Segment>> = closed
             .iter()
@@ -173,7 +201,10 @@ impl Log {
             return Ok(outcome);
         }
         let map = KeyMap::build(&segments, log_end)?;
-        let rules = Rules { now_ms, delete_retention_ms: config.delete_retention_ms };
+        let rules = Rules {
+            now_ms,
+            delete_retention_ms: config.delete_retention_ms,
+        };
         for group in group_segments(&cleanable, &config) {
             if group.len() == 1 && !group_is_dirty(&group, &map, &rules)? {
                 continue;
@@ -186,7 +217,9 @@ impl Log {
                     return Err(e);
                 }
             };
-            if let Some((merged, freed)) = self.install_cleaned(&group, cleaned, now_ms)? {
+            if let Some((merged, freed)) =
+                self.install_cleaned(&group, cleaned, truncations, now_ms)?
+            {
                 outcome.segments_deleted += merged;
                 outcome.bytes_deleted += freed;
             }
@@ -202,6 +235,7 @@ impl Log {
         &self,
         group: &[Arc<Segment>],
         cleaned: CleanedSegment,
+        truncations: u64,
         now_ms: i64,
     ) -> Result<Option<(usize, u64)>, LogError> {
         let base = cleaned.base_offset;
@@ -210,20 +244,32 @@ impl Log {
         let start = segments.iter().position(|s| Arc::ptr_eq(s, &group[0]));
         let still_there = start.is_some_and(|i| {
             i + group.len() < segments.len()
-                && segments[i..i + group.len()].iter().zip(group).all(|(a, b)| Arc::ptr_eq(a, b))
+                && segments[i..i + group.len()]
+                    .iter()
+                    .zip(group)
+                    .all(|(a, b)| Arc::ptr_eq(a, b))
         });
-        let (Some(start), true, Ok(())) = (start, still_there, self.check_open()) else {
+        // A truncation since the key map was built may have removed the very records
+        // that made older ones obsolete: the output is stale.
+        let unchanged = still_there && self.truncations.load(Ordering::Acquire) == truncations;
+        let (Some(start), true, Ok(())) = (start, unchanged, self.check_open()) else {
             SegmentWriter::discard(&self.dir, base);
             return Ok(None);
         };
         let _flush = self.flush.lock();
         let result = (|| -> std::io::Result<()> {
             let rename = |from: String, to: String| {
-                fs::rename(segment::path(&self.dir, base, &from), segment::path(&self.dir, base, &to))
+                fs::rename(
+                    segment::path(&self.dir, base, &from),
+                    segment::path(&self.dir, base, &to),
+                )
             };
             // The .log is renamed last: its .swap name is what commits the swap.
             for suffix in [INDEX_SUFFIX, TIME_INDEX_SUFFIX, LOG_SUFFIX] {
-                rename(format!("{suffix}{CLEANED_SUFFIX}"), format!("{suffix}{SWAP_SUFFIX}"))?;
+                rename(
+                    format!("{suffix}{CLEANED_SUFFIX}"),
+                    format!("{suffix}{SWAP_SUFFIX}"),
+                )?;
             }
             checkpoint::sync_dir(&self.dir)?;
             for old in &group[1..] {
@@ -250,6 +296,16 @@ impl Log {
         tracing::info!(dir = %self.dir.display(), base, merged = group.len(), freed, "compacted segments");
         Ok(Some((group.len() - 1, freed)))
     }
+}
+
+/// All segments but the active one.
+fn closed_segments(segments: &[Arc<Segment>]) -> Result<&[Arc<Segment>], LogError> {
+    // The list is never empty (a log always has an active segment); an error here
+    // rather than a panic if that invariant were ever broken.
+    segments
+        .split_last()
+        .map(|(_, closed)| closed)
+        .ok_or(LogError::Closed)
 }
 
 /// Key → latest offset over the whole log, plus each producer's last batch (kept
@@ -329,7 +385,13 @@ enum Fate {
 /// What compaction does with one batch. `keep_if_empty` is set for batches that
 /// must survive as an empty header: the last batch of the group (so the cleaned
 /// segment still ends at the group's last offset) and a producer's last batch.
-fn fate(header: &BatchHeader, bytes: &[u8], map: &KeyMap, rules: &Rules, group_last_offset: i64) -> Fate {
+fn fate(
+    header: &BatchHeader,
+    bytes: &[u8],
+    map: &KeyMap,
+    rules: &Rules,
+    group_last_offset: i64,
+) -> Fate {
     if header.is_control() || header.is_transactional() {
         return Fate::Keep;
     }
@@ -337,15 +399,18 @@ fn fate(header: &BatchHeader, bytes: &[u8], map: &KeyMap, rules: &Rules, group_l
         Ok((_, records)) => records,
         Err(_) => return Fate::Keep,
     };
-    let tombstones_expire =
-        rules.delete_retention_ms >= 0 && rules.now_ms.saturating_sub(header.max_timestamp) > rules.delete_retention_ms;
+    let tombstones_expire = rules.delete_retention_ms >= 0
+        && rules.now_ms.saturating_sub(header.max_timestamp) > rules.delete_retention_ms;
     let total = records.len();
     let kept: Vec<Record> = records
         .into_iter()
-        .filter(|r| map.is_latest(r) && !(r.key.is_some() && r.value.is_none() && tombstones_expire))
+        .filter(|r| {
+            map.is_latest(r) && !(r.key.is_some() && r.value.is_none() && tombstones_expire)
+        })
         .collect();
     let keep_if_empty = header.last_offset() == group_last_offset
-        || (header.has_producer_id() && map.producer_last_offset.get(&header.producer_id) == Some(&header.last_offset()));
+        || (header.has_producer_id()
+            && map.producer_last_offset.get(&header.producer_id) == Some(&header.last_offset()));
     if kept.len() == total && (total > 0 || keep_if_empty) {
         return Fate::Keep;
     }
@@ -417,7 +482,9 @@ fn write_group(
                 Fate::Keep => writer.append(&bytes, header)?,
                 Fate::Drop => {}
                 Fate::Rewrite(records) => {
-                    let rebuilt = BatchBuilder::from_header(header)?.with_records(records)?.build()?;
+                    let rebuilt = BatchBuilder::from_header(header)?
+                        .with_records(records)?
+                        .build()?;
                     let new_header = BatchHeader::parse(&rebuilt)?;
                     writer.append(&rebuilt, &new_header)?;
                 }
@@ -426,4 +493,89 @@ fn write_group(
         })?;
     }
     Ok(writer.finish()?)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::Compression;
+    use bytes::Bytes;
+
+    fn keyed(log: &Log, key: &str, ts: i64) {
+        let mut b = BatchBuilder::new(Compression::None);
+        b.append(
+            ts,
+            Some(Bytes::from(key.to_owned())),
+            Some(Bytes::from_static(b"v")),
+        );
+        log.append(&mut b.build().unwrap(), 0, ts).unwrap();
+    }
+
+    #[test]
+    fn output_computed_before_a_truncation_is_discarded() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = LogConfig {
+            segment_bytes: 200,
+            cleanup_compact: true,
+            ..LogConfig::default()
+        };
+        let log = Log::open(dir.path(), config.clone(), 0).unwrap();
+        for _ in 0..6 {
+            keyed(&log, "k", 0);
+        }
+        let segments = log.snapshot();
+        assert!(segments.len() > 2);
+        // The map says the latest "k" is the last record, in the active segment...
+        let generation = log.truncations.load(Ordering::Acquire);
+        let map = KeyMap::build(&segments, log.log_end_offset()).unwrap();
+        let rules = Rules {
+            now_ms: 0,
+            delete_retention_ms: -1,
+        };
+        let group = vec![segments[0].clone()];
+        let cleaned = write_group(&log, &group, &map, &rules, &config).unwrap();
+        // ...which a truncation then removes: the cleaned output would lose "k".
+        log.truncate_to(log.log_end_offset() - 1).unwrap();
+        assert!(log
+            .install_cleaned(&group, cleaned, generation, 0)
+            .unwrap()
+            .is_none());
+        let names: Vec<String> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert!(
+            names.iter().all(|n| !n.ends_with(CLEANED_SUFFIX)),
+            "{names:?}"
+        );
+        let stored = log.read(0, usize::MAX, i64::MAX).unwrap();
+        assert_eq!(record::decode_records(&stored.bytes).unwrap().len(), 5);
+    }
+
+    #[test]
+    fn groups_respect_the_segment_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = LogConfig {
+            segment_bytes: 100,
+            ..LogConfig::default()
+        };
+        let log = Log::open(dir.path(), config.clone(), 0).unwrap();
+        for _ in 0..6 {
+            keyed(&log, "k", 0);
+        }
+        let segments = log.snapshot();
+        let closed = &segments[..segments.len() - 1];
+        let size = closed[0].size();
+        let groups = group_segments(
+            closed,
+            &LogConfig {
+                segment_bytes: size * 2,
+                ..config.clone()
+            },
+        );
+        assert!(groups.iter().all(|g| g.len() == 2 || g.len() == 1));
+        assert_eq!(groups.iter().map(Vec::len).sum::<usize>(), closed.len());
+        assert!(group_segments(closed, &config).iter().all(|g| g.len() == 1));
+    }
 }

@@ -37,7 +37,8 @@ pub fn compress(codec: Compression, data: &[u8]) -> Result<Vec<u8>, BatchError> 
     match codec {
         Compression::None => Ok(data.to_vec()),
         Compression::Gzip => {
-            let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+            let mut encoder =
+                flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
             encoder.write_all(data).map_err(|e| corrupt("gzip", e))?;
             encoder.finish().map_err(|e| corrupt("gzip", e))
         }
@@ -82,7 +83,10 @@ pub fn decompress(codec: Compression, data: &[u8], limit: usize) -> Result<Vec<u
 fn read_bounded(codec: &str, reader: impl Read, limit: usize) -> Result<Vec<u8>, BatchError> {
     let mut out = Vec::new();
     let cap = u64::try_from(limit).unwrap_or(u64::MAX).saturating_add(1);
-    reader.take(cap).read_to_end(&mut out).map_err(|e| corrupt(codec, e))?;
+    reader
+        .take(cap)
+        .read_to_end(&mut out)
+        .map_err(|e| corrupt(codec, e))?;
     if out.len() > limit {
         return Err(too_large(limit));
     }
@@ -94,7 +98,9 @@ fn snappy_raw_decode(data: &[u8], limit: usize) -> Result<Vec<u8>, BatchError> {
     if len > limit {
         return Err(too_large(limit));
     }
-    snap::raw::Decoder::new().decompress_vec(data).map_err(|e| corrupt("snappy", e))
+    snap::raw::Decoder::new()
+        .decompress_vec(data)
+        .map_err(|e| corrupt("snappy", e))
 }
 
 fn xerial_encode(data: &[u8]) -> Result<Vec<u8>, BatchError> {
@@ -104,7 +110,9 @@ fn xerial_encode(data: &[u8]) -> Result<Vec<u8>, BatchError> {
     out.extend_from_slice(&1i32.to_be_bytes()); // minimum compatible version
     let mut encoder = snap::raw::Encoder::new();
     for chunk in data.chunks(XERIAL_BLOCK_BYTES) {
-        let block = encoder.compress_vec(chunk).map_err(|e| corrupt("snappy", e))?;
+        let block = encoder
+            .compress_vec(chunk)
+            .map_err(|e| corrupt("snappy", e))?;
         let len = i32::try_from(block.len()).map_err(|e| corrupt("snappy", e))?;
         out.extend_from_slice(&len.to_be_bytes());
         out.extend_from_slice(&block);
@@ -113,7 +121,9 @@ fn xerial_encode(data: &[u8]) -> Result<Vec<u8>, BatchError> {
 }
 
 fn xerial_decode(data: &[u8], limit: usize) -> Result<Vec<u8>, BatchError> {
-    let mut rest = data.get(XERIAL_HEADER_LEN..).ok_or_else(|| corrupt("snappy", "short xerial header"))?;
+    let mut rest = data
+        .get(XERIAL_HEADER_LEN..)
+        .ok_or_else(|| corrupt("snappy", "short xerial header"))?;
     let mut out = Vec::new();
     let mut decoder = snap::raw::Decoder::new();
     while !rest.is_empty() {
@@ -130,28 +140,46 @@ fn xerial_decode(data: &[u8], limit: usize) -> Result<Vec<u8>, BatchError> {
         if out.len().saturating_add(block_len) > limit {
             return Err(too_large(limit));
         }
-        out.extend(decoder.decompress_vec(block).map_err(|e| corrupt("snappy", e))?);
+        out.extend(
+            decoder
+                .decompress_vec(block)
+                .map_err(|e| corrupt("snappy", e))?,
+        );
         rest = rest.get(4 + len..).unwrap_or(&[]);
     }
     Ok(out)
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    const ALL: [Compression; 5] =
-        [Compression::None, Compression::Gzip, Compression::Snappy, Compression::Lz4, Compression::Zstd];
+    const ALL: [Compression; 5] = [
+        Compression::None,
+        Compression::Gzip,
+        Compression::Snappy,
+        Compression::Lz4,
+        Compression::Zstd,
+    ];
 
     #[test]
     fn snappy_raw_and_xerial_both_decode() {
-        let data: Vec<u8> = (0..100_000u32).flat_map(|i| (i % 251).to_be_bytes()).collect();
+        let data: Vec<u8> = (0..100_000u32)
+            .flat_map(|i| (i % 251).to_be_bytes())
+            .collect();
         let raw = snap::raw::Encoder::new().compress_vec(&data).unwrap();
-        assert_eq!(decompress(Compression::Snappy, &raw, usize::MAX).unwrap(), data);
+        assert_eq!(
+            decompress(Compression::Snappy, &raw, usize::MAX).unwrap(),
+            data
+        );
         let framed = compress(Compression::Snappy, &data).unwrap();
         assert!(framed.starts_with(XERIAL_MAGIC));
-        assert_eq!(decompress(Compression::Snappy, &framed, usize::MAX).unwrap(), data);
+        assert_eq!(
+            decompress(Compression::Snappy, &framed, usize::MAX).unwrap(),
+            data
+        );
     }
 
     #[test]
@@ -160,7 +188,10 @@ mod tests {
         for codec in ALL {
             let packed = compress(codec, &zeros).unwrap();
             assert!(decompress(codec, &packed, 1000).is_err(), "{codec:?}");
-            assert_eq!(decompress(codec, &packed, zeros.len()).unwrap().len(), zeros.len());
+            assert_eq!(
+                decompress(codec, &packed, zeros.len()).unwrap().len(),
+                zeros.len()
+            );
         }
     }
 

@@ -42,14 +42,24 @@ impl OffsetIndex {
         for chunk in bytes.chunks_exact(ENTRY_BYTES) {
             let (rel, pos) = chunk.split_at(4);
             let entry = OffsetEntry {
-                relative_offset: u32::from_be_bytes(rel.try_into().map_err(|_| InvalidIndex("short entry".into()))?),
-                position: u32::from_be_bytes(pos.try_into().map_err(|_| InvalidIndex("short entry".into()))?),
+                relative_offset: u32::from_be_bytes(
+                    rel.try_into()
+                        .map_err(|_| InvalidIndex("short entry".into()))?,
+                ),
+                position: u32::from_be_bytes(
+                    pos.try_into()
+                        .map_err(|_| InvalidIndex("short entry".into()))?,
+                ),
             };
             if u64::from(entry.position) >= log_len {
-                return Err(InvalidIndex(format!("position {} is past the log end {log_len}", entry.position)));
+                return Err(InvalidIndex(format!(
+                    "position {} is past the log end {log_len}",
+                    entry.position
+                )));
             }
             if let Some(last) = index.entries.last() {
-                if entry.relative_offset <= last.relative_offset || entry.position <= last.position {
+                if entry.relative_offset <= last.relative_offset || entry.position <= last.position
+                {
                     return Err(InvalidIndex(format!(
                         "entry {entry:?} does not increase over {last:?} at entry {}",
                         index.entries.len()
@@ -75,7 +85,8 @@ impl OffsetIndex {
         debug_assert!(
             self.entries
                 .last()
-                .is_none_or(|last| entry.relative_offset > last.relative_offset && entry.position > last.position),
+                .is_none_or(|last| entry.relative_offset > last.relative_offset
+                    && entry.position > last.position),
             "offset index must grow: {entry:?} after {:?}",
             self.entries.last()
         );
@@ -84,13 +95,17 @@ impl OffsetIndex {
 
     /// Largest entry whose offset is `<= relative_offset`.
     pub(crate) fn lookup(&self, relative_offset: u32) -> Option<OffsetEntry> {
-        let n = self.entries.partition_point(|e| e.relative_offset <= relative_offset);
+        let n = self
+            .entries
+            .partition_point(|e| e.relative_offset <= relative_offset);
         n.checked_sub(1).and_then(|i| self.entries.get(i).copied())
     }
 
     /// Index of the last entry whose offset is `< relative_offset`.
     pub(crate) fn last_below(&self, relative_offset: u32) -> Option<usize> {
-        self.entries.partition_point(|e| e.relative_offset < relative_offset).checked_sub(1)
+        self.entries
+            .partition_point(|e| e.relative_offset < relative_offset)
+            .checked_sub(1)
     }
 
     pub(crate) fn get(&self, i: usize) -> Option<OffsetEntry> {
@@ -103,7 +118,9 @@ impl OffsetIndex {
 
     /// Drops entries at or past byte `position` of the log.
     pub(crate) fn truncate_to_position(&mut self, position: u64) {
-        let keep = self.entries.partition_point(|e| u64::from(e.position) < position);
+        let keep = self
+            .entries
+            .partition_point(|e| u64::from(e.position) < position);
         self.entries.truncate(keep);
     }
 
@@ -113,11 +130,15 @@ impl OffsetIndex {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
     fn entry(relative_offset: u32, position: u32) -> OffsetEntry {
-        OffsetEntry { relative_offset, position }
+        OffsetEntry {
+            relative_offset,
+            position,
+        }
     }
 
     #[test]
@@ -141,13 +162,23 @@ mod tests {
         index.push(entry(9, 300));
         let mut bytes = index.encode_from(0);
         assert_eq!(OffsetIndex::from_bytes(&bytes, 301).unwrap(), index);
-        assert!(OffsetIndex::from_bytes(&bytes, 300).is_err(), "position past the log");
+        assert!(
+            OffsetIndex::from_bytes(&bytes, 300).is_err(),
+            "position past the log"
+        );
         bytes.extend_from_slice(&[0, 0, 0]);
-        assert_eq!(OffsetIndex::from_bytes(&bytes, 301).unwrap(), index, "torn tail ignored");
+        assert_eq!(
+            OffsetIndex::from_bytes(&bytes, 301).unwrap(),
+            index,
+            "torn tail ignored"
+        );
         bytes.truncate(16);
         bytes.extend_from_slice(&entry(0, 0).relative_offset.to_be_bytes());
         bytes.extend_from_slice(&0u32.to_be_bytes());
-        assert!(OffsetIndex::from_bytes(&bytes, 301).is_err(), "zeroed entry breaks monotonicity");
+        assert!(
+            OffsetIndex::from_bytes(&bytes, 301).is_err(),
+            "zeroed entry breaks monotonicity"
+        );
         assert_eq!(index.encode_from(1), bytes[8..16].to_vec());
     }
 

@@ -80,7 +80,11 @@ impl Default for LogConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
     #[error("offset {offset} is out of range [{log_start}, {log_end}]")]
-    OffsetOutOfRange { offset: i64, log_start: i64, log_end: i64 },
+    OffsetOutOfRange {
+        offset: i64,
+        log_start: i64,
+        log_end: i64,
+    },
     #[error("invalid batch: {0}")]
     InvalidBatch(#[from] BatchError),
     #[error("storage error: {0}")]

@@ -22,7 +22,7 @@
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -31,7 +31,10 @@ use parking_lot::{Mutex, RwLock};
 use crate::batch::{self, BatchError, BatchHeader};
 use crate::checkpoint::{self, LOG_START_OFFSET, RECOVERY_POINT};
 use crate::record;
-use crate::segment::{self, Segment, CLEANED_SUFFIX, DELETED_SUFFIX, INDEX_SUFFIX, LOG_SUFFIX, SWAP_SUFFIX, TIME_INDEX_SUFFIX};
+use crate::segment::{
+    self, Segment, CLEANED_SUFFIX, DELETED_SUFFIX, INDEX_SUFFIX, LOG_SUFFIX, SWAP_SUFFIX,
+    TIME_INDEX_SUFFIX,
+};
 use crate::{AppendInfo, LogConfig, LogError, ReadResult};
 
 /// A partition's log: a directory of segments. `Send + Sync`; every method takes `&self`.
@@ -50,6 +53,10 @@ pub struct Log {
     pub(crate) writer: Mutex<()>,
     pub(crate) flush: Mutex<FlushState>,
     pub(crate) compaction: Mutex<()>,
+    /// Bumped by every truncation. Truncation rewrites a segment in place (same
+    /// `Arc`), so a compaction checks this, not just segment identity, before
+    /// installing output computed from the old bytes.
+    pub(crate) truncations: AtomicU64,
     /// A segment file was created since the directory was last fsynced.
     pub(crate) dir_dirty: AtomicBool,
     closed: AtomicBool,
@@ -163,6 +170,7 @@ impl Log {
                 checkpointed_active_base: active_base,
             }),
             compaction: Mutex::new(()),
+            truncations: AtomicU64::new(0),
             dir_dirty: AtomicBool::new(dir_dirty),
             closed: AtomicBool::new(false),
             failed: AtomicBool::new(false),
@@ -192,7 +200,12 @@ impl Log {
     ///
     /// The batches are validated again (sizes, magic, CRC, counts): the CRC is checked
     /// where bytes enter the log and again where they leave it.
-    pub fn append(&self, batches: &mut [u8], leader_epoch: i32, now_ms: i64) -> Result<AppendInfo, LogError> {
+    pub fn append(
+        &self,
+        batches: &mut [u8],
+        leader_epoch: i32,
+        now_ms: i64,
+    ) -> Result<AppendInfo, LogError> {
         let headers = batch::validate_batches(batches)?;
         let _writer = self.writer.lock();
         self.check_open()?;
@@ -203,7 +216,9 @@ impl Log {
         let mut at = 0usize;
         for mut header in headers {
             let total = header.total_size();
-            let bytes = batches.get_mut(at..at + total).ok_or(BatchError::Truncated)?;
+            let bytes = batches
+                .get_mut(at..at + total)
+                .ok_or(BatchError::Truncated)?;
             batch::set_base_offset(bytes, next)?;
             batch::set_partition_leader_epoch(bytes, leader_epoch)?;
             header.base_offset = next;
@@ -268,7 +283,11 @@ impl Log {
         Ok(AppendInfo {
             first_offset,
             last_offset,
-            max_timestamp: layout.iter().map(|(_, h)| h.max_timestamp).max().unwrap_or(batch::NO_TIMESTAMP),
+            max_timestamp: layout
+                .iter()
+                .map(|(_, h)| h.max_timestamp)
+                .max()
+                .unwrap_or(batch::NO_TIMESTAMP),
             batch_count: layout.len(),
         })
     }
@@ -276,7 +295,13 @@ impl Log {
     /// The segment the next append goes to, rolling first if the active one is full,
     /// too old, or could not index the incoming offsets/positions in 32 bits.
     /// Caller holds the writer lock.
-    fn maybe_roll(&self, incoming: u64, first_offset: i64, last_offset: i64, now_ms: i64) -> Result<Arc<Segment>, LogError> {
+    fn maybe_roll(
+        &self,
+        incoming: u64,
+        first_offset: i64,
+        last_offset: i64,
+        now_ms: i64,
+    ) -> Result<Arc<Segment>, LogError> {
         let segments = self.snapshot();
         let active = segments.last().cloned().ok_or(LogError::Closed)?;
         if active.is_empty() {
@@ -321,7 +346,12 @@ impl Log {
     ///
     /// Every returned batch's CRC is checked; a corrupt first batch is an
     /// `InvalidBatch` error, a corrupt later one ends the result before it.
-    pub fn read(&self, offset: i64, max_bytes: usize, upper_bound: i64) -> Result<ReadResult, LogError> {
+    pub fn read(
+        &self,
+        offset: i64,
+        max_bytes: usize,
+        upper_bound: i64,
+    ) -> Result<ReadResult, LogError> {
         self.check_open()?;
         // Order matters: the end offset first (its bytes are then in any later
         // snapshot), the start offset last (a concurrent deletion raises it before
@@ -330,25 +360,41 @@ impl Log {
         let segments = self.snapshot();
         let log_start = self.log_start_offset.load(Ordering::Acquire);
         if offset < log_start || offset > log_end {
-            return Err(LogError::OffsetOutOfRange { offset, log_start, log_end });
+            return Err(LogError::OffsetOutOfRange {
+                offset,
+                log_start,
+                log_end,
+            });
         }
-        let empty = ReadResult { bytes: Bytes::new(), next_offset: offset };
+        let empty = ReadResult {
+            bytes: Bytes::new(),
+            next_offset: offset,
+        };
         if offset == log_end {
             return Ok(empty);
         }
         let mut out: Vec<u8> = Vec::new();
         let mut next_offset = offset;
-        let first = segments.partition_point(|s| s.base_offset() <= offset).saturating_sub(1);
+        let first = segments
+            .partition_point(|s| s.base_offset() <= offset)
+            .saturating_sub(1);
         for segment in segments.iter().skip(first) {
             let budget = max_bytes.saturating_sub(out.len());
-            let plan = match segment.plan_read(next_offset, budget, out.is_empty(), upper_bound, log_end) {
+            let plan = match segment.plan_read(
+                next_offset,
+                budget,
+                out.is_empty(),
+                upper_bound,
+                log_end,
+            ) {
                 Ok(plan) => plan,
                 // Return what we have; the next fetch starts at the problem and reports it.
                 Err(_) if !out.is_empty() => break,
                 Err(e) => return Err(e),
             };
             if let Some(last_offset) = plan.last_offset {
-                let len = usize::try_from(plan.end - plan.start).map_err(|_| BatchError::Truncated)?;
+                let len =
+                    usize::try_from(plan.end - plan.start).map_err(|_| BatchError::Truncated)?;
                 let Some(bytes) = segment.read_bytes(plan.start, len)? else {
                     break; // truncated underneath us
                 };
@@ -369,7 +415,10 @@ impl Log {
                 break;
             }
         }
-        Ok(ReadResult { bytes: Bytes::from(out), next_offset })
+        Ok(ReadResult {
+            bytes: Bytes::from(out),
+            next_offset,
+        })
     }
 
     pub fn log_start_offset(&self) -> i64 {
@@ -498,7 +547,10 @@ impl Log {
             }
             let bytes = segment.read_batch(at, header)?;
             let (_, records) = record::decode_batch(&bytes)?;
-            found = records.iter().find(|r| r.timestamp == timestamp).map(|r| (r.timestamp, r.offset));
+            found = records
+                .iter()
+                .find(|r| r.timestamp == timestamp)
+                .map(|r| (r.timestamp, r.offset));
             Ok(false)
         })?;
         Ok(Some(found.unwrap_or((timestamp, batch_last_offset))))
@@ -516,16 +568,23 @@ impl Log {
         let log_end = self.log_end_offset.load(Ordering::Acquire);
         let log_start = self.log_start_offset.load(Ordering::Acquire);
         if offset < 0 {
-            return Err(LogError::OffsetOutOfRange { offset, log_start, log_end });
+            return Err(LogError::OffsetOutOfRange {
+                offset,
+                log_start,
+                log_end,
+            });
         }
         if offset >= log_end {
             return Ok(());
         }
+        self.truncations.fetch_add(1, Ordering::AcqRel);
         let interval = u64::from(self.config.read().index_interval_bytes);
         let now_ms = self.last_now_ms.load(Ordering::Acquire);
         let mut flush = self.flush.lock();
         let segments = self.snapshot();
-        let keep = segments.partition_point(|s| s.base_offset() < offset).max(1);
+        let keep = segments
+            .partition_point(|s| s.base_offset() < offset)
+            .max(1);
         let last = segments.get(keep - 1).cloned().ok_or(LogError::Closed)?;
         let mut cut = None;
         last.scan_headers(last.lookup_position(offset), |position, header| {
@@ -558,7 +617,8 @@ impl Log {
             let recovered = last.truncate_to(position, interval)?;
             if recovered.truncated_bytes > 0 {
                 tracing::warn!(dir = %self.dir.display(), reason = ?recovered.reason, "corruption found while truncating");
-                self.log_end_offset.store(last.next_offset(), Ordering::Release);
+                self.log_end_offset
+                    .store(last.next_offset(), Ordering::Release);
             }
         }
         let mut list = segments[..keep].to_vec();
@@ -576,7 +636,12 @@ impl Log {
 
     /// Replaces every segment with one empty segment at `offset`, which becomes both
     /// the log start and end offset. Caller holds the writer and flush locks.
-    fn restart_at(&self, segments: &[Arc<Segment>], offset: i64, now_ms: i64) -> Result<(), LogError> {
+    fn restart_at(
+        &self,
+        segments: &[Arc<Segment>],
+        offset: i64,
+        now_ms: i64,
+    ) -> Result<(), LogError> {
         checkpoint::write(&self.dir, LOG_START_OFFSET, offset)?;
         self.log_end_offset.store(offset, Ordering::Release);
         self.log_start_offset.store(offset, Ordering::Release);
@@ -595,7 +660,11 @@ impl Log {
         if self.closed.load(Ordering::Acquire) {
             return Ok(());
         }
-        let result = if self.failed.load(Ordering::Acquire) { Ok(()) } else { self.flush_inner(true) };
+        let result = if self.failed.load(Ordering::Acquire) {
+            Ok(())
+        } else {
+            self.flush_inner(true)
+        };
         self.closed.store(true, Ordering::Release);
         result
     }
@@ -605,7 +674,9 @@ impl Log {
             return Err(LogError::Closed);
         }
         if self.failed.load(Ordering::Acquire) {
-            return Err(LogError::Io(io::Error::other("log is offline after a failed flush; reopen it to recover")));
+            return Err(LogError::Io(io::Error::other(
+                "log is offline after a failed flush; reopen it to recover",
+            )));
         }
         Ok(())
     }
@@ -626,7 +697,9 @@ impl Log {
     /// Caller holds the writer lock.
     pub(crate) fn publish(&self, segments: Vec<Arc<Segment>>) {
         debug_assert!(!segments.is_empty(), "a log always has an active segment");
-        debug_assert!(segments.windows(2).all(|w| w[0].base_offset() < w[1].base_offset()));
+        debug_assert!(segments
+            .windows(2)
+            .all(|w| w[0].base_offset() < w[1].base_offset()));
         *self.segments.write() = Arc::new(segments);
     }
 }
@@ -639,7 +712,10 @@ fn verified_prefix(bytes: &[u8]) -> (usize, Option<i64>) {
     for item in batch::batches(bytes) {
         let Ok((header, batch)) = item else { break };
         if batch::compute_crc(batch).ok() != Some(header.crc) {
-            tracing::warn!(base_offset = header.base_offset, "CRC mismatch in a stored batch");
+            tracing::warn!(
+                base_offset = header.base_offset,
+                "CRC mismatch in a stored batch"
+            );
             break;
         }
         valid += batch.len();
@@ -653,7 +729,11 @@ pub(crate) fn list_files(dir: &Path, suffix: &str) -> io::Result<Vec<i64>> {
     let mut bases = Vec::new();
     for entry in fs::read_dir(dir)? {
         let entry = entry?;
-        if let Some(base) = entry.file_name().to_str().and_then(|name| segment::parse_file_name(name, suffix)) {
+        if let Some(base) = entry
+            .file_name()
+            .to_str()
+            .and_then(|name| segment::parse_file_name(name, suffix))
+        {
             bases.push(base);
         }
     }
@@ -679,8 +759,13 @@ fn prepare_dir(dir: &Path) -> io::Result<()> {
     let mut changed = false;
     for entry in fs::read_dir(dir)? {
         let entry = entry?;
-        let Some(name) = entry.file_name().to_str().map(str::to_owned) else { continue };
-        if name.ends_with(CLEANED_SUFFIX) || name.ends_with(checkpoint::TMP_SUFFIX) || name.ends_with(DELETED_SUFFIX) {
+        let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+            continue;
+        };
+        if name.ends_with(CLEANED_SUFFIX)
+            || name.ends_with(checkpoint::TMP_SUFFIX)
+            || name.ends_with(DELETED_SUFFIX)
+        {
             tracing::info!(dir = %dir.display(), file = %name, "removing leftover file");
             fs::remove_file(entry.path())?;
             changed = true;
@@ -720,8 +805,10 @@ fn complete_swap(dir: &Path, base: i64) -> io::Result<()> {
         tracing::warn!(dir = %dir.display(), base, "compaction output is not valid; discarding it");
         return fs::remove_file(&swap);
     };
-    let replaced: Vec<i64> =
-        list_files(dir, LOG_SUFFIX)?.into_iter().filter(|b| *b > base && *b < next_offset).collect();
+    let replaced: Vec<i64> = list_files(dir, LOG_SUFFIX)?
+        .into_iter()
+        .filter(|b| *b > base && *b < next_offset)
+        .collect();
     remove_segment_files(dir, &replaced)?;
     for suffix in [INDEX_SUFFIX, TIME_INDEX_SUFFIX] {
         let from = segment::path(dir, base, &format!("{suffix}{SWAP_SUFFIX}"));

@@ -14,8 +14,9 @@
 use bytes::Bytes;
 
 use crate::batch::{
-    self, BatchError, BatchHeader, Compression, Mode, TimestampType, ATTR_CONTROL, ATTR_TIMESTAMP_TYPE,
-    ATTR_TRANSACTIONAL, BATCH_LENGTH_MIN, LOG_OVERHEAD, MAGIC_V2, NO_TIMESTAMP, RECORD_BYTES_MIN,
+    self, BatchError, BatchHeader, Compression, Mode, TimestampType, ATTR_CONTROL,
+    ATTR_TIMESTAMP_TYPE, ATTR_TRANSACTIONAL, BATCH_LENGTH_MIN, LOG_OVERHEAD, MAGIC_V2,
+    NO_TIMESTAMP, RECORD_BYTES_MIN,
 };
 use crate::compression::{self, DECOMPRESSED_BYTES_MAX};
 use crate::varint::{self, Reader};
@@ -49,10 +50,16 @@ pub fn decode_batch(batch: &[u8]) -> Result<(BatchHeader, Vec<Record>), BatchErr
     if count == 0 {
         return Ok((header, Vec::new()));
     }
-    let payload = batch.get(BatchHeader::SIZE..).ok_or(BatchError::Truncated)?;
+    let payload = batch
+        .get(BatchHeader::SIZE..)
+        .ok_or(BatchError::Truncated)?;
     let records_bytes = match header.compression()? {
         Compression::None => Bytes::copy_from_slice(payload),
-        codec => Bytes::from(compression::decompress(codec, payload, DECOMPRESSED_BYTES_MAX)?),
+        codec => Bytes::from(compression::decompress(
+            codec,
+            payload,
+            DECOMPRESSED_BYTES_MAX,
+        )?),
     };
     // Cap the preallocation by what the bytes could hold, not by the claimed count.
     let mut records = Vec::with_capacity(count.min(records_bytes.len() / RECORD_BYTES_MIN + 1));
@@ -61,12 +68,19 @@ pub fn decode_batch(batch: &[u8]) -> Result<(BatchHeader, Vec<Record>), BatchErr
         records.push(decode_one(&header, &records_bytes, &mut reader)?);
     }
     if !reader.is_empty() {
-        return Err(BatchError::Invalid(format!("{} bytes left after the last record", reader.remaining())));
+        return Err(BatchError::Invalid(format!(
+            "{} bytes left after the last record",
+            reader.remaining()
+        )));
     }
     Ok((header, records))
 }
 
-fn decode_one(header: &BatchHeader, all: &Bytes, reader: &mut Reader<'_>) -> Result<Record, BatchError> {
+fn decode_one(
+    header: &BatchHeader,
+    all: &Bytes,
+    reader: &mut Reader<'_>,
+) -> Result<Record, BatchError> {
     let length = usize::try_from(reader.varint()?)
         .map_err(|_| BatchError::Invalid("negative record length".into()))?;
     let start = reader.position();
@@ -83,7 +97,9 @@ fn decode_one(header: &BatchHeader, all: &Bytes, reader: &mut Reader<'_>) -> Res
         .map_err(|_| BatchError::Invalid("negative header count".into()))?;
     // Each header takes at least two bytes; anything more is a lie we must not allocate for.
     if header_count > reader.remaining() / 2 {
-        return Err(BatchError::Invalid(format!("{header_count} headers cannot fit in the record")));
+        return Err(BatchError::Invalid(format!(
+            "{header_count} headers cannot fit in the record"
+        )));
     }
     let mut headers = Vec::with_capacity(header_count);
     for _ in 0..header_count {
@@ -95,7 +111,9 @@ fn decode_one(header: &BatchHeader, all: &Bytes, reader: &mut Reader<'_>) -> Res
         headers.push((key, nullable_bytes(all, reader, "header value")?));
     }
     if reader.position() != end {
-        return Err(BatchError::Invalid("record length does not match its fields".into()));
+        return Err(BatchError::Invalid(
+            "record length does not match its fields".into(),
+        ));
     }
     let offset = header
         .base_offset
@@ -108,15 +126,26 @@ fn decode_one(header: &BatchHeader, all: &Bytes, reader: &mut Reader<'_>) -> Res
             .checked_add(timestamp_delta)
             .ok_or_else(|| BatchError::Invalid("record timestamp overflows".into()))?,
     };
-    Ok(Record { offset, timestamp, key, value, headers })
+    Ok(Record {
+        offset,
+        timestamp,
+        key,
+        value,
+        headers,
+    })
 }
 
-fn nullable_bytes(all: &Bytes, reader: &mut Reader<'_>, what: &str) -> Result<Option<Bytes>, BatchError> {
+fn nullable_bytes(
+    all: &Bytes,
+    reader: &mut Reader<'_>,
+    what: &str,
+) -> Result<Option<Bytes>, BatchError> {
     let len = reader.varint()?;
     if len == -1 {
         return Ok(None);
     }
-    let len = usize::try_from(len).map_err(|_| BatchError::Invalid(format!("invalid {what} length {len}")))?;
+    let len = usize::try_from(len)
+        .map_err(|_| BatchError::Invalid(format!("invalid {what} length {len}")))?;
     Ok(Some(all.slice(reader.range(len)?)))
 }
 
@@ -177,7 +206,11 @@ impl BatchBuilder {
         let builder = BatchBuilder::new(header.compression()?)
             .base_offset(header.base_offset)
             .partition_leader_epoch(header.partition_leader_epoch)
-            .producer(header.producer_id, header.producer_epoch, header.base_sequence)
+            .producer(
+                header.producer_id,
+                header.producer_epoch,
+                header.base_sequence,
+            )
             .timestamp_type(header.timestamp_type())
             .transactional(header.is_transactional())
             .control(header.is_control())
@@ -237,7 +270,10 @@ impl BatchBuilder {
     }
 
     /// Adds records with explicit absolute offsets (see [`BatchBuilder::push`]).
-    pub fn with_records(mut self, records: impl IntoIterator<Item = Record>) -> Result<Self, BatchError> {
+    pub fn with_records(
+        mut self,
+        records: impl IntoIterator<Item = Record>,
+    ) -> Result<Self, BatchError> {
         for record in records {
             self.push(record)?;
         }
@@ -245,7 +281,9 @@ impl BatchBuilder {
     }
 
     fn next_delta(&self) -> i32 {
-        self.records.last().map_or(0, |r| r.offset_delta.saturating_add(1))
+        self.records
+            .last()
+            .map_or(0, |r| r.offset_delta.saturating_add(1))
     }
 
     /// Appends a record at the next offset and returns that offset.
@@ -261,7 +299,13 @@ impl BatchBuilder {
         headers: Vec<(String, Option<Bytes>)>,
     ) -> i64 {
         let offset_delta = self.next_delta();
-        self.records.push(PendingRecord { offset_delta, timestamp, key, value, headers });
+        self.records.push(PendingRecord {
+            offset_delta,
+            timestamp,
+            key,
+            value,
+            headers,
+        });
         self.base_offset.saturating_add(i64::from(offset_delta))
     }
 
@@ -272,9 +316,17 @@ impl BatchBuilder {
             .offset
             .checked_sub(self.base_offset)
             .and_then(|d| i32::try_from(d).ok())
-            .ok_or_else(|| BatchError::Invalid(format!("offset {} is out of the batch's range", record.offset)))?;
+            .ok_or_else(|| {
+                BatchError::Invalid(format!(
+                    "offset {} is out of the batch's range",
+                    record.offset
+                ))
+            })?;
         if delta < self.next_delta() || (delta == 0 && !self.records.is_empty()) {
-            return Err(BatchError::Invalid(format!("offset {} does not increase", record.offset)));
+            return Err(BatchError::Invalid(format!(
+                "offset {} does not increase",
+                record.offset
+            )));
         }
         self.records.push(PendingRecord {
             offset_delta: delta,
@@ -311,8 +363,8 @@ impl BatchBuilder {
                 "last offset delta {last_offset_delta} is below a record's delta {max_delta}"
             )));
         }
-        let records_count =
-            i32::try_from(self.records.len()).map_err(|_| BatchError::Invalid("too many records".into()))?;
+        let records_count = i32::try_from(self.records.len())
+            .map_err(|_| BatchError::Invalid("too many records".into()))?;
 
         let mut plain = Vec::new();
         for record in &self.records {
@@ -320,7 +372,11 @@ impl BatchBuilder {
         }
         // Kafka writes empty batches (kept by compaction) uncompressed: there is no
         // payload to compress, and an empty gzip stream would not be empty bytes.
-        let codec = if self.records.is_empty() { Compression::None } else { self.compression };
+        let codec = if self.records.is_empty() {
+            Compression::None
+        } else {
+            self.compression
+        };
         let payload = match codec {
             Compression::None => plain,
             codec => compression::compress(codec, &plain)?,
@@ -362,7 +418,11 @@ impl BatchBuilder {
     }
 }
 
-fn encode_record(out: &mut Vec<u8>, record: &PendingRecord, base_timestamp: i64) -> Result<(), BatchError> {
+fn encode_record(
+    out: &mut Vec<u8>,
+    record: &PendingRecord,
+    base_timestamp: i64,
+) -> Result<(), BatchError> {
     let timestamp_delta = record
         .timestamp
         .checked_sub(base_timestamp)
@@ -387,7 +447,8 @@ fn encode_record(out: &mut Vec<u8>, record: &PendingRecord, base_timestamp: i64)
 }
 
 fn len_i32(len: usize) -> Result<i32, BatchError> {
-    i32::try_from(len).map_err(|_| BatchError::Invalid(format!("field of {len} bytes is too large")))
+    i32::try_from(len)
+        .map_err(|_| BatchError::Invalid(format!("field of {len} bytes is too large")))
 }
 
 fn put_nullable(out: &mut Vec<u8>, bytes: Option<&[u8]>) -> Result<(), BatchError> {
@@ -402,20 +463,37 @@ fn put_nullable(out: &mut Vec<u8>, bytes: Option<&[u8]>) -> Result<(), BatchErro
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    const ALL: [Compression; 5] =
-        [Compression::None, Compression::Gzip, Compression::Snappy, Compression::Lz4, Compression::Zstd];
+    const ALL: [Compression; 5] = [
+        Compression::None,
+        Compression::Gzip,
+        Compression::Snappy,
+        Compression::Lz4,
+        Compression::Zstd,
+    ];
 
-    fn arb_record() -> impl Strategy<Value = (i64, Option<Vec<u8>>, Option<Vec<u8>>, Vec<(String, Option<Vec<u8>>)>)> {
+    /// (timestamp, key, value, headers)
+    type ArbRecord = (
+        i64,
+        Option<Vec<u8>>,
+        Option<Vec<u8>>,
+        Vec<(String, Option<Vec<u8>>)>,
+    );
+
+    fn arb_record() -> impl Strategy<Value = ArbRecord> {
         (
             -1i64..2_000_000_000_000,
             proptest::option::of(proptest::collection::vec(any::<u8>(), 0..40)),
             proptest::option::of(proptest::collection::vec(any::<u8>(), 0..200)),
             proptest::collection::vec(
-                ("[a-z]{0,8}", proptest::option::of(proptest::collection::vec(any::<u8>(), 0..20))),
+                (
+                    "[a-z]{0,8}",
+                    proptest::option::of(proptest::collection::vec(any::<u8>(), 0..20)),
+                ),
                 0..3,
             ),
         )
@@ -432,8 +510,14 @@ mod tests {
         assert_eq!(b.append(20, None, Some(Bytes::from_static(b"b"))), 101);
         let bytes = b.build().unwrap();
         let (h, records) = decode_batch(&bytes).unwrap();
-        assert_eq!((h.base_offset, h.last_offset(), h.records_count), (100, 101, 2));
-        assert_eq!((h.producer_id, h.producer_epoch, h.base_sequence), (7, 2, 40));
+        assert_eq!(
+            (h.base_offset, h.last_offset(), h.records_count),
+            (100, 101, 2)
+        );
+        assert_eq!(
+            (h.producer_id, h.producer_epoch, h.base_sequence),
+            (7, 2, 40)
+        );
         assert_eq!((h.base_timestamp, h.max_timestamp), (50, 50));
         assert!(h.is_transactional() && !h.is_control());
         assert_eq!(h.partition_leader_epoch, 3);
@@ -454,20 +538,36 @@ mod tests {
             .unwrap();
         let (h, records) = decode_batch(&bytes).unwrap();
         assert!(records.is_empty());
-        assert_eq!((h.last_offset(), h.records_count, h.max_timestamp), (8, 0, 9));
+        assert_eq!(
+            (h.last_offset(), h.records_count, h.max_timestamp),
+            (8, 0, 9)
+        );
         assert_eq!(h.compression().unwrap(), Compression::None);
     }
 
     #[test]
     fn push_rejects_non_increasing_offsets() {
         let mut b = BatchBuilder::new(Compression::None).base_offset(10);
-        let rec = |offset| Record { offset, timestamp: 0, key: None, value: None, headers: vec![] };
+        let rec = |offset| Record {
+            offset,
+            timestamp: 0,
+            key: None,
+            value: None,
+            headers: vec![],
+        };
         b.push(rec(12)).unwrap();
         assert!(b.push(rec(12)).is_err());
         assert!(b.push(rec(9)).is_err());
         b.push(rec(20)).unwrap();
         let bytes = b.build().unwrap();
-        assert_eq!(decode_records(&bytes).unwrap().iter().map(|r| r.offset).collect::<Vec<_>>(), vec![12, 20]);
+        assert_eq!(
+            decode_records(&bytes)
+                .unwrap()
+                .iter()
+                .map(|r| r.offset)
+                .collect::<Vec<_>>(),
+            vec![12, 20]
+        );
     }
 
     proptest! {

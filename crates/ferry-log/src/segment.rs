@@ -96,35 +96,52 @@ impl SegmentState {
     }
 
     fn relative(base_offset: i64, offset: i64) -> Option<u32> {
-        offset.checked_sub(base_offset).and_then(|r| u32::try_from(r).ok())
+        offset
+            .checked_sub(base_offset)
+            .and_then(|r| u32::try_from(r).ok())
     }
 
     /// Accounts for one batch written at `position`. The same code runs for appends,
     /// recovery scans and compaction output, so an index rebuilt from the `.log` is
     /// identical to the one built while appending — which is what lets recovery resume
     /// from a persisted entry.
-    pub(crate) fn on_batch(&mut self, base_offset: i64, position: u64, header: &BatchHeader, interval: u64) {
+    pub(crate) fn on_batch(
+        &mut self,
+        base_offset: i64,
+        position: u64,
+        header: &BatchHeader,
+        interval: u64,
+    ) {
         let last_offset = header.last_offset();
         if header.max_timestamp > self.max_timestamp {
             self.max_timestamp = header.max_timestamp;
             self.offset_of_max_timestamp = last_offset;
         }
         if self.bytes_since_index >= interval {
-            if let (Some(relative_offset), Ok(position)) =
-                (Self::relative(base_offset, last_offset), u32::try_from(position))
-            {
-                self.offset_index.push(OffsetEntry { relative_offset, position });
+            if let (Some(relative_offset), Ok(position)) = (
+                Self::relative(base_offset, last_offset),
+                u32::try_from(position),
+            ) {
+                self.offset_index.push(OffsetEntry {
+                    relative_offset,
+                    position,
+                });
                 self.push_time_entry(base_offset);
                 self.bytes_since_index = 0;
             }
         }
-        self.bytes_since_index = self.bytes_since_index.saturating_add(header.total_size() as u64);
+        self.bytes_since_index = self
+            .bytes_since_index
+            .saturating_add(header.total_size() as u64);
         self.next_offset = last_offset.saturating_add(1);
     }
 
     fn push_time_entry(&mut self, base_offset: i64) {
         if let Some(relative_offset) = Self::relative(base_offset, self.offset_of_max_timestamp) {
-            self.time_index.maybe_push(TimeEntry { timestamp: self.max_timestamp, relative_offset });
+            self.time_index.maybe_push(TimeEntry {
+                timestamp: self.max_timestamp,
+                relative_offset,
+            });
         }
     }
 
@@ -204,10 +221,21 @@ impl Segment {
         interval: u64,
         now_ms: i64,
     ) -> Result<(Segment, Recovered), LogError> {
-        let file = OpenOptions::new().read(true).write(true).open(path(dir, base_offset, LOG_SUFFIX))?;
+        let file =
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(path(dir, base_offset, LOG_SUFFIX))?;
         let file_len = file.metadata()?.len();
         let loaded = load_indexes(dir, base_offset, file_len);
-        let (state, valid_len, recovered) = recover(&file, base_offset, file_len, loaded, recovery_point, interval)?;
+        let (state, valid_len, recovered) = recover(
+            &file,
+            base_offset,
+            file_len,
+            loaded,
+            recovery_point,
+            interval,
+        )?;
         if valid_len < file_len {
             file.set_len(valid_len)?;
             file.sync_data()?;
@@ -289,7 +317,12 @@ impl Segment {
 
     /// Appends batches already laid out in `data` (`batches` holds each one's
     /// position within `data` and its header), then publishes the new size.
-    pub(crate) fn append(&self, data: &[u8], batches: &[(u64, BatchHeader)], interval: u64) -> io::Result<()> {
+    pub(crate) fn append(
+        &self,
+        data: &[u8],
+        batches: &[(u64, BatchHeader)],
+        interval: u64,
+    ) -> io::Result<()> {
         let position = self.size();
         if let Err(e) = self.file.write_all_at(data, position) {
             // Drop whatever part made it, so the file never holds a torn batch that
@@ -303,7 +336,8 @@ impl Segment {
                 state.on_batch(self.base_offset, position + at, header, interval);
             }
         }
-        self.size.store(position + data.len() as u64, Ordering::Release);
+        self.size
+            .store(position + data.len() as u64, Ordering::Release);
         Ok(())
     }
 
@@ -331,7 +365,8 @@ impl Segment {
             return true;
         }
         let state = self.state.read();
-        state.persisted_offset_entries < state.offset_index.len() || state.persisted_time_entries < state.time_index.len()
+        state.persisted_offset_entries < state.offset_index.len()
+            || state.persisted_time_entries < state.time_index.len()
     }
 
     fn persist_indexes(&self) -> io::Result<()> {
@@ -339,7 +374,9 @@ impl Segment {
             let state = self.state.read();
             (
                 state.persisted_offset_entries,
-                state.offset_index.encode_from(state.persisted_offset_entries),
+                state
+                    .offset_index
+                    .encode_from(state.persisted_offset_entries),
                 state.offset_index.len(),
                 state.persisted_time_entries,
                 state.time_index.encode_from(state.persisted_time_entries),
@@ -348,11 +385,19 @@ impl Segment {
         };
         if !offset_bytes.is_empty() {
             let at = (offset_from * index::ENTRY_BYTES) as u64;
-            write_index_file(&path(&self.dir, self.base_offset, INDEX_SUFFIX), at, &offset_bytes)?;
+            write_index_file(
+                &path(&self.dir, self.base_offset, INDEX_SUFFIX),
+                at,
+                &offset_bytes,
+            )?;
         }
         if !time_bytes.is_empty() {
             let at = (time_from * time_index::ENTRY_BYTES) as u64;
-            write_index_file(&path(&self.dir, self.base_offset, TIME_INDEX_SUFFIX), at, &time_bytes)?;
+            write_index_file(
+                &path(&self.dir, self.base_offset, TIME_INDEX_SUFFIX),
+                at,
+                &time_bytes,
+            )?;
         }
         let mut state = self.state.write();
         state.persisted_offset_entries = offset_len;
@@ -368,14 +413,15 @@ impl Segment {
             let state = self.state.read();
             (state.persisted_offset_entries, state.persisted_time_entries)
         };
-        for (suffix, len) in
-            [(INDEX_SUFFIX, offset_len * index::ENTRY_BYTES), (TIME_INDEX_SUFFIX, time_len * time_index::ENTRY_BYTES)]
-        {
-            let file = OpenOptions::new().write(true).create(true).truncate(false).open(path(
-                &self.dir,
-                self.base_offset,
-                suffix,
-            ))?;
+        for (suffix, len) in [
+            (INDEX_SUFFIX, offset_len * index::ENTRY_BYTES),
+            (TIME_INDEX_SUFFIX, time_len * time_index::ENTRY_BYTES),
+        ] {
+            let file = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(path(&self.dir, self.base_offset, suffix))?;
             if file.metadata()?.len() != len as u64 {
                 file.set_len(len as u64)?;
                 file.sync_data()?;
@@ -396,16 +442,26 @@ impl Segment {
             (state.offset_index.clone(), state.time_index.clone())
         };
         offsets.truncate_to_position(position);
-        let (mut state, valid_len, recovered) =
-            recover(&self.file, self.base_offset, position, Some((offsets, times)), i64::MAX, interval)?;
+        let (mut state, valid_len, recovered) = recover(
+            &self.file,
+            self.base_offset,
+            position,
+            Some((offsets, times)),
+            i64::MAX,
+            interval,
+        )?;
         if valid_len < position {
             self.size.store(valid_len, Ordering::Release);
             self.file.set_len(valid_len)?;
             self.file.sync_data()?;
         }
         let persisted = self.state.read();
-        state.persisted_offset_entries = state.persisted_offset_entries.min(persisted.persisted_offset_entries);
-        state.persisted_time_entries = state.persisted_time_entries.min(persisted.persisted_time_entries);
+        state.persisted_offset_entries = state
+            .persisted_offset_entries
+            .min(persisted.persisted_offset_entries);
+        state.persisted_time_entries = state
+            .persisted_time_entries
+            .min(persisted.persisted_time_entries);
         drop(persisted);
         *self.state.write() = state;
         self.trim_index_files()?;
@@ -438,7 +494,11 @@ impl Segment {
             return 0;
         };
         let relative = u32::try_from(relative.max(0)).unwrap_or(u32::MAX);
-        self.state.read().offset_index.lookup(relative).map_or(0, |e| u64::from(e.position))
+        self.state
+            .read()
+            .offset_index
+            .lookup(relative)
+            .map_or(0, |e| u64::from(e.position))
     }
 
     /// Position to start scanning from for the first record with timestamp `>=
@@ -495,7 +555,12 @@ impl Segment {
     ) -> Result<Result<ReadPlan, String>, LogError> {
         let size = self.size();
         let mut window = FileWindow::new(&self.file, READ_WINDOW_BYTES);
-        let mut plan = ReadPlan { start: 0, end: 0, last_offset: None, stop: false };
+        let mut plan = ReadPlan {
+            start: 0,
+            end: 0,
+            last_offset: None,
+            stop: false,
+        };
         let mut position = start;
         while position < size {
             let header = match read_header(&mut window, position, size)? {
@@ -571,7 +636,11 @@ impl Segment {
     }
 
     /// Reads and fully checks (CRC included) the batch whose header was found at `position`.
-    pub(crate) fn read_batch(&self, position: u64, header: &BatchHeader) -> Result<Vec<u8>, LogError> {
+    pub(crate) fn read_batch(
+        &self,
+        position: u64,
+        header: &BatchHeader,
+    ) -> Result<Vec<u8>, LogError> {
         let bytes = self
             .read_bytes(position, header.total_size())?
             .ok_or_else(|| corrupt("batch runs past the end of the segment".into()))?;
@@ -593,7 +662,9 @@ pub(crate) struct ReadPlan {
 
 fn corrupt(reason: String) -> LogError {
     tracing::warn!(%reason, "corrupt batch in log");
-    LogError::InvalidBatch(BatchError::Invalid(format!("corrupt stored batch: {reason}")))
+    LogError::InvalidBatch(BatchError::Invalid(format!(
+        "corrupt stored batch: {reason}"
+    )))
 }
 
 fn remove_if_exists(path: &Path) -> io::Result<()> {
@@ -604,7 +675,11 @@ fn remove_if_exists(path: &Path) -> io::Result<()> {
 }
 
 fn write_index_file(path: &Path, at: u64, bytes: &[u8]) -> io::Result<()> {
-    let file = OpenOptions::new().write(true).create(true).truncate(false).open(path)?;
+    let file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)?;
     file.write_all_at(bytes, at)?;
     file.sync_data()
 }
@@ -646,7 +721,9 @@ fn recover(
         {
             loop {
                 match scanner.next()? {
-                    Scan::Batch(position, header) => state.on_batch(base_offset, position, &header, interval),
+                    Scan::Batch(position, header) => {
+                        state.on_batch(base_offset, position, &header, interval)
+                    }
                     Scan::End => return Ok((state, file_len, Recovered::default())),
                     Scan::Invalid(..) => break,
                 }
@@ -657,13 +734,25 @@ fn recover(
     let mut scanner = Scanner::new(file, 0, file_len, base_offset, None);
     loop {
         match scanner.next()? {
-            Scan::Batch(position, header) => state.on_batch(base_offset, position, &header, interval),
+            Scan::Batch(position, header) => {
+                state.on_batch(base_offset, position, &header, interval)
+            }
             Scan::End => {
-                return Ok((state, file_len, Recovered { rebuilt: true, ..Recovered::default() }));
+                return Ok((
+                    state,
+                    file_len,
+                    Recovered {
+                        rebuilt: true,
+                        ..Recovered::default()
+                    },
+                ));
             }
             Scan::Invalid(position, reason) => {
-                let recovered =
-                    Recovered { truncated_bytes: file_len - position, reason: Some(reason), rebuilt: true };
+                let recovered = Recovered {
+                    truncated_bytes: file_len - position,
+                    reason: Some(reason),
+                    rebuilt: true,
+                };
                 return Ok((state, position, recovered));
             }
         }
@@ -691,7 +780,13 @@ fn resume_from_anchor<'a>(
     let Some(anchor) = offsets.get(k) else {
         return Ok(None);
     };
-    let mut scanner = Scanner::new(file, u64::from(anchor.position), file_len, base_offset, None);
+    let mut scanner = Scanner::new(
+        file,
+        u64::from(anchor.position),
+        file_len,
+        base_offset,
+        None,
+    );
     let Scan::Batch(_, header) = scanner.next()? else {
         return Ok(None);
     };
@@ -737,8 +832,20 @@ struct Scanner<'a> {
 }
 
 impl<'a> Scanner<'a> {
-    fn new(file: &'a File, position: u64, end: u64, base_offset: i64, prev_last_offset: Option<i64>) -> Self {
-        Scanner { window: FileWindow::new(file, SCAN_WINDOW_BYTES), position, end, base_offset, prev_last_offset }
+    fn new(
+        file: &'a File,
+        position: u64,
+        end: u64,
+        base_offset: i64,
+        prev_last_offset: Option<i64>,
+    ) -> Self {
+        Scanner {
+            window: FileWindow::new(file, SCAN_WINDOW_BYTES),
+            position,
+            end,
+            base_offset,
+            prev_last_offset,
+        }
     }
 
     fn next(&mut self) -> io::Result<Scan> {
@@ -751,10 +858,15 @@ impl<'a> Scanner<'a> {
             Err(reason) => return Ok(Scan::Invalid(position, reason)),
         };
         if let Err(e) = header.check_fields(Mode::Stored) {
-            return Ok(Scan::Invalid(position, format!("bad header at byte {position}: {e}")));
+            return Ok(Scan::Invalid(
+                position,
+                format!("bad header at byte {position}: {e}"),
+            ));
         }
         if header.base_offset < self.base_offset
-            || self.prev_last_offset.is_some_and(|prev| header.base_offset <= prev)
+            || self
+                .prev_last_offset
+                .is_some_and(|prev| header.base_offset <= prev)
             || SegmentState::relative(self.base_offset, header.last_offset()).is_none()
         {
             return Ok(Scan::Invalid(
@@ -774,16 +886,24 @@ impl<'a> Scanner<'a> {
         let mut at = position + ATTRIBUTES_AT as u64;
         let batch_end = position + total;
         while at < batch_end {
-            let want = usize::try_from(batch_end - at).unwrap_or(usize::MAX).min(SCAN_WINDOW_BYTES);
+            let want = usize::try_from(batch_end - at)
+                .unwrap_or(usize::MAX)
+                .min(SCAN_WINDOW_BYTES);
             let chunk = self.window.get(at, want)?;
             if chunk.len() < want {
-                return Ok(Scan::Invalid(position, format!("batch at byte {position} is torn")));
+                return Ok(Scan::Invalid(
+                    position,
+                    format!("batch at byte {position} is torn"),
+                ));
             }
             crc = crc32c::crc32c_append(crc, chunk);
             at += want as u64;
         }
         if crc != header.crc {
-            return Ok(Scan::Invalid(position, format!("CRC mismatch in batch at byte {position}")));
+            return Ok(Scan::Invalid(
+                position,
+                format!("CRC mismatch in batch at byte {position}"),
+            ));
         }
         self.position = batch_end;
         self.prev_last_offset = Some(header.last_offset());
@@ -793,17 +913,27 @@ impl<'a> Scanner<'a> {
 
 /// Parses the header at `position`, checking that the batch fits before `end`.
 /// The inner error is a description of what is wrong with the bytes.
-fn read_header(window: &mut FileWindow<'_>, position: u64, end: u64) -> io::Result<Result<BatchHeader, String>> {
+fn read_header(
+    window: &mut FileWindow<'_>,
+    position: u64,
+    end: u64,
+) -> io::Result<Result<BatchHeader, String>> {
     let available = end.saturating_sub(position);
-    let want = usize::try_from(available).unwrap_or(usize::MAX).min(BatchHeader::SIZE);
+    let want = usize::try_from(available)
+        .unwrap_or(usize::MAX)
+        .min(BatchHeader::SIZE);
     let bytes = window.get(position, want)?;
     if bytes.len() < want {
-        return Ok(Err(format!("file ends inside the header at byte {position}")));
+        return Ok(Err(format!(
+            "file ends inside the header at byte {position}"
+        )));
     }
     let header = match BatchHeader::parse(bytes) {
         Ok(header) => header,
         Err(BatchError::Truncated) => {
-            return Ok(Err(format!("torn header at byte {position} ({available} bytes left)")));
+            return Ok(Err(format!(
+                "torn header at byte {position} ({available} bytes left)"
+            )));
         }
         Err(e) => return Ok(Err(format!("bad header at byte {position}: {e}"))),
     };
@@ -827,7 +957,12 @@ struct FileWindow<'a> {
 
 impl<'a> FileWindow<'a> {
     fn new(file: &'a File, capacity: usize) -> Self {
-        FileWindow { file, buf: Vec::new(), start: 0, capacity }
+        FileWindow {
+            file,
+            buf: Vec::new(),
+            start: 0,
+            capacity,
+        }
     }
 
     /// Up to `len` bytes at `position`; shorter only at the end of the file.
@@ -884,7 +1019,11 @@ impl SegmentWriter {
             .write(true)
             .create(true)
             .truncate(true)
-            .open(path(dir, base_offset, &format!("{LOG_SUFFIX}{CLEANED_SUFFIX}")))?;
+            .open(path(
+                dir,
+                base_offset,
+                &format!("{LOG_SUFFIX}{CLEANED_SUFFIX}"),
+            ))?;
         Ok(SegmentWriter {
             dir: dir.to_path_buf(),
             base_offset,
@@ -897,13 +1036,21 @@ impl SegmentWriter {
 
     pub(crate) fn append(&mut self, batch: &[u8], header: &BatchHeader) -> io::Result<()> {
         self.writer.write_all(batch)?;
-        self.state.on_batch(self.base_offset, self.position, header, self.interval);
+        self.state
+            .on_batch(self.base_offset, self.position, header, self.interval);
         self.position += batch.len() as u64;
         Ok(())
     }
 
     pub(crate) fn finish(self) -> io::Result<CleanedSegment> {
-        let SegmentWriter { dir, base_offset, writer, position, mut state, .. } = self;
+        let SegmentWriter {
+            dir,
+            base_offset,
+            writer,
+            position,
+            mut state,
+            ..
+        } = self;
         let file = writer.into_inner().map_err(|e| e.into_error())?;
         file.sync_data()?;
         state.on_close(base_offset);
@@ -911,19 +1058,32 @@ impl SegmentWriter {
             (INDEX_SUFFIX, state.offset_index.encode_from(0)),
             (TIME_INDEX_SUFFIX, state.time_index.encode_from(0)),
         ] {
-            let mut index = File::create(path(&dir, base_offset, &format!("{suffix}{CLEANED_SUFFIX}")))?;
+            let mut index = File::create(path(
+                &dir,
+                base_offset,
+                &format!("{suffix}{CLEANED_SUFFIX}"),
+            ))?;
             index.write_all(&bytes)?;
             index.sync_data()?;
         }
         state.persisted_offset_entries = state.offset_index.len();
         state.persisted_time_entries = state.time_index.len();
-        Ok(CleanedSegment { base_offset, file, size: position, state })
+        Ok(CleanedSegment {
+            base_offset,
+            file,
+            size: position,
+            state,
+        })
     }
 
     /// Removes a cleaned output that will not be installed.
     pub(crate) fn discard(dir: &Path, base_offset: i64) {
         for suffix in [LOG_SUFFIX, INDEX_SUFFIX, TIME_INDEX_SUFFIX] {
-            let _ = remove_if_exists(&path(dir, base_offset, &format!("{suffix}{CLEANED_SUFFIX}")));
+            let _ = remove_if_exists(&path(
+                dir,
+                base_offset,
+                &format!("{suffix}{CLEANED_SUFFIX}"),
+            ));
         }
     }
 }
@@ -945,6 +1105,7 @@ pub(crate) fn next_offset_of_file(path: &Path, base_offset: i64) -> io::Result<O
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use crate::batch::Compression;
@@ -968,10 +1129,19 @@ mod tests {
     #[test]
     fn file_names() {
         assert_eq!(file_name(42, LOG_SUFFIX), "00000000000000000042.log");
-        assert_eq!(parse_file_name("00000000000000000042.log", LOG_SUFFIX), Some(42));
+        assert_eq!(
+            parse_file_name("00000000000000000042.log", LOG_SUFFIX),
+            Some(42)
+        );
         assert_eq!(parse_file_name("0000000000000000042.log", LOG_SUFFIX), None);
-        assert_eq!(parse_file_name("00000000000000000042.index", LOG_SUFFIX), None);
-        assert_eq!(parse_file_name("0000000000000000004x.log", LOG_SUFFIX), None);
+        assert_eq!(
+            parse_file_name("00000000000000000042.index", LOG_SUFFIX),
+            None
+        );
+        assert_eq!(
+            parse_file_name("0000000000000000004x.log", LOG_SUFFIX),
+            None
+        );
     }
 
     #[test]
@@ -996,7 +1166,10 @@ mod tests {
             assert_eq!(state.offset_index, expected.offset_index);
             assert_eq!(state.next_offset, expected.next_offset);
             assert_eq!(state.max_timestamp, expected.max_timestamp);
-            assert_eq!(state.offset_of_max_timestamp, expected.offset_of_max_timestamp);
+            assert_eq!(
+                state.offset_of_max_timestamp,
+                expected.offset_of_max_timestamp
+            );
         }
     }
 

@@ -32,11 +32,19 @@ impl TimeIndex {
         for chunk in bytes.chunks_exact(ENTRY_BYTES) {
             let (ts, rel) = chunk.split_at(8);
             let entry = TimeEntry {
-                timestamp: i64::from_be_bytes(ts.try_into().map_err(|_| InvalidIndex("short entry".into()))?),
-                relative_offset: u32::from_be_bytes(rel.try_into().map_err(|_| InvalidIndex("short entry".into()))?),
+                timestamp: i64::from_be_bytes(
+                    ts.try_into()
+                        .map_err(|_| InvalidIndex("short entry".into()))?,
+                ),
+                relative_offset: u32::from_be_bytes(
+                    rel.try_into()
+                        .map_err(|_| InvalidIndex("short entry".into()))?,
+                ),
             };
             if let Some(last) = index.entries.last() {
-                if entry.timestamp <= last.timestamp || entry.relative_offset <= last.relative_offset {
+                if entry.timestamp <= last.timestamp
+                    || entry.relative_offset <= last.relative_offset
+                {
                     return Err(InvalidIndex(format!(
                         "time entry {entry:?} does not increase over {last:?} at entry {}",
                         index.entries.len()
@@ -65,7 +73,9 @@ impl TimeIndex {
     pub(crate) fn maybe_push(&mut self, entry: TimeEntry) {
         let grows = match self.entries.last() {
             None => entry.timestamp > crate::batch::NO_TIMESTAMP,
-            Some(last) => entry.timestamp > last.timestamp && entry.relative_offset > last.relative_offset,
+            Some(last) => {
+                entry.timestamp > last.timestamp && entry.relative_offset > last.relative_offset
+            }
         };
         if grows {
             self.entries.push(entry);
@@ -80,7 +90,9 @@ impl TimeIndex {
 
     /// Keeps only entries whose offset is `<= relative_offset`.
     pub(crate) fn truncate_after(&mut self, relative_offset: u32) {
-        let keep = self.entries.partition_point(|e| e.relative_offset <= relative_offset);
+        let keep = self
+            .entries
+            .partition_point(|e| e.relative_offset <= relative_offset);
         self.entries.truncate(keep);
     }
 
@@ -90,11 +102,15 @@ impl TimeIndex {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
     fn entry(timestamp: i64, relative_offset: u32) -> TimeEntry {
-        TimeEntry { timestamp, relative_offset }
+        TimeEntry {
+            timestamp,
+            relative_offset,
+        }
     }
 
     #[test]
@@ -118,7 +134,10 @@ mod tests {
 
     #[test]
     fn non_monotonic_files_are_refused() {
-        let mut bytes = TimeIndex { entries: vec![entry(10, 2), entry(20, 9)] }.encode_from(0);
+        let mut bytes = TimeIndex {
+            entries: vec![entry(10, 2), entry(20, 9)],
+        }
+        .encode_from(0);
         bytes.extend_from_slice(&[0; ENTRY_BYTES]);
         assert!(TimeIndex::from_bytes(&bytes).is_err());
         assert_eq!(TimeIndex::from_bytes(&bytes[..30]).unwrap().len(), 2);

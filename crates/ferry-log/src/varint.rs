@@ -75,7 +75,8 @@ impl<'a> Reader<'a> {
 
     pub(crate) fn varint(&mut self) -> Result<i32, BatchError> {
         let raw = self.read_unsigned(5)?;
-        let raw = u32::try_from(raw).map_err(|_| BatchError::Invalid("varint overflows 32 bits".into()))?;
+        let raw = u32::try_from(raw)
+            .map_err(|_| BatchError::Invalid("varint overflows 32 bits".into()))?;
         Ok(((raw >> 1) as i32) ^ -((raw & 1) as i32))
     }
 
@@ -108,6 +109,7 @@ impl<'a> Reader<'a> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
@@ -125,7 +127,9 @@ mod tests {
     #[test]
     fn overlong_encodings_are_rejected() {
         assert!(Reader::new(&[0xff; 6]).varint().is_err());
-        assert!(Reader::new(&[0xff, 0xff, 0xff, 0xff, 0x7f]).varint().is_err());
+        assert!(Reader::new(&[0xff, 0xff, 0xff, 0xff, 0x7f])
+            .varint()
+            .is_err());
         assert!(Reader::new(&[0xff; 11]).varlong().is_err());
         assert_eq!(Reader::new(&[0x80]).varint(), Err(BatchError::Truncated));
     }

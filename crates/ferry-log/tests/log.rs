@@ -21,13 +21,16 @@ fn log_is_send_and_sync() {
 
 #[test]
 fn empty_log_reads() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempdir();
     let log = open(dir.path(), small_config());
     assert_eq!((log.log_start_offset(), log.log_end_offset()), (0, 0));
     let r = log.read(0, 100, i64::MAX).unwrap();
     assert!(r.bytes.is_empty());
     assert_eq!(r.next_offset, 0);
-    assert!(matches!(log.read(1, 100, i64::MAX), Err(LogError::OffsetOutOfRange { offset: 1, .. })));
+    assert!(matches!(
+        log.read(1, 100, i64::MAX),
+        Err(LogError::OffsetOutOfRange { offset: 1, .. })
+    ));
     assert_eq!(log.offset_for_timestamp(0).unwrap(), None);
     assert_eq!(log.max_timestamp().unwrap(), None);
     assert!(segment_file(dir.path(), 0, ".log").exists());
@@ -35,31 +38,51 @@ fn empty_log_reads() {
 
 #[test]
 fn append_assigns_offsets_and_rewrites_only_offset_and_epoch() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempdir();
     let log = open(dir.path(), small_config());
     let mut two = batch(3, 100, "a");
     two.extend(batch(2, 200, "b"));
     let info = log.append(&mut two, 7, 1).unwrap();
-    assert_eq!((info.first_offset, info.last_offset, info.batch_count, info.max_timestamp), (0, 4, 2, 201));
+    assert_eq!(
+        (
+            info.first_offset,
+            info.last_offset,
+            info.batch_count,
+            info.max_timestamp
+        ),
+        (0, 4, 2, 201)
+    );
     // The caller's buffer holds exactly what was stored.
     let stored = log.read(0, 1 << 20, i64::MAX).unwrap();
     assert_eq!(&stored.bytes[..], &two[..]);
     assert_eq!(stored.next_offset, 5);
     let headers = batch::validate_batches(&stored.bytes).unwrap();
-    assert_eq!(headers.iter().map(|h| (h.base_offset, h.partition_leader_epoch)).collect::<Vec<_>>(), vec![(0, 7), (3, 7)]);
-    assert_eq!(values(&read_all(&log)), vec!["a-0", "a-1", "a-2", "b-0", "b-1"]);
+    assert_eq!(
+        headers
+            .iter()
+            .map(|h| (h.base_offset, h.partition_leader_epoch))
+            .collect::<Vec<_>>(),
+        vec![(0, 7), (3, 7)]
+    );
+    assert_eq!(
+        values(&read_all(&log)),
+        vec!["a-0", "a-1", "a-2", "b-0", "b-1"]
+    );
     let info = append(&log, batch(1, 300, "c"), 2);
     assert_eq!((info.first_offset, info.last_offset), (5, 5));
 }
 
 #[test]
 fn append_rejects_invalid_batches_without_side_effects() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempdir();
     let log = open(dir.path(), small_config());
     let mut bad = batch(2, 0, "x");
     let last = bad.len() - 1;
     bad[last] ^= 0xff;
-    assert!(matches!(log.append(&mut bad, 0, 0), Err(LogError::InvalidBatch(batch::BatchError::CorruptCrc))));
+    assert!(matches!(
+        log.append(&mut bad, 0, 0),
+        Err(LogError::InvalidBatch(batch::BatchError::CorruptCrc))
+    ));
     assert!(log.append(&mut [], 0, 0).is_err());
     assert_eq!(log.log_end_offset(), 0);
     assert_eq!(log.size_bytes(), 0);
@@ -67,8 +90,14 @@ fn append_rejects_invalid_batches_without_side_effects() {
 
 #[test]
 fn rolls_by_size_and_puts_oversized_batches_alone() {
-    let dir = tempfile::tempdir().unwrap();
-    let log = open(dir.path(), LogConfig { segment_bytes: 300, ..small_config() });
+    let dir = tempdir();
+    let log = open(
+        dir.path(),
+        LogConfig {
+            segment_bytes: 300,
+            ..small_config()
+        },
+    );
     let mut offset = 0;
     for i in 0..10 {
         let info = append(&log, batch(2, i, "s"), 0);
@@ -77,7 +106,9 @@ fn rolls_by_size_and_puts_oversized_batches_alone() {
     }
     assert!(log.segment_count() > 3, "{:?}", log.segment_base_offsets());
     for base in log.segment_base_offsets() {
-        let len = fs::metadata(segment_file(dir.path(), base, ".log")).unwrap().len();
+        let len = fs::metadata(segment_file(dir.path(), base, ".log"))
+            .unwrap()
+            .len();
         assert!(len <= 300, "segment {base} has {len} bytes");
     }
     let big = batch(30, 0, "big");
@@ -88,27 +119,41 @@ fn rolls_by_size_and_puts_oversized_batches_alone() {
     let bases = log.segment_base_offsets();
     assert_eq!(bases.len(), before + 2);
     assert_eq!(bases[bases.len() - 2], info.first_offset);
-    assert_eq!(fs::metadata(segment_file(dir.path(), info.first_offset, ".log")).unwrap().len(), big.len() as u64);
+    assert_eq!(
+        fs::metadata(segment_file(dir.path(), info.first_offset, ".log"))
+            .unwrap()
+            .len(),
+        big.len() as u64
+    );
     assert_eq!(read_all(&log).len(), 20 + 30 + 1);
 }
 
 #[test]
 fn rolls_by_age() {
-    let dir = tempfile::tempdir().unwrap();
-    let log = open(dir.path(), LogConfig { segment_ms: 1000, ..LogConfig::default() });
+    let dir = tempdir();
+    let log = open(
+        dir.path(),
+        LogConfig {
+            segment_ms: 1000,
+            ..LogConfig::default()
+        },
+    );
     append(&log, batch(1, 0, "a"), 0);
     append(&log, batch(1, 0, "b"), 999);
     assert_eq!(log.segment_count(), 1);
     append(&log, batch(1, 0, "c"), 1000);
     assert_eq!(log.segment_base_offsets(), vec![0, 2]);
-    log.set_config(LogConfig { segment_ms: i64::MAX, ..LogConfig::default() });
+    log.set_config(LogConfig {
+        segment_ms: i64::MAX,
+        ..LogConfig::default()
+    });
     append(&log, batch(1, 0, "d"), 1_000_000);
     assert_eq!(log.segment_count(), 2);
 }
 
 #[test]
 fn read_respects_max_bytes_and_upper_bound() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempdir();
     let log = open(dir.path(), small_config());
     let mut sizes = Vec::new();
     for i in 0..20 {
@@ -138,13 +183,19 @@ fn read_respects_max_bytes_and_upper_bound() {
     assert_eq!(decode_records(&r.bytes).unwrap().len(), 60);
     // The log end is a valid, empty position; past it is out of range.
     assert_eq!(log.read(60, 100, i64::MAX).unwrap().next_offset, 60);
-    assert!(matches!(log.read(61, 100, i64::MAX), Err(LogError::OffsetOutOfRange { log_end: 60, .. })));
-    assert!(matches!(log.read(-1, 100, i64::MAX), Err(LogError::OffsetOutOfRange { .. })));
+    assert!(matches!(
+        log.read(61, 100, i64::MAX),
+        Err(LogError::OffsetOutOfRange { log_end: 60, .. })
+    ));
+    assert!(matches!(
+        log.read(-1, 100, i64::MAX),
+        Err(LogError::OffsetOutOfRange { .. })
+    ));
 }
 
 #[test]
 fn flush_tracks_the_recovery_point() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempdir();
     let log = open(dir.path(), small_config());
     append(&log, batch(5, 0, "f"), 0);
     assert_eq!(log.flushed_offset(), 0);
@@ -162,7 +213,7 @@ fn flush_tracks_the_recovery_point() {
 
 #[test]
 fn reopen_keeps_everything() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempdir();
     let log = open(dir.path(), small_config());
     for i in 0..30 {
         append(&log, batch(1 + i % 4, 1000 + i as i64, "p"), 0);
@@ -171,7 +222,10 @@ fn reopen_keeps_everything() {
     let bases = log.segment_base_offsets();
     log.close().unwrap();
     assert!(matches!(log.read(0, 10, i64::MAX), Err(LogError::Closed)));
-    assert!(matches!(log.append(&mut batch(1, 0, "x"), 0, 0), Err(LogError::Closed)));
+    assert!(matches!(
+        log.append(&mut batch(1, 0, "x"), 0, 0),
+        Err(LogError::Closed)
+    ));
     drop(log);
     let log = open(dir.path(), small_config());
     assert_eq!(read_all(&log), before);
@@ -183,7 +237,7 @@ fn reopen_keeps_everything() {
 
 #[test]
 fn reopen_without_close_recovers_unflushed_appends() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempdir();
     let log = open(dir.path(), small_config());
     for i in 0..30 {
         append(&log, batch(2, i, "u"), 0);
@@ -196,14 +250,20 @@ fn reopen_without_close_recovers_unflushed_appends() {
 
 #[test]
 fn indexes_are_rebuilt_when_missing_or_damaged() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = LogConfig { segment_bytes: 4096, ..small_config() };
+    let dir = tempdir();
+    let config = LogConfig {
+        segment_bytes: 4096,
+        ..small_config()
+    };
     let log = open(dir.path(), config.clone());
     for i in 0..80 {
         append(&log, batch(1 + i % 3, 10 * i as i64, "i"), 0);
     }
     let before = read_all(&log);
-    let lookups: Vec<_> = (0..800).step_by(37).map(|ts| log.offset_for_timestamp(ts).unwrap()).collect();
+    let lookups: Vec<_> = (0..800)
+        .step_by(37)
+        .map(|ts| log.offset_for_timestamp(ts).unwrap())
+        .collect();
     let bases = log.segment_base_offsets();
     assert!(bases.len() > 1);
     log.close().unwrap();
@@ -212,12 +272,18 @@ fn indexes_are_rebuilt_when_missing_or_damaged() {
     let check = |what: &str| {
         let log = open(dir.path(), config.clone());
         assert_eq!(read_all(&log), before, "{what}");
-        let again: Vec<_> = (0..800).step_by(37).map(|ts| log.offset_for_timestamp(ts).unwrap()).collect();
+        let again: Vec<_> = (0..800)
+            .step_by(37)
+            .map(|ts| log.offset_for_timestamp(ts).unwrap())
+            .collect();
         assert_eq!(again, lookups, "{what}");
         for offset in (0..log.log_end_offset()).step_by(7) {
             let r = log.read(offset, 1, i64::MAX).unwrap();
             let first = BatchHeader::parse(&r.bytes).unwrap();
-            assert!(first.base_offset <= offset && first.last_offset() >= offset, "{what}");
+            assert!(
+                first.base_offset <= offset && first.last_offset() >= offset,
+                "{what}"
+            );
         }
         log.close().unwrap();
         let index = fs::read(segment_file(dir.path(), bases[0], ".index")).unwrap();
@@ -231,7 +297,12 @@ fn indexes_are_rebuilt_when_missing_or_damaged() {
     for base in &bases {
         let path = segment_file(dir.path(), *base, ".index");
         let len = fs::metadata(&path).unwrap().len();
-        fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(len - 3).unwrap();
+        fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(len - 3)
+            .unwrap();
     }
     check("torn");
     for base in &bases {
@@ -252,20 +323,41 @@ fn indexes_are_rebuilt_when_missing_or_damaged() {
 /// Builds a log whose last batch is small, closes it, and returns the .log length
 /// before the last batch, the last batch's length, and the records before it.
 fn crash_fixture(dir: &std::path::Path) -> (i64, u64, usize, Vec<ferry_log::Record>) {
-    let log = open(dir, LogConfig { segment_bytes: 1 << 20, ..small_config() });
+    let log = open(
+        dir,
+        LogConfig {
+            segment_bytes: 1 << 20,
+            ..small_config()
+        },
+    );
     for i in 0..12 {
         append(&log, batch(2, i, "ok"), 0);
     }
     let intact = read_all(&log);
     let info = append(&log, batch(2, 99, "last"), 0);
-    let last_len = log.read(info.first_offset, 1, i64::MAX).unwrap().bytes.len();
+    let last_len = log
+        .read(info.first_offset, 1, i64::MAX)
+        .unwrap()
+        .bytes
+        .len();
     log.close().unwrap();
     let log_len = fs::metadata(segment_file(dir, 0, ".log")).unwrap().len();
-    (info.first_offset, log_len - last_len as u64, last_len, intact)
+    (
+        info.first_offset,
+        log_len - last_len as u64,
+        last_len,
+        intact,
+    )
 }
 
 fn check_recovered(dir: &std::path::Path, expected_end: i64, intact: &[ferry_log::Record]) {
-    let log = open(dir, LogConfig { segment_bytes: 1 << 20, ..small_config() });
+    let log = open(
+        dir,
+        LogConfig {
+            segment_bytes: 1 << 20,
+            ..small_config()
+        },
+    );
     assert_eq!(log.log_end_offset(), expected_end);
     let records = read_all(&log);
     assert_eq!(&records[..intact.len()], intact);
@@ -278,29 +370,34 @@ fn check_recovered(dir: &std::path::Path, expected_end: i64, intact: &[ferry_log
 
 #[test]
 fn recovery_truncates_a_torn_last_batch_at_every_byte() {
-    let fixture = tempfile::tempdir().unwrap();
+    let fixture = tempdir();
     let (last_base, prefix_len, last_len, intact) = crash_fixture(fixture.path());
     for cut in 0..last_len as u64 {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = tempdir();
         copy_dir(fixture.path(), dir.path());
-        let file = fs::OpenOptions::new().write(true).open(segment_file(dir.path(), 0, ".log")).unwrap();
+        let file = fs::OpenOptions::new()
+            .write(true)
+            .open(segment_file(dir.path(), 0, ".log"))
+            .unwrap();
         file.set_len(prefix_len + cut).unwrap();
         drop(file);
         check_recovered(dir.path(), last_base, &intact);
         // The torn bytes are gone: the file holds the prefix plus the new batch.
-        let len = fs::metadata(segment_file(dir.path(), 0, ".log")).unwrap().len();
+        let len = fs::metadata(segment_file(dir.path(), 0, ".log"))
+            .unwrap()
+            .len();
         assert_eq!(len, prefix_len + batch(1, 500, "new").len() as u64);
     }
 }
 
 #[test]
 fn recovery_drops_a_corrupt_tail_batch() {
-    let fixture = tempfile::tempdir().unwrap();
+    let fixture = tempdir();
     let (last_base, prefix_len, last_len, intact) = crash_fixture(fixture.path());
     // Every byte the CRC covers, plus the length and magic; the base offset and leader
     // epoch are outside the CRC by Kafka's design.
     for at in (8..last_len as u64).filter(|at| !(12..16).contains(at)) {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = tempdir();
         copy_dir(fixture.path(), dir.path());
         let path = segment_file(dir.path(), 0, ".log");
         let mut bytes = fs::read(&path).unwrap();
@@ -312,7 +409,7 @@ fn recovery_drops_a_corrupt_tail_batch() {
 
 #[test]
 fn recovery_of_garbage_appended_after_a_valid_log() {
-    let fixture = tempfile::tempdir().unwrap();
+    let fixture = tempdir();
     let (last_base, _, _, _) = crash_fixture(fixture.path());
     let path = segment_file(fixture.path(), 0, ".log");
     let mut bytes = fs::read(&path).unwrap();
@@ -324,8 +421,14 @@ fn recovery_of_garbage_appended_after_a_valid_log() {
 
 #[test]
 fn corruption_in_an_older_segment_drops_the_segments_after_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let log = open(dir.path(), LogConfig { segment_bytes: 400, ..small_config() });
+    let dir = tempdir();
+    let log = open(
+        dir.path(),
+        LogConfig {
+            segment_bytes: 400,
+            ..small_config()
+        },
+    );
     for i in 0..30 {
         append(&log, batch(2, i, "c"), 0);
     }
@@ -339,19 +442,34 @@ fn corruption_in_an_older_segment_drops_the_segments_after_it() {
     let len = bytes.len();
     bytes[len - 5] ^= 1;
     fs::write(&path, bytes).unwrap();
-    let log = open(dir.path(), LogConfig { segment_bytes: 400, ..small_config() });
+    let log = open(
+        dir.path(),
+        LogConfig {
+            segment_bytes: 400,
+            ..small_config()
+        },
+    );
     assert_eq!(log.segment_base_offsets(), bases[..2].to_vec());
     let records = read_all(&log);
     assert!(records.len() < all.len() && records.len() as i64 > bases[1]);
     assert_eq!(&all[..records.len()], &records[..]);
     assert!(!segment_file(dir.path(), bases[2], ".log").exists());
-    assert_eq!(append(&log, batch(1, 0, "z"), 0).first_offset, records.len() as i64);
+    assert_eq!(
+        append(&log, batch(1, 0, "z"), 0).first_offset,
+        records.len() as i64
+    );
 }
 
 #[test]
 fn reads_never_return_a_corrupted_batch() {
-    let dir = tempfile::tempdir().unwrap();
-    let log = open(dir.path(), LogConfig { segment_bytes: 1 << 20, ..small_config() });
+    let dir = tempdir();
+    let log = open(
+        dir.path(),
+        LogConfig {
+            segment_bytes: 1 << 20,
+            ..small_config()
+        },
+    );
     let mut positions = Vec::new();
     for i in 0..10 {
         positions.push(log.size_bytes());
@@ -364,13 +482,16 @@ fn reads_never_return_a_corrupted_batch() {
     file.write_all_at(&[0xee], positions[4] + 70).unwrap();
     let r = log.read(0, 1 << 20, i64::MAX).unwrap();
     assert_eq!(r.next_offset, 8, "stops before the corrupt batch");
-    assert!(matches!(log.read(8, 1 << 20, i64::MAX), Err(LogError::InvalidBatch(_))));
+    assert!(matches!(
+        log.read(8, 1 << 20, i64::MAX),
+        Err(LogError::InvalidBatch(_))
+    ));
     assert_eq!(log.read(10, 1 << 20, i64::MAX).unwrap().next_offset, 20);
 }
 
 #[test]
 fn leftover_compaction_and_checkpoint_files_are_cleaned_up_on_open() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempdir();
     let log = open(dir.path(), small_config());
     append(&log, batch(3, 0, "l"), 0);
     log.close().unwrap();
@@ -388,7 +509,10 @@ fn leftover_compaction_and_checkpoint_files_are_cleaned_up_on_open() {
     }
     let log = open(dir.path(), small_config());
     assert_eq!(values(&read_all(&log)), vec!["l-0", "l-1", "l-2"]);
-    let mut names: Vec<String> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    let mut names: Vec<String> = fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
     names.sort();
     assert_eq!(
         names,
@@ -403,8 +527,14 @@ fn leftover_compaction_and_checkpoint_files_are_cleaned_up_on_open() {
 
 #[test]
 fn truncate_to_cuts_on_batch_boundaries_across_segments() {
-    let dir = tempfile::tempdir().unwrap();
-    let log = open(dir.path(), LogConfig { segment_bytes: 400, ..small_config() });
+    let dir = tempdir();
+    let log = open(
+        dir.path(),
+        LogConfig {
+            segment_bytes: 400,
+            ..small_config()
+        },
+    );
     for i in 0..30 {
         append(&log, batch(3, 100 + i, "t"), 0);
     }
@@ -424,18 +554,31 @@ fn truncate_to_cuts_on_batch_boundaries_across_segments() {
     log.truncate_to(45).unwrap();
     assert_eq!(log.log_end_offset(), 45);
     drop(log);
-    let log = open(dir.path(), LogConfig { segment_bytes: 400, ..small_config() });
+    let log = open(
+        dir.path(),
+        LogConfig {
+            segment_bytes: 400,
+            ..small_config()
+        },
+    );
     assert_eq!(read_all(&log), all[..45].to_vec());
     assert_eq!(append(&log, batch(1, 5, "m"), 0).first_offset, 45);
     log.truncate_to(0).unwrap();
-    assert_eq!((log.log_start_offset(), log.log_end_offset(), log.segment_count()), (0, 0, 1));
+    assert_eq!(
+        (
+            log.log_start_offset(),
+            log.log_end_offset(),
+            log.segment_count()
+        ),
+        (0, 0, 1)
+    );
     assert!(read_all(&log).is_empty());
     assert_eq!(append(&log, batch(1, 5, "k"), 0).first_offset, 0);
 }
 
 #[test]
 fn truncate_below_the_log_start_restarts_the_log_there() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempdir();
     let log = open(dir.path(), small_config());
     for _ in 0..10 {
         append(&log, batch(2, 0, "x"), 0);
@@ -451,8 +594,8 @@ fn truncate_below_the_log_start_restarts_the_log_there() {
 
 #[test]
 fn follower_appends_keep_offsets_and_allow_gaps() {
-    let leader_dir = tempfile::tempdir().unwrap();
-    let follower_dir = tempfile::tempdir().unwrap();
+    let leader_dir = tempdir();
+    let follower_dir = tempdir();
     let leader = open(leader_dir.path(), small_config());
     let follower = open(follower_dir.path(), small_config());
     for i in 0..10 {
@@ -463,7 +606,10 @@ fn follower_appends_keep_offsets_and_allow_gaps() {
     let info = follower.append_as_follower(&fetched.bytes, 0).unwrap();
     assert_eq!((info.first_offset, info.last_offset), (0, 19));
     assert_eq!(read_all(&follower), read_all(&leader));
-    assert_eq!(follower.read(0, 1 << 20, i64::MAX).unwrap().bytes, fetched.bytes);
+    assert_eq!(
+        follower.read(0, 1 << 20, i64::MAX).unwrap().bytes,
+        fetched.bytes
+    );
     // A gap (compacted leader) is fine; going backwards is not.
     let mut gap = batch(1, 0, "gap");
     batch::set_base_offset(&mut gap, 25).unwrap();
@@ -475,7 +621,7 @@ fn follower_appends_keep_offsets_and_allow_gaps() {
 
 #[test]
 fn offset_for_timestamp_and_max_timestamp() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempdir();
     let log = open(dir.path(), small_config());
     // Out-of-order timestamps within and across batches.
     let stamps: [&[i64]; 5] = [&[10, 30, 20], &[5], &[40, 35], &[40], &[25, 50, 45]];
@@ -500,8 +646,14 @@ fn offset_for_timestamp_and_max_timestamp() {
 
 #[test]
 fn concurrent_readers_see_only_whole_batches() {
-    let dir = tempfile::tempdir().unwrap();
-    let log = Arc::new(open(dir.path(), LogConfig { segment_bytes: 2048, ..small_config() }));
+    let dir = tempdir();
+    let log = Arc::new(open(
+        dir.path(),
+        LogConfig {
+            segment_bytes: 2048,
+            ..small_config()
+        },
+    ));
     let writer = {
         let log = log.clone();
         std::thread::spawn(move || {

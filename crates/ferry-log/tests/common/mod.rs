@@ -5,12 +5,35 @@ use bytes::Bytes;
 use ferry_log::record::decode_records;
 use ferry_log::{BatchBuilder, Compression, Log, LogConfig, Record};
 
-pub const ALL_CODECS: [Compression; 5] =
-    [Compression::None, Compression::Gzip, Compression::Snappy, Compression::Lz4, Compression::Zstd];
+pub const ALL_CODECS: [Compression; 5] = [
+    Compression::None,
+    Compression::Gzip,
+    Compression::Snappy,
+    Compression::Lz4,
+    Compression::Zstd,
+];
+
+/// A temporary directory, on tmpfs when there is one: these tests simulate crashes
+/// by editing files, so real durability is not needed and fsync latency (milliseconds
+/// per call on a real disk, hundreds of calls per property run) would dominate.
+pub fn tempdir() -> tempfile::TempDir {
+    let shm = std::path::Path::new("/dev/shm");
+    if shm.is_dir() {
+        if let Ok(dir) = tempfile::tempdir_in(shm) {
+            return dir;
+        }
+    }
+    tempfile::tempdir().unwrap()
+}
 
 /// Small segments and a dense index so a few KiB exercise rolling and indexing.
 pub fn small_config() -> LogConfig {
-    LogConfig { segment_bytes: 1024, index_interval_bytes: 128, retention_ms: -1, ..LogConfig::default() }
+    LogConfig {
+        segment_bytes: 1024,
+        index_interval_bytes: 128,
+        retention_ms: -1,
+        ..LogConfig::default()
+    }
 }
 
 pub fn open(dir: &std::path::Path, config: LogConfig) -> Log {
@@ -30,7 +53,11 @@ pub fn batch(n: usize, ts: i64, tag: &str) -> Vec<u8> {
 pub fn keyed(codec: Compression, ts: i64, records: &[(&str, Option<&str>)]) -> Vec<u8> {
     let mut b = BatchBuilder::new(codec);
     for (key, value) in records {
-        b.append(ts, Some(Bytes::from(key.to_string())), value.map(|v| Bytes::from(v.to_string())));
+        b.append(
+            ts,
+            Some(Bytes::from(key.to_string())),
+            value.map(|v| Bytes::from(v.to_string())),
+        );
     }
     b.build().unwrap()
 }
@@ -54,14 +81,22 @@ pub fn read_from(log: &Log, from: i64, max_bytes: usize) -> Vec<Record> {
             break;
         }
         assert!(result.next_offset > offset);
-        records.extend(decode_records(&result.bytes).unwrap().into_iter().filter(|r| r.offset >= offset));
+        records.extend(
+            decode_records(&result.bytes)
+                .unwrap()
+                .into_iter()
+                .filter(|r| r.offset >= offset),
+        );
         offset = result.next_offset;
     }
     records
 }
 
 pub fn values(records: &[Record]) -> Vec<String> {
-    records.iter().map(|r| String::from_utf8(r.value.clone().unwrap_or_default().to_vec()).unwrap()).collect()
+    records
+        .iter()
+        .map(|r| String::from_utf8(r.value.clone().unwrap_or_default().to_vec()).unwrap())
+        .collect()
 }
 
 pub fn offsets(records: &[Record]) -> Vec<i64> {
