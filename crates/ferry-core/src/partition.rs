@@ -18,7 +18,8 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
-use ferry_log::{batch, BatchError, Log, ReadResult};
+use ferry_log::record::{self, BatchBuilder};
+use ferry_log::{batch, BatchError, Compression, Log, ReadResult};
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 use uuid::Uuid;
@@ -204,7 +205,12 @@ impl Partition {
             }
             records_in += i64::from(h.records_count);
         }
-        let mut buf = BytesMut::from(&records[..]);
+        let mut buf = match target_codec(&state.config.compression_type) {
+            Some(codec) if headers.iter().any(|h| h.compression().ok() != Some(codec)) => recompress(&records, codec)?,
+            _ => BytesMut::from(&records[..]),
+        };
+        // Recompression changes sizes; the headers must describe the bytes appended.
+        let headers = if buf.len() != records.len() { batch::validate_batches(&buf).map_err(batch_error)? } else { headers };
         let log_append_time = if state.config.log_append_time {
             let mut pos = 0;
             for h in &headers {
@@ -302,16 +308,22 @@ impl Partition {
         if requested == state.leader_epoch {
             return (requested, self.log.log_end_offset());
         }
+        if requested < 0 {
+            return (-1, -1);
+        }
+        // As Kafka's leader epoch cache answers: the end of an epoch is the start of
+        // the next higher one; an epoch older than any known ends where the first
+        // known begins; one newer than every known epoch is undefined.
         let cache = &state.epoch_cache;
-        match cache.iter().rposition(|(e, _)| *e <= requested) {
-            None => (-1, -1),
-            Some(i) => {
-                let end = cache
-                    .get(i + 1)
-                    .map(|(_, s)| *s)
-                    .unwrap_or_else(|| self.log.log_end_offset());
-                (cache[i].0, end)
-            }
+        let Some(higher) = cache.iter().find(|(e, _)| *e > requested) else {
+            return match cache.last() {
+                Some((e, _)) if *e == requested => (requested, self.log.log_end_offset()),
+                _ => (-1, -1),
+            };
+        };
+        match cache.iter().rev().find(|(e, _)| *e <= requested) {
+            Some((floor, _)) => (*floor, higher.1),
+            None => (requested, higher.1),
         }
     }
 
@@ -333,6 +345,39 @@ impl Partition {
         self.log.close()?;
         Ok(())
     }
+}
+
+/// The codec `compression.type` asks for; `None` keeps the producer's.
+fn target_codec(compression_type: &str) -> Option<Compression> {
+    match compression_type {
+        "uncompressed" => Some(Compression::None),
+        "gzip" => Some(Compression::Gzip),
+        "snappy" => Some(Compression::Snappy),
+        "lz4" => Some(Compression::Lz4),
+        "zstd" => Some(Compression::Zstd),
+        _ => None,
+    }
+}
+
+/// Rewrites every batch with `codec`, keeping each batch's header fields and
+/// records. Only a topic whose `compression.type` differs from the producer's pays
+/// for this; stored batches are never re-encoded on the fetch path.
+fn recompress(records: &[u8], codec: Compression) -> Result<BytesMut, CoreError> {
+    let mut out = BytesMut::with_capacity(records.len());
+    for batch in batch::batches(records) {
+        let (_, batch) = batch.map_err(batch_error)?;
+        let (header, decoded) = record::decode_batch(batch).map_err(batch_error)?;
+        if header.compression().ok() == Some(codec) {
+            out.extend_from_slice(batch);
+            continue;
+        }
+        let mut builder = BatchBuilder::from_header(&header).map_err(batch_error)?.compression(codec);
+        for r in decoded {
+            builder.push(r).map_err(batch_error)?;
+        }
+        out.extend_from_slice(&builder.build().map_err(batch_error)?);
+    }
+    Ok(out)
 }
 
 fn batch_error(e: BatchError) -> CoreError {
@@ -393,4 +438,112 @@ pub fn write_atomically(path: &Path, content: &[u8]) -> std::io::Result<()> {
         std::fs::File::open(parent)?.sync_all()?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::BrokerConfig;
+    use std::collections::BTreeMap;
+
+    fn config(overrides: &[(&str, &str)]) -> TopicConfig {
+        let overrides: BTreeMap<String, String> = overrides.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        BrokerConfig::default().topic_config(&overrides)
+    }
+
+    fn batch(codec: Compression, values: &[&str]) -> Bytes {
+        let mut b = BatchBuilder::new(codec);
+        for (i, v) in values.iter().enumerate() {
+            b.append(1_000 + i as i64, Some(Bytes::from(format!("k{i}"))), Some(Bytes::from(v.to_string())));
+        }
+        Bytes::from(b.build().expect("build"))
+    }
+
+    fn open(dir: &Path, config: TopicConfig) -> Partition {
+        Partition::open(TopicPartition::new("t", 0), Uuid::new_v4(), dir, config, 0, 5_000).expect("open")
+    }
+
+    #[test]
+    fn append_assigns_offsets_and_moves_the_high_watermark() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = open(dir.path(), config(&[]));
+        let a = p.append(batch(Compression::None, &["a", "b"]), 5_000).expect("append");
+        let b = p.append(batch(Compression::Lz4, &["c"]), 5_000).expect("append");
+        assert_eq!((a.base_offset, a.last_offset, b.base_offset), (0, 1, 2));
+        assert_eq!(a.log_append_time, -1);
+        assert_eq!(p.high_watermark(), 3);
+        let read = p.read(0, 1 << 20, Isolation::ReadUncommitted).expect("read");
+        let values: Vec<_> = record::decode_records(&read.bytes).expect("decode").into_iter().filter_map(|r| r.value).collect();
+        assert_eq!(values, vec![Bytes::from("a"), Bytes::from("b"), Bytes::from("c")]);
+    }
+
+    #[test]
+    fn log_append_time_topics_stamp_broker_time() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = open(dir.path(), config(&[("message.timestamp.type", "LogAppendTime")]));
+        let r = p.append(batch(Compression::Gzip, &["a", "b"]), 77_777).expect("append");
+        assert_eq!(r.log_append_time, 77_777);
+        let read = p.read(0, 1 << 20, Isolation::ReadUncommitted).expect("read");
+        let header = batch::validate_batches(&read.bytes).expect("valid")[0];
+        assert_eq!(header.timestamp_type(), ferry_log::TimestampType::LogAppendTime);
+        assert_eq!(header.max_timestamp, 77_777);
+    }
+
+    #[test]
+    fn compression_type_recompresses_and_keeps_records() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = open(dir.path(), config(&[("compression.type", "zstd")]));
+        p.append(batch(Compression::None, &["x", "y", "z"]), 5_000).expect("append");
+        let read = p.read(0, 1 << 20, Isolation::ReadUncommitted).expect("read");
+        let header = batch::validate_batches(&read.bytes).expect("valid")[0];
+        assert_eq!(header.compression().expect("codec"), Compression::Zstd);
+        let values: Vec<_> = record::decode_records(&read.bytes).expect("decode").into_iter().filter_map(|r| r.value).collect();
+        assert_eq!(values, vec![Bytes::from("x"), Bytes::from("y"), Bytes::from("z")]);
+    }
+
+    #[test]
+    fn oversized_and_corrupt_batches_are_refused_and_nothing_is_stored() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = open(dir.path(), config(&[("max.message.bytes", "100")]));
+        let big = batch(Compression::None, &[&"v".repeat(200)]);
+        assert!(matches!(p.append(big, 5_000), Err(CoreError::MessageTooLarge { .. })));
+        let mut corrupt = batch(Compression::None, &["a"]).to_vec();
+        let last = corrupt.len() - 1;
+        corrupt[last] ^= 0xff;
+        assert!(matches!(p.append(Bytes::from(corrupt), 5_000), Err(CoreError::CorruptMessage(_))));
+        assert_eq!(p.log_end_offset(), 0);
+    }
+
+    #[tokio::test]
+    async fn concurrent_flushes_share_one_fsync_and_make_offsets_durable() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = Arc::new(open(dir.path(), config(&[])));
+        let mut waiters = Vec::new();
+        for _ in 0..8 {
+            let r = p.append(batch(Compression::None, &["a"]), 5_000).expect("append");
+            let p = p.clone();
+            waiters.push(tokio::spawn(async move { p.flush_to(r.last_offset, 5_000).await }));
+        }
+        for w in waiters {
+            w.await.expect("join").expect("flush");
+        }
+        assert!(p.log().flushed_offset() >= 8);
+        assert!(!p.flush_due(5_000));
+    }
+
+    #[test]
+    fn the_leader_epoch_checkpoint_survives_a_reopen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let p = open(dir.path(), config(&[]));
+            p.append(batch(Compression::None, &["a", "b"]), 5_000).expect("append");
+            p.close().expect("close");
+        }
+        let p = Partition::open(TopicPartition::new("t", 0), Uuid::new_v4(), dir.path(), config(&[]), 3, 5_000).expect("reopen");
+        p.append(batch(Compression::None, &["c"]), 5_000).expect("append");
+        assert_eq!(p.end_offset_for_epoch(0), (0, 2));
+        assert_eq!(p.end_offset_for_epoch(1), (0, 2));
+        assert_eq!(p.end_offset_for_epoch(3), (3, 3));
+        assert_eq!(p.end_offset_for_epoch(4), (-1, -1));
+    }
 }

@@ -220,6 +220,12 @@ impl BatchBuilder {
         Ok(builder)
     }
 
+    /// The codec the built batch is compressed with.
+    pub fn compression(mut self, compression: Compression) -> Self {
+        self.compression = compression;
+        self
+    }
+
     pub fn base_offset(mut self, base_offset: i64) -> Self {
         self.base_offset = base_offset;
         self
