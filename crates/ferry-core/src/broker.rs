@@ -73,6 +73,9 @@ pub enum ConfigChange {
 }
 
 pub struct Broker {
+    /// Held while the broker runs: a second process on the same data directory
+    /// would corrupt it.
+    _dir_lock: std::fs::File,
     options: BrokerOptions,
     cluster_id: String,
     clock: Arc<dyn Clock>,
@@ -102,6 +105,7 @@ impl Broker {
         let static_config = BrokerConfig::new(options.configs.clone())?;
         std::fs::create_dir_all(&options.data_dir)
             .map_err(|e| CoreError::Storage(e.to_string()))?;
+        let dir_lock = lock_data_dir(&options.data_dir)?;
         let cluster_id = load_or_create_cluster_id(&options.data_dir, options.node_id)?;
         let (metadata_log, records) = MetadataLog::open(&options.data_dir.join(METADATA_DIR))?;
         let mut image = MetadataImage::default();
@@ -123,6 +127,7 @@ impl Broker {
             metadata_log: Mutex::new(metadata_log),
             partitions: RwLock::new(HashMap::new()),
             producer_ids: Mutex::new((0, 0)),
+            _dir_lock: dir_lock,
         });
         let me = MetadataRecord::BrokerRegistered {
             node_id: broker.options.node_id,
@@ -714,6 +719,15 @@ impl Broker {
     pub fn data_dir(&self) -> &Path {
         &self.options.data_dir
     }
+}
+
+fn lock_data_dir(data_dir: &Path) -> Result<std::fs::File, CoreError> {
+    let path = data_dir.join(".lock");
+    let file = std::fs::File::create(&path).map_err(|e| CoreError::Storage(format!("{}: {e}", path.display())))?;
+    file.try_lock().map_err(|_| {
+        CoreError::Storage(format!("{} is in use by another ferry process", data_dir.display()))
+    })?;
+    Ok(file)
 }
 
 /// Reads the cluster id from `meta.properties`, writing a new one on first start.

@@ -349,7 +349,11 @@ impl Member {
     }
 
     fn bytes(&self) -> usize {
-        self.protocols.iter().map(|(n, m)| n.len() + m.len()).sum::<usize>() + self.assignment.len()
+        self.protocols
+            .iter()
+            .map(|(n, m)| n.len() + m.len())
+            .sum::<usize>()
+            + self.assignment.len()
     }
 
     fn reply_join(&mut self, response: JoinResponse) {
@@ -634,7 +638,11 @@ impl ClassicGroup {
             state: self.state,
             group_type: self.group_type,
             protocol_type: self.protocol_type.clone().unwrap_or_default(),
-            protocol: if stable { protocol.clone() } else { String::new() },
+            protocol: if stable {
+                protocol.clone()
+            } else {
+                String::new()
+            },
             members: self
                 .members
                 .values()
@@ -745,8 +753,13 @@ impl GroupManager {
             return Reply::Now(JoinResponse::error(member_id, GroupError::InvalidGroupId));
         }
         let session = i64::from(req.session_timeout_ms);
-        if session < self.config.min_session_timeout_ms || session > self.config.max_session_timeout_ms {
-            return Reply::Now(JoinResponse::error(member_id, GroupError::InvalidSessionTimeout));
+        if session < self.config.min_session_timeout_ms
+            || session > self.config.max_session_timeout_ms
+        {
+            return Reply::Now(JoinResponse::error(
+                member_id,
+                GroupError::InvalidSessionTimeout,
+            ));
         }
         if let Some(e) = check_protocols(&req.protocols) {
             tracing::info!(group = %req.group_id, member = %member_id, error = %e, "JoinGroup refused");
@@ -763,7 +776,10 @@ impl GroupManager {
             Err(e) => return Reply::Now(JoinResponse::error(member_id, e)),
         };
         if group.group_type != GroupType::Classic {
-            return Reply::Now(JoinResponse::error(member_id, GroupError::InconsistentGroupProtocol));
+            return Reply::Now(JoinResponse::error(
+                member_id,
+                GroupError::InconsistentGroupProtocol,
+            ));
         }
         let reply = if !accept_joining_member(group, &member_id, &config) {
             if group.members.contains_key(&member_id) {
@@ -780,12 +796,20 @@ impl GroupManager {
         reply
     }
 
-    fn join_unknown_member(&mut self, group_id: &str, req: JoinRequest, now_ms: i64) -> Reply<JoinResponse> {
+    fn join_unknown_member(
+        &mut self,
+        group_id: &str,
+        req: JoinRequest,
+        now_ms: i64,
+    ) -> Reply<JoinResponse> {
         let Some(group) = self.groups.get_mut(group_id) else {
             return Reply::Now(JoinResponse::error("", GroupError::UnknownMemberId));
         };
         if !group.supports_protocols(&req.protocol_type, &req.protocols) {
-            return Reply::Now(JoinResponse::error("", GroupError::InconsistentGroupProtocol));
+            return Reply::Now(JoinResponse::error(
+                "",
+                GroupError::InconsistentGroupProtocol,
+            ));
         }
         let prefix = req.group_instance_id.as_deref().unwrap_or(&req.client_id);
         let new_member_id = format!("{prefix}-{}", uuid::Uuid::new_v4());
@@ -795,28 +819,46 @@ impl GroupManager {
             .and_then(|i| group.static_members.get(i))
             .cloned();
         if let Some(old_member_id) = known_static {
-            return self.rejoin_static_member(group_id, &old_member_id, &new_member_id, req, now_ms);
+            return self.rejoin_static_member(
+                group_id,
+                &old_member_id,
+                &new_member_id,
+                req,
+                now_ms,
+            );
         }
         if req.require_known_member_id {
             if group.pending_members.len() >= GROUP_MEMBERS_MAX {
                 return Reply::Now(JoinResponse::error("", GroupError::GroupMaxSizeReached));
             }
             tracing::debug!(group = %group_id, member = %new_member_id, "new member must rejoin with its id");
-            group
-                .pending_members
-                .insert(new_member_id.clone(), now_ms + i64::from(req.session_timeout_ms));
-            return Reply::Now(JoinResponse::error(new_member_id, GroupError::MemberIdRequired));
+            group.pending_members.insert(
+                new_member_id.clone(),
+                now_ms + i64::from(req.session_timeout_ms),
+            );
+            return Reply::Now(JoinResponse::error(
+                new_member_id,
+                GroupError::MemberIdRequired,
+            ));
         }
         self.add_member_and_rebalance(group_id, new_member_id, req, now_ms)
     }
 
-    fn join_known_member(&mut self, group_id: &str, req: JoinRequest, now_ms: i64) -> Reply<JoinResponse> {
+    fn join_known_member(
+        &mut self,
+        group_id: &str,
+        req: JoinRequest,
+        now_ms: i64,
+    ) -> Reply<JoinResponse> {
         let member_id = req.member_id.clone();
         let Some(group) = self.groups.get_mut(group_id) else {
             return Reply::Now(JoinResponse::error(member_id, GroupError::UnknownMemberId));
         };
         if !group.supports_protocols(&req.protocol_type, &req.protocols) {
-            return Reply::Now(JoinResponse::error(member_id, GroupError::InconsistentGroupProtocol));
+            return Reply::Now(JoinResponse::error(
+                member_id,
+                GroupError::InconsistentGroupProtocol,
+            ));
         }
         if group.pending_members.contains_key(&member_id) {
             if req.group_instance_id.is_some() {
@@ -833,13 +875,17 @@ impl GroupManager {
             .get(&member_id)
             .is_some_and(|m| m.matches(&req.protocols));
         match group.state {
-            GroupState::PreparingRebalance => self.update_member_and_rebalance(group_id, req, now_ms),
+            GroupState::PreparingRebalance => {
+                self.update_member_and_rebalance(group_id, req, now_ms)
+            }
             GroupState::CompletingRebalance if matches => {
                 // It probably lost the JoinGroup response: send it again.
                 let leader = group.is_leader(&member_id);
                 Reply::Now(group.join_response(&member_id, leader))
             }
-            GroupState::CompletingRebalance => self.update_member_and_rebalance(group_id, req, now_ms),
+            GroupState::CompletingRebalance => {
+                self.update_member_and_rebalance(group_id, req, now_ms)
+            }
             GroupState::Stable if group.is_leader(&member_id) || !matches => {
                 // The leader may rejoin to force a rebalance (e.g. new topic metadata).
                 self.update_member_and_rebalance(group_id, req, now_ms)
@@ -866,7 +912,9 @@ impl GroupManager {
         if group_bytes + member_bytes > GROUP_BYTES_MAX {
             return Reply::Now(JoinResponse::error(
                 "",
-                GroupError::InvalidRequest(format!("the group's metadata would exceed {GROUP_BYTES_MAX} bytes")),
+                GroupError::InvalidRequest(format!(
+                    "the group's metadata would exceed {GROUP_BYTES_MAX} bytes"
+                )),
             ));
         }
         let (tx, rx) = oneshot::channel();
@@ -895,7 +943,9 @@ impl GroupManager {
         }
         match &member.group_instance_id {
             Some(instance) => {
-                group.static_members.insert(instance.clone(), member_id.clone());
+                group
+                    .static_members
+                    .insert(instance.clone(), member_id.clone());
             }
             None => {
                 group.pending_members.remove(&member_id);
@@ -907,12 +957,23 @@ impl GroupManager {
         Reply::Later(rx)
     }
 
-    fn update_member_and_rebalance(&mut self, group_id: &str, req: JoinRequest, now_ms: i64) -> Reply<JoinResponse> {
+    fn update_member_and_rebalance(
+        &mut self,
+        group_id: &str,
+        req: JoinRequest,
+        now_ms: i64,
+    ) -> Reply<JoinResponse> {
         let Some(group) = self.groups.get_mut(group_id) else {
-            return Reply::Now(JoinResponse::error(req.member_id, GroupError::UnknownMemberId));
+            return Reply::Now(JoinResponse::error(
+                req.member_id,
+                GroupError::UnknownMemberId,
+            ));
         };
         let Some(member) = group.members.get_mut(&req.member_id) else {
-            return Reply::Now(JoinResponse::error(req.member_id, GroupError::UnknownMemberId));
+            return Reply::Now(JoinResponse::error(
+                req.member_id,
+                GroupError::UnknownMemberId,
+            ));
         };
         let (tx, rx) = oneshot::channel();
         member.protocols = req.protocols;
@@ -942,7 +1003,10 @@ impl GroupManager {
             return Reply::Now(JoinResponse::error("", GroupError::UnknownMemberId));
         };
         tracing::info!(group = %group_id, instance = ?req.group_instance_id, old = %old_member_id, new = %new_member_id, "static member rejoins; the old member id is fenced");
-        member.reply_join(JoinResponse::error(old_member_id, GroupError::FencedInstanceId));
+        member.reply_join(JoinResponse::error(
+            old_member_id,
+            GroupError::FencedInstanceId,
+        ));
         member.reply_sync(SyncResponse::error(GroupError::FencedInstanceId));
         member.member_id = new_member_id.to_string();
         member.protocols = req.protocols;
@@ -952,7 +1016,9 @@ impl GroupManager {
         member.client_host = req.client_host;
         member.heartbeat_deadline_ms = now_ms + i64::from(req.session_timeout_ms);
         if let Some(instance) = &req.group_instance_id {
-            group.static_members.insert(instance.clone(), new_member_id.to_string());
+            group
+                .static_members
+                .insert(instance.clone(), new_member_id.to_string());
         }
         if group.is_leader(old_member_id) {
             group.leader_id = Some(new_member_id.to_string());
@@ -976,9 +1042,10 @@ impl GroupManager {
                 self.emit(record);
                 Reply::Now(response)
             }
-            GroupState::Empty | GroupState::Dead => {
-                Reply::Now(JoinResponse::error(new_member_id, GroupError::UnknownMemberId))
-            }
+            GroupState::Empty | GroupState::Dead => Reply::Now(JoinResponse::error(
+                new_member_id,
+                GroupError::UnknownMemberId,
+            )),
             _ => {
                 let (tx, rx) = oneshot::channel();
                 if let Some(m) = group.members.get_mut(new_member_id) {
@@ -993,7 +1060,11 @@ impl GroupManager {
     }
 
     fn maybe_prepare_rebalance(&mut self, group_id: &str, now_ms: i64, reason: &str) {
-        if self.groups.get(group_id).is_some_and(ClassicGroup::can_rebalance) {
+        if self
+            .groups
+            .get(group_id)
+            .is_some_and(ClassicGroup::can_rebalance)
+        {
             self.prepare_rebalance(group_id, now_ms, reason);
         }
     }
@@ -1119,7 +1190,13 @@ impl GroupManager {
     }
 
     /// Kafka's `removeMemberAndUpdateGroup`.
-    pub(super) fn remove_member(&mut self, group_id: &str, member_id: &str, now_ms: i64, reason: &str) {
+    pub(super) fn remove_member(
+        &mut self,
+        group_id: &str,
+        member_id: &str,
+        now_ms: i64,
+        reason: &str,
+    ) {
         let Some(group) = self.groups.get_mut(group_id) else {
             return;
         };
@@ -1177,14 +1254,24 @@ impl GroupManager {
         if req.generation_id != group.generation_id {
             return Reply::Now(SyncResponse::error(GroupError::IllegalGeneration));
         }
-        if req.protocol_type.as_ref().is_some_and(|p| group.protocol_type.as_ref() != Some(p))
-            || req.protocol_name.as_ref().is_some_and(|p| group.protocol_name.as_ref() != Some(p))
+        if req
+            .protocol_type
+            .as_ref()
+            .is_some_and(|p| group.protocol_type.as_ref() != Some(p))
+            || req
+                .protocol_name
+                .as_ref()
+                .is_some_and(|p| group.protocol_name.as_ref() != Some(p))
         {
             return Reply::Now(SyncResponse::error(GroupError::InconsistentGroupProtocol));
         }
         match group.state {
-            GroupState::Empty | GroupState::Dead => Reply::Now(SyncResponse::error(GroupError::UnknownMemberId)),
-            GroupState::PreparingRebalance => Reply::Now(SyncResponse::error(GroupError::RebalanceInProgress)),
+            GroupState::Empty | GroupState::Dead => {
+                Reply::Now(SyncResponse::error(GroupError::UnknownMemberId))
+            }
+            GroupState::PreparingRebalance => {
+                Reply::Now(SyncResponse::error(GroupError::RebalanceInProgress))
+            }
             GroupState::Stable => {
                 group.pending_sync.remove(&req.member_id);
                 group.touch_member(&req.member_id, now_ms);
@@ -1232,7 +1319,9 @@ impl GroupManager {
         }
         let metadata: usize = group.members.values().map(Member::bytes).sum();
         if too_large.is_none() && total + metadata > GROUP_BYTES_MAX {
-            too_large = Some(format!("the group's assignment exceeds {GROUP_BYTES_MAX} bytes"));
+            too_large = Some(format!(
+                "the group's assignment exceeds {GROUP_BYTES_MAX} bytes"
+            ));
         }
         if let Some(why) = too_large {
             tracing::warn!(group = %group_id, error = %why, "refusing the leader's assignment");
@@ -1274,7 +1363,10 @@ impl GroupManager {
         if group_id.is_empty() {
             return Err(GroupError::InvalidGroupId);
         }
-        let group = self.groups.get_mut(group_id).ok_or(GroupError::UnknownMemberId)?;
+        let group = self
+            .groups
+            .get_mut(group_id)
+            .ok_or(GroupError::UnknownMemberId)?;
         if let Some(e) = group.validate_member(member_id, group_instance_id) {
             return Err(e);
         }
@@ -1306,7 +1398,10 @@ impl GroupManager {
             return Err(GroupError::InvalidGroupId);
         }
         if !self.groups.contains_key(group_id) {
-            return Ok(members.iter().map(|_| Err(GroupError::UnknownMemberId)).collect());
+            return Ok(members
+                .iter()
+                .map(|_| Err(GroupError::UnknownMemberId))
+                .collect());
         }
         let mut results = Vec::with_capacity(members.len());
         for (member_id, instance_id) in members {
@@ -1316,7 +1411,11 @@ impl GroupManager {
             };
             if member_id.is_empty() {
                 // Administrative removal by group.instance.id.
-                match instance_id.as_ref().and_then(|i| group.static_members.get(i)).cloned() {
+                match instance_id
+                    .as_ref()
+                    .and_then(|i| group.static_members.get(i))
+                    .cloned()
+                {
                     Some(current) => {
                         self.remove_member(group_id, &current, now_ms, "removed by LeaveGroup");
                         results.push(Ok(()));
@@ -1344,7 +1443,8 @@ impl GroupManager {
     }
 
     pub fn list(&self) -> Vec<GroupOverview> {
-        let mut groups: Vec<GroupOverview> = self.groups.values().map(ClassicGroup::overview).collect();
+        let mut groups: Vec<GroupOverview> =
+            self.groups.values().map(ClassicGroup::overview).collect();
         groups.sort_by(|a, b| a.group_id.cmp(&b.group_id));
         groups
     }
@@ -1391,7 +1491,8 @@ impl GroupManager {
             let Some(group) = self.groups.get_mut(group_id) else {
                 return;
             };
-            let (GroupState::PreparingRebalance, Some(timer)) = (group.state, group.join_timer) else {
+            let (GroupState::PreparingRebalance, Some(timer)) = (group.state, group.join_timer)
+            else {
                 break;
             };
             if now_ms < timer.deadline_ms {
@@ -1416,7 +1517,9 @@ impl GroupManager {
         // Member ids handed out but never used.
         if let Some(group) = self.groups.get_mut(group_id) {
             let before = group.pending_members.len();
-            group.pending_members.retain(|_, deadline| now_ms < *deadline);
+            group
+                .pending_members
+                .retain(|_, deadline| now_ms < *deadline);
             if group.pending_members.len() != before {
                 self.check_join(group_id, now_ms);
             }
@@ -1443,7 +1546,10 @@ impl GroupManager {
                 group.sync_deadline_ms = None;
                 let missing: Vec<String> = group.pending_sync.drain().collect();
                 if !missing.is_empty()
-                    && matches!(group.state, GroupState::CompletingRebalance | GroupState::Stable)
+                    && matches!(
+                        group.state,
+                        GroupState::CompletingRebalance | GroupState::Stable
+                    )
                 {
                     for id in &missing {
                         tracing::info!(group = %group_id, member = %id, "member did not send SyncGroup in time; removing it");
@@ -1467,9 +1573,18 @@ impl GroupManager {
     // ---- startup replay ---------------------------------------------------------
 
     /// Applies one record read back from `__consumer_offsets`, in log order.
-    pub fn replay(&mut self, key: &[u8], value: Option<&[u8]>, now_ms: i64) -> Result<(), super::records::RecordError> {
+    pub fn replay(
+        &mut self,
+        key: &[u8],
+        value: Option<&[u8]>,
+        now_ms: i64,
+    ) -> Result<(), super::records::RecordError> {
         match RecordKey::decode(key)? {
-            RecordKey::Offset { group, topic, partition } => {
+            RecordKey::Offset {
+                group,
+                topic,
+                partition,
+            } => {
                 self.replay_offset(group, topic, partition, value, now_ms)?;
             }
             RecordKey::GroupMetadata { group } => match value {
@@ -1515,7 +1630,8 @@ fn load_group(g: &mut ClassicGroup, value: GroupMetadataValue, now_ms: i64) {
     let protocol = value.protocol.unwrap_or_default();
     for m in value.members {
         if let Some(instance) = &m.group_instance_id {
-            g.static_members.insert(instance.clone(), m.member_id.clone());
+            g.static_members
+                .insert(instance.clone(), m.member_id.clone());
         }
         g.members.insert(
             m.member_id.clone(),
@@ -1541,7 +1657,10 @@ fn load_group(g: &mut ClassicGroup, value: GroupMetadataValue, now_ms: i64) {
     } else {
         GroupState::Stable
     };
-    if g.leader_id.as_ref().is_some_and(|l| !g.members.contains_key(l)) {
+    if g.leader_id
+        .as_ref()
+        .is_some_and(|l| !g.members.contains_key(l))
+    {
         g.leader_id = g.members.keys().next().cloned();
     }
 }
@@ -1552,7 +1671,11 @@ fn accept_joining_member(group: &ClassicGroup, member_id: &str, config: &GroupCo
     match group.state {
         GroupState::Empty | GroupState::Dead => true,
         GroupState::PreparingRebalance => {
-            group.members.get(member_id).is_some_and(Member::awaiting_join) || group.awaiting_join_count() < max
+            group
+                .members
+                .get(member_id)
+                .is_some_and(Member::awaiting_join)
+                || group.awaiting_join_count() < max
         }
         GroupState::CompletingRebalance | GroupState::Stable => {
             group.members.contains_key(member_id) || group.members.len() < max

@@ -35,10 +35,13 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 
 pub use coordinator::{
-    GroupConfig, GroupError, GroupManager, GroupOverview, GroupRecord, GroupState, GroupSummary, GroupType,
-    JoinRequest, JoinResponse, JoinedMember, MemberSummary, Reply, SyncRequest, SyncResponse,
+    GroupConfig, GroupError, GroupManager, GroupOverview, GroupRecord, GroupState, GroupSummary,
+    GroupType, JoinRequest, JoinResponse, JoinedMember, MemberSummary, Reply, SyncRequest,
+    SyncResponse,
 };
-pub use offsets::{subscribed_topics, CommitRequest, CommittedOffset, OffsetCommit};
+pub use offsets::{
+    subscribed_topics, CommitRequest, CommittedOffset, OffsetCommit, PartitionResults,
+};
 
 use crate::broker::{Broker, NewTopic};
 use crate::clock::Clock;
@@ -67,7 +70,12 @@ pub type Durability = Pin<Box<dyn Future<Output = Result<(), CoreError>> + Send>
 pub trait GroupStorage: Send + Sync {
     fn partition_count(&self) -> i32;
     /// Appends `(key, value)` records (value `None`: tombstone) to one partition.
-    fn append(&self, partition: i32, records: Vec<(Bytes, Option<Bytes>)>, now_ms: i64) -> Result<Durability, CoreError>;
+    fn append(
+        &self,
+        partition: i32,
+        records: Vec<(Bytes, Option<Bytes>)>,
+        now_ms: i64,
+    ) -> Result<Durability, CoreError>;
     /// Every record of one partition, from its start.
     fn read_all(&self, partition: i32) -> Result<Vec<(Bytes, Option<Bytes>)>, CoreError>;
 }
@@ -95,15 +103,22 @@ impl GroupConfig {
             min_session_timeout_ms: config.long("group.min.session.timeout.ms"),
             max_session_timeout_ms: config.long("group.max.session.timeout.ms"),
             max_size: usize::try_from(config.long("group.max.size")).unwrap_or(1),
-            offset_metadata_max_bytes: usize::try_from(config.long("offset.metadata.max.bytes")).unwrap_or(0),
-            offsets_retention_ms: config.long("offsets.retention.minutes").saturating_mul(60_000),
+            offset_metadata_max_bytes: usize::try_from(config.long("offset.metadata.max.bytes"))
+                .unwrap_or(0),
+            offsets_retention_ms: config
+                .long("offsets.retention.minutes")
+                .saturating_mul(60_000),
             offsets_retention_check_interval_ms: config.long("offsets.retention.check.interval.ms"),
         }
     }
 }
 
 impl GroupCoordinator {
-    pub fn new(storage: Arc<dyn GroupStorage>, clock: Arc<dyn Clock>, config: GroupConfig) -> GroupCoordinator {
+    pub fn new(
+        storage: Arc<dyn GroupStorage>,
+        clock: Arc<dyn Clock>,
+        config: GroupConfig,
+    ) -> GroupCoordinator {
         GroupCoordinator {
             state: Mutex::new(GroupManager::new(config)),
             storage,
@@ -126,7 +141,11 @@ impl GroupCoordinator {
             }
         }
         if count > 0 {
-            tracing::info!(records = count, groups = state.groups.len(), "loaded groups and offsets");
+            tracing::info!(
+                records = count,
+                groups = state.groups.len(),
+                "loaded groups and offsets"
+            );
         }
         Ok(())
     }
@@ -137,7 +156,10 @@ impl GroupCoordinator {
 
     /// Runs `f` on the state machine and appends the records it emitted, in order,
     /// before the lock is released. The returned future waits for their fsync.
-    fn run<T>(&self, f: impl FnOnce(&mut GroupManager, i64) -> T) -> (T, Result<Durability, CoreError>) {
+    fn run<T>(
+        &self,
+        f: impl FnOnce(&mut GroupManager, i64) -> T,
+    ) -> (T, Result<Durability, CoreError>) {
         let now = self.clock.now_ms();
         let mut state = self.state.lock();
         let out = f(&mut state, now);
@@ -176,7 +198,9 @@ impl GroupCoordinator {
                 // Group metadata becomes durable with the next flush; nobody waits for it.
                 drop(durable);
             }
-            Err(e) => tracing::warn!(error = %e, "could not write group records to {OFFSETS_TOPIC}"),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not write group records to {OFFSETS_TOPIC}")
+            }
         }
     }
 
@@ -199,7 +223,8 @@ impl GroupCoordinator {
         group_instance_id: Option<&str>,
         generation_id: i32,
     ) -> Result<(), GroupError> {
-        let (result, durable) = self.run(|s, now| s.heartbeat(group_id, member_id, group_instance_id, generation_id, now));
+        let (result, durable) = self
+            .run(|s, now| s.heartbeat(group_id, member_id, group_instance_id, generation_id, now));
         Self::log_unflushed(durable);
         result
     }
@@ -215,10 +240,7 @@ impl GroupCoordinator {
     }
 
     /// OffsetCommit, answered once the commit is durable.
-    pub async fn commit_offsets(
-        &self,
-        req: CommitRequest,
-    ) -> Result<Vec<(TopicPartition, Result<(), GroupError>)>, GroupError> {
+    pub async fn commit_offsets(&self, req: CommitRequest) -> Result<PartitionResults, GroupError> {
         let (result, durable) = self.run(|s, now| s.commit_offsets(req, now));
         let result = result?;
         let storage_error = match durable {
@@ -244,7 +266,7 @@ impl GroupCoordinator {
         &self,
         group_id: &str,
         partitions: &[TopicPartition],
-    ) -> Result<Vec<(TopicPartition, Result<(), GroupError>)>, GroupError> {
+    ) -> Result<PartitionResults, GroupError> {
         let (result, durable) = self.run(|s, _| s.delete_offsets(group_id, partitions));
         let result = result?;
         if let Err(e) = wait(durable).await {
@@ -293,7 +315,9 @@ impl GroupCoordinator {
                 _ = tokio::time::sleep(Duration::from_millis(TICK_INTERVAL_MS)) => {}
                 _ = shutdown.changed() => return,
             }
-            broker.groups().tick(GroupConfig::from_broker(&broker.config()));
+            broker
+                .groups()
+                .tick(GroupConfig::from_broker(&broker.config()));
         }
     }
 }
@@ -356,7 +380,12 @@ impl GroupStorage for BrokerGroupStorage {
         }
     }
 
-    fn append(&self, partition: i32, records: Vec<(Bytes, Option<Bytes>)>, now_ms: i64) -> Result<Durability, CoreError> {
+    fn append(
+        &self,
+        partition: i32,
+        records: Vec<(Bytes, Option<Bytes>)>,
+        now_ms: i64,
+    ) -> Result<Durability, CoreError> {
         let broker = self.broker()?;
         self.ensure_topic(&broker)?;
         let p = broker
@@ -368,7 +397,9 @@ impl GroupStorage for BrokerGroupStorage {
         }
         let batch = builder.build()?;
         let result = p.append(Bytes::from(batch), now_ms)?;
-        Ok(Box::pin(async move { p.flush_to(result.last_offset, now_ms).await }))
+        Ok(Box::pin(async move {
+            p.flush_to(result.last_offset, now_ms).await
+        }))
     }
 
     fn read_all(&self, partition: i32) -> Result<Vec<(Bytes, Option<Bytes>)>, CoreError> {

@@ -20,6 +20,9 @@ use super::coordinator::{ClassicGroup, GroupError, GroupManager, GroupRecord, Gr
 use super::records::{OffsetCommitValue, RecordError, RecordKey};
 use crate::partition::TopicPartition;
 
+/// Per-partition outcomes of OffsetCommit and OffsetDelete.
+pub type PartitionResults = Vec<(TopicPartition, Result<(), GroupError>)>;
+
 /// What a group committed for one partition.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CommittedOffset {
@@ -87,7 +90,11 @@ impl OffsetStore {
     }
 }
 
-fn offset_record(group_id: &str, tp: &TopicPartition, value: Option<&CommittedOffset>) -> GroupRecord {
+fn offset_record(
+    group_id: &str,
+    tp: &TopicPartition,
+    value: Option<&CommittedOffset>,
+) -> GroupRecord {
     GroupRecord {
         group_id: group_id.to_string(),
         key: RecordKey::Offset {
@@ -157,7 +164,7 @@ impl GroupManager {
         &mut self,
         req: CommitRequest,
         now_ms: i64,
-    ) -> Result<Vec<(TopicPartition, Result<(), GroupError>)>, GroupError> {
+    ) -> Result<PartitionResults, GroupError> {
         if !self.groups.contains_key(&req.group_id) {
             if req.generation_id >= 0 {
                 return Err(req.missing_group_error);
@@ -166,15 +173,21 @@ impl GroupManager {
             self.get_or_create(&req.group_id, now_ms)?;
         }
         let max_metadata = self.config.offset_metadata_max_bytes;
-        let group = self.groups.get_mut(&req.group_id).ok_or(GroupError::GroupIdNotFound)?;
+        let group = self
+            .groups
+            .get_mut(&req.group_id)
+            .ok_or(GroupError::GroupIdNotFound)?;
         if group.state == GroupState::Dead {
             return Err(GroupError::CoordinatorNotAvailable);
         }
-        let as_member = req.generation_id >= 0 || !req.member_id.is_empty() || req.group_instance_id.is_some();
+        let as_member =
+            req.generation_id >= 0 || !req.member_id.is_empty() || req.group_instance_id.is_some();
         if as_member {
             if let Some(instance) = &req.group_instance_id {
                 match group.static_members.get(instance) {
-                    Some(current) if *current != req.member_id => return Err(GroupError::FencedInstanceId),
+                    Some(current) if *current != req.member_id => {
+                        return Err(GroupError::FencedInstanceId)
+                    }
                     Some(_) => {}
                     None => return Err(GroupError::UnknownMemberId),
                 }
@@ -235,7 +248,12 @@ impl GroupManager {
                 .map(|tp| (tp.clone(), group.and_then(|g| g.offsets.get(tp).cloned())))
                 .collect(),
             None => group
-                .map(|g| g.offsets.iter().map(|(tp, c)| (tp.clone(), Some(c.clone()))).collect())
+                .map(|g| {
+                    g.offsets
+                        .iter()
+                        .map(|(tp, c)| (tp.clone(), Some(c.clone())))
+                        .collect()
+                })
                 .unwrap_or_default(),
         }
     }
@@ -245,8 +263,11 @@ impl GroupManager {
         &mut self,
         group_id: &str,
         partitions: &[TopicPartition],
-    ) -> Result<Vec<(TopicPartition, Result<(), GroupError>)>, GroupError> {
-        let group = self.groups.get_mut(group_id).ok_or(GroupError::GroupIdNotFound)?;
+    ) -> Result<PartitionResults, GroupError> {
+        let group = self
+            .groups
+            .get_mut(group_id)
+            .ok_or(GroupError::GroupIdNotFound)?;
         let subscribed: Option<HashSet<String>> = match group.state {
             GroupState::Dead => return Err(GroupError::GroupIdNotFound),
             GroupState::Empty => Some(HashSet::new()),
@@ -287,7 +308,9 @@ impl GroupManager {
         let mut dead = Vec::new();
         for (id, group) in self.groups.iter_mut() {
             let expired: Vec<TopicPartition> = {
-                let by = |base: &dyn Fn(&CommittedOffset) -> i64, keep: &HashSet<String>| -> Vec<TopicPartition> {
+                let by = |base: &dyn Fn(&CommittedOffset) -> i64,
+                          keep: &HashSet<String>|
+                 -> Vec<TopicPartition> {
                     group
                         .offsets
                         .iter()
@@ -308,10 +331,12 @@ impl GroupManager {
                         by(&|_| since, &none)
                     }
                     (None, _) => by(&|c| c.commit_timestamp_ms, &none),
-                    (Some(pt), GroupState::Stable) if pt == "consumer" => match group_subscriptions(group) {
-                        Some(topics) => by(&|c| c.commit_timestamp_ms, &topics),
-                        None => Vec::new(),
-                    },
+                    (Some(pt), GroupState::Stable) if pt == "consumer" => {
+                        match group_subscriptions(group) {
+                            Some(topics) => by(&|c| c.commit_timestamp_ms, &topics),
+                            None => Vec::new(),
+                        }
+                    }
                     _ => Vec::new(),
                 }
             };

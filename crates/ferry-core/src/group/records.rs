@@ -464,7 +464,12 @@ mod tests {
         // "polygenelubricants".hashCode() == Integer.MIN_VALUE: Kafka's abs makes it 0.
         assert_eq!(java_string_hash("polygenelubricants"), i32::MIN);
         assert_eq!(partition_for("polygenelubricants", 50), 0);
-        for g in ["x", "group-1", "ünïcode", "a-very-long-group-name-for-testing"] {
+        for g in [
+            "x",
+            "group-1",
+            "ünïcode",
+            "a-very-long-group-name-for-testing",
+        ] {
             let p = partition_for(g, 50);
             assert!((0..50).contains(&p));
         }

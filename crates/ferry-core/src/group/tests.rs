@@ -7,7 +7,7 @@ use bytes::Bytes;
 use parking_lot::Mutex as PlMutex;
 
 use super::coordinator::*;
-use super::offsets::{encode_subscription, CommitRequest, OffsetCommit};
+use super::offsets::{encode_subscription, CommitRequest, OffsetCommit, PartitionResults};
 use super::records::{GroupMetadataValue, OffsetCommitValue, RecordKey};
 use super::{Durability, GroupCoordinator, GroupStorage};
 use crate::clock::ManualClock;
@@ -59,7 +59,11 @@ fn ready<T>(rx: &mut tokio::sync::oneshot::Receiver<T>) -> T {
 }
 
 /// A dynamic member's two-step join: MEMBER_ID_REQUIRED, then the real join.
-fn join_new(m: &mut GroupManager, group: &str, t: i64) -> (String, tokio::sync::oneshot::Receiver<JoinResponse>) {
+fn join_new(
+    m: &mut GroupManager,
+    group: &str,
+    t: i64,
+) -> (String, tokio::sync::oneshot::Receiver<JoinResponse>) {
     let first = now(m.join(join_req(group, ""), t));
     assert_eq!(first.error, Some(GroupError::MemberIdRequired));
     assert!(!first.member_id.is_empty());
@@ -67,7 +71,14 @@ fn join_new(m: &mut GroupManager, group: &str, t: i64) -> (String, tokio::sync::
     (first.member_id, rx)
 }
 
-fn sync(m: &mut GroupManager, group: &str, gen: i32, member: &str, assignments: Vec<(String, Bytes)>, t: i64) -> Reply<SyncResponse> {
+fn sync(
+    m: &mut GroupManager,
+    group: &str,
+    gen: i32,
+    member: &str,
+    assignments: Vec<(String, Bytes)>,
+    t: i64,
+) -> Reply<SyncResponse> {
     m.sync(
         SyncRequest {
             group_id: group.into(),
@@ -99,7 +110,10 @@ fn stable_group_of_three(m: &mut GroupManager, group: &str) -> (Vec<String>, Str
     }
     let leader = ja.leader.clone();
     let joined = [&ja, &jb, &jc];
-    let leader_resp = joined.iter().find(|j| j.member_id == leader).expect("leader answered");
+    let leader_resp = joined
+        .iter()
+        .find(|j| j.member_id == leader)
+        .expect("leader answered");
     assert_eq!(leader_resp.members.len(), 3);
     for j in joined.iter().filter(|j| j.member_id != leader) {
         assert!(j.members.is_empty(), "only the leader gets the members");
@@ -109,9 +123,15 @@ fn stable_group_of_three(m: &mut GroupManager, group: &str) -> (Vec<String>, Str
     for id in ids.iter().filter(|i| **i != leader) {
         followers.push((id.clone(), later(sync(m, group, 1, id, vec![], 0))));
     }
-    let assignments: Vec<(String, Bytes)> = ids.iter().map(|i| (i.clone(), Bytes::from(format!("asg-{i}")))).collect();
+    let assignments: Vec<(String, Bytes)> = ids
+        .iter()
+        .map(|i| (i.clone(), Bytes::from(format!("asg-{i}"))))
+        .collect();
     let mut rl = later(sync(m, group, 1, &leader, assignments, 0));
-    assert_eq!(ready(&mut rl).assignment, Bytes::from(format!("asg-{leader}")));
+    assert_eq!(
+        ready(&mut rl).assignment,
+        Bytes::from(format!("asg-{leader}"))
+    );
     for (id, mut rx) in followers {
         let s = ready(&mut rx);
         assert_eq!(s.error, None);
@@ -128,11 +148,17 @@ fn three_members_join_one_generation_and_sync_distributes_the_assignment() {
     // The stored group record has every member and its assignment.
     let records = m.take_records();
     let last = records.last().expect("group record");
-    assert_eq!(RecordKey::decode(&last.key), Ok(RecordKey::GroupMetadata { group: "g".into() }));
+    assert_eq!(
+        RecordKey::decode(&last.key),
+        Ok(RecordKey::GroupMetadata { group: "g".into() })
+    );
     let value = GroupMetadataValue::decode(last.value.as_ref().expect("value")).expect("decodes");
     assert_eq!(value.generation, 1);
     assert_eq!(value.members.len(), 3);
-    assert!(value.members.iter().all(|mm| mm.assignment.starts_with(b"asg-")));
+    assert!(value
+        .members
+        .iter()
+        .all(|mm| mm.assignment.starts_with(b"asg-")));
 }
 
 #[test]
@@ -165,16 +191,31 @@ fn old_join_versions_need_no_member_id_round_trip() {
 #[test]
 fn bad_join_requests_get_kafkas_errors() {
     let mut m = GroupManager::new(config());
-    assert_eq!(now(m.join(join_req("", ""), 0)).error, Some(GroupError::InvalidGroupId));
+    assert_eq!(
+        now(m.join(join_req("", ""), 0)).error,
+        Some(GroupError::InvalidGroupId)
+    );
     let mut short = join_req("g", "");
     short.session_timeout_ms = 1;
-    assert_eq!(now(m.join(short, 0)).error, Some(GroupError::InvalidSessionTimeout));
+    assert_eq!(
+        now(m.join(short, 0)).error,
+        Some(GroupError::InvalidSessionTimeout)
+    );
     let mut no_type = join_req("g", "");
     no_type.protocol_type = String::new();
-    assert_eq!(now(m.join(no_type, 0)).error, Some(GroupError::InconsistentGroupProtocol));
+    assert_eq!(
+        now(m.join(no_type, 0)).error,
+        Some(GroupError::InconsistentGroupProtocol)
+    );
     let mut huge = join_req("g", "");
-    huge.protocols = vec![("range".into(), Bytes::from(vec![0u8; MEMBER_METADATA_BYTES_MAX + 1]))];
-    assert!(matches!(now(m.join(huge, 0)).error, Some(GroupError::InvalidRequest(_))));
+    huge.protocols = vec![(
+        "range".into(),
+        Bytes::from(vec![0u8; MEMBER_METADATA_BYTES_MAX + 1]),
+    )];
+    assert!(matches!(
+        now(m.join(huge, 0)).error,
+        Some(GroupError::InvalidRequest(_))
+    ));
     // None of these left a group behind.
     assert!(m.list().is_empty());
 
@@ -182,10 +223,16 @@ fn bad_join_requests_get_kafkas_errors() {
     stable_group_of_three(&mut m, "g");
     let mut other = join_req("g", "");
     other.protocol_type = "connect".into();
-    assert_eq!(now(m.join(other, 1)).error, Some(GroupError::InconsistentGroupProtocol));
+    assert_eq!(
+        now(m.join(other, 1)).error,
+        Some(GroupError::InconsistentGroupProtocol)
+    );
     let mut disjoint = join_req("g", "");
     disjoint.protocols = vec![("roundrobin".into(), Bytes::new())];
-    assert_eq!(now(m.join(disjoint, 1)).error, Some(GroupError::InconsistentGroupProtocol));
+    assert_eq!(
+        now(m.join(disjoint, 1)).error,
+        Some(GroupError::InconsistentGroupProtocol)
+    );
 }
 
 #[test]
@@ -193,10 +240,17 @@ fn protocol_is_chosen_by_vote_among_common_protocols() {
     let mut m = GroupManager::new(config());
     let mut ids = Vec::new();
     let mut rxs = Vec::new();
-    for prefs in [vec!["sticky", "range"], vec!["range", "sticky"], vec!["range", "sticky", "rr"]] {
+    for prefs in [
+        vec!["sticky", "range"],
+        vec!["range", "sticky"],
+        vec!["range", "sticky", "rr"],
+    ] {
         let mut req = join_req("g", "");
         req.require_known_member_id = false;
-        req.protocols = prefs.iter().map(|p| (p.to_string(), Bytes::from_static(b"m"))).collect();
+        req.protocols = prefs
+            .iter()
+            .map(|p| (p.to_string(), Bytes::from_static(b"m")))
+            .collect();
         let rx = later(m.join(req, 0));
         rxs.push(rx);
         ids.push(());
@@ -215,7 +269,10 @@ fn initial_rebalance_delay_waits_for_more_members() {
     });
     let (_, mut ra) = join_new(&mut m, "g", 0);
     m.tick(1000);
-    assert!(ra.try_recv().is_err(), "still waiting for the initial delay");
+    assert!(
+        ra.try_recv().is_err(),
+        "still waiting for the initial delay"
+    );
     let (_, mut rb) = join_new(&mut m, "g", 2000);
     // The delay ends at 3000, but a member arrived: it is extended once more.
     m.tick(3000);
@@ -230,12 +287,22 @@ fn initial_rebalance_delay_waits_for_more_members() {
 fn session_expiry_removes_the_member_and_rebalances() {
     let mut m = GroupManager::new(config());
     let (ids, leader, gen) = stable_group_of_three(&mut m, "g");
-    let dead = ids.iter().find(|i| **i != leader).cloned().expect("a follower");
+    let dead = ids
+        .iter()
+        .find(|i| **i != leader)
+        .cloned()
+        .expect("a follower");
     let alive: Vec<String> = ids.iter().filter(|i| **i != dead).cloned().collect();
     let mut t = 0;
-    while m.group("g").is_some_and(|g| g.state() == GroupState::Stable) {
+    while m
+        .group("g")
+        .is_some_and(|g| g.state() == GroupState::Stable)
+    {
         t += 1000;
-        assert!(t <= i64::from(SESSION) + 1000, "the dead member is noticed after the session timeout");
+        assert!(
+            t <= i64::from(SESSION) + 1000,
+            "the dead member is noticed after the session timeout"
+        );
         for a in &alive {
             assert_eq!(m.heartbeat("g", a, None, gen, t), Ok(()));
         }
@@ -247,12 +314,23 @@ fn session_expiry_removes_the_member_and_rebalances() {
     assert!(!g.member_ids().contains(&dead));
     // The survivors learn of the rebalance through their heartbeat and rejoin.
     for a in &alive {
-        assert_eq!(m.heartbeat("g", a, None, gen, t), Err(GroupError::RebalanceInProgress));
+        assert_eq!(
+            m.heartbeat("g", a, None, gen, t),
+            Err(GroupError::RebalanceInProgress)
+        );
     }
-    let mut rxs: Vec<_> = alive.iter().map(|a| later(m.join(join_req("g", a), t))).collect();
+    let mut rxs: Vec<_> = alive
+        .iter()
+        .map(|a| later(m.join(join_req("g", a), t)))
+        .collect();
     let responses: Vec<JoinResponse> = rxs.iter_mut().map(ready).collect();
-    assert!(responses.iter().all(|r| r.generation_id == gen + 1 && r.error.is_none()));
-    assert_eq!(m.heartbeat("g", &dead, None, gen + 1, t), Err(GroupError::UnknownMemberId));
+    assert!(responses
+        .iter()
+        .all(|r| r.generation_id == gen + 1 && r.error.is_none()));
+    assert_eq!(
+        m.heartbeat("g", &dead, None, gen + 1, t),
+        Err(GroupError::UnknownMemberId)
+    );
 }
 
 #[test]
@@ -261,13 +339,19 @@ fn rebalance_timeout_drops_members_that_do_not_rejoin() {
     let (ids, leader, gen) = stable_group_of_three(&mut m, "g");
     // The leader forces a rebalance by rejoining; nobody else rejoins.
     let mut rl = later(m.join(join_req("g", &leader), 10));
-    assert_eq!(m.group("g").map(|g| g.state()), Some(GroupState::PreparingRebalance));
+    assert_eq!(
+        m.group("g").map(|g| g.state()),
+        Some(GroupState::PreparingRebalance)
+    );
     // The others stay alive (heartbeats answer REBALANCE_IN_PROGRESS) but never rejoin.
     let mut t = 10;
     while t < 10 + i64::from(REBALANCE) - 1000 {
         t += 1000;
         for id in ids.iter().filter(|i| **i != leader) {
-            assert_eq!(m.heartbeat("g", id, None, gen, t), Err(GroupError::RebalanceInProgress));
+            assert_eq!(
+                m.heartbeat("g", id, None, gen, t),
+                Err(GroupError::RebalanceInProgress)
+            );
         }
         m.tick(t);
     }
@@ -280,7 +364,10 @@ fn rebalance_timeout_drops_members_that_do_not_rejoin() {
     let g = m.group("g").expect("group");
     assert_eq!(g.member_ids(), vec![leader.clone()]);
     for id in ids.iter().filter(|i| **i != leader) {
-        assert_eq!(m.heartbeat("g", id, None, gen, 20), Err(GroupError::UnknownMemberId));
+        assert_eq!(
+            m.heartbeat("g", id, None, gen, 20),
+            Err(GroupError::UnknownMemberId)
+        );
     }
 }
 
@@ -310,12 +397,30 @@ fn members_that_never_sync_are_removed() {
 fn sync_and_heartbeat_check_member_and_generation() {
     let mut m = GroupManager::new(config());
     let (ids, _, gen) = stable_group_of_three(&mut m, "g");
-    assert_eq!(now(sync(&mut m, "g", gen, "nobody", vec![], 1)).error, Some(GroupError::UnknownMemberId));
-    assert_eq!(now(sync(&mut m, "g", gen + 5, &ids[0], vec![], 1)).error, Some(GroupError::IllegalGeneration));
-    assert_eq!(now(sync(&mut m, "nope", gen, &ids[0], vec![], 1)).error, Some(GroupError::UnknownMemberId));
-    assert_eq!(m.heartbeat("g", &ids[0], None, gen - 1, 1), Err(GroupError::IllegalGeneration));
-    assert_eq!(m.heartbeat("g", "nobody", None, gen, 1), Err(GroupError::UnknownMemberId));
-    assert_eq!(m.heartbeat("", &ids[0], None, gen, 1), Err(GroupError::InvalidGroupId));
+    assert_eq!(
+        now(sync(&mut m, "g", gen, "nobody", vec![], 1)).error,
+        Some(GroupError::UnknownMemberId)
+    );
+    assert_eq!(
+        now(sync(&mut m, "g", gen + 5, &ids[0], vec![], 1)).error,
+        Some(GroupError::IllegalGeneration)
+    );
+    assert_eq!(
+        now(sync(&mut m, "nope", gen, &ids[0], vec![], 1)).error,
+        Some(GroupError::UnknownMemberId)
+    );
+    assert_eq!(
+        m.heartbeat("g", &ids[0], None, gen - 1, 1),
+        Err(GroupError::IllegalGeneration)
+    );
+    assert_eq!(
+        m.heartbeat("g", "nobody", None, gen, 1),
+        Err(GroupError::UnknownMemberId)
+    );
+    assert_eq!(
+        m.heartbeat("", &ids[0], None, gen, 1),
+        Err(GroupError::InvalidGroupId)
+    );
     // A Stable group answers a late SyncGroup with the stored assignment.
     let s = now(sync(&mut m, "g", gen, &ids[1], vec![], 1));
     assert_eq!(s.assignment, Bytes::from(format!("asg-{}", ids[1])));
@@ -328,7 +433,10 @@ fn sync_and_heartbeat_check_member_and_generation() {
         protocol_name: Some("roundrobin".into()),
         assignments: vec![],
     };
-    assert_eq!(now(m.sync(wrong.clone(), 1)).error, Some(GroupError::InconsistentGroupProtocol));
+    assert_eq!(
+        now(m.sync(wrong.clone(), 1)).error,
+        Some(GroupError::InconsistentGroupProtocol)
+    );
     wrong.protocol_name = None;
     assert_eq!(now(m.sync(wrong, 1)).error, None);
 }
@@ -345,7 +453,8 @@ fn leave_group_rebalances_and_reports_per_member() {
     assert_eq!(g.state(), GroupState::PreparingRebalance);
     assert_eq!(g.member_ids().len(), 2);
     // Everybody leaves: the group completes its rebalance as Empty.
-    m.leave("g", &[(ids[1].clone(), None), (ids[2].clone(), None)], 6).expect("leave");
+    m.leave("g", &[(ids[1].clone(), None), (ids[2].clone(), None)], 6)
+        .expect("leave");
     assert_eq!(m.group("g").map(|g| g.state()), Some(GroupState::Empty));
     assert_eq!(m.leave("", &[], 6), Err(GroupError::InvalidGroupId));
 }
@@ -380,7 +489,7 @@ fn static_member_rejoins_without_rebalance_and_the_old_id_is_fenced() {
         },
         0,
     ));
-    let _ = later(m.sync(
+    let _leader_sync = later(m.sync(
         SyncRequest {
             group_id: "g".into(),
             generation_id: 1,
@@ -415,7 +524,10 @@ fn static_member_rejoins_without_rebalance_and_the_old_id_is_fenced() {
     ));
     assert_eq!(s.assignment, Bytes::from_static(b"mine"));
     // The old incarnation is fenced everywhere.
-    assert_eq!(m.heartbeat("g", &follower, Some(follower_instance), 1, 101), Err(GroupError::FencedInstanceId));
+    assert_eq!(
+        m.heartbeat("g", &follower, Some(follower_instance), 1, 101),
+        Err(GroupError::FencedInstanceId)
+    );
     assert_eq!(
         now(m.join(static_join("g", &follower, follower_instance), 101)).error,
         Some(GroupError::FencedInstanceId)
@@ -426,13 +538,23 @@ fn static_member_rejoins_without_rebalance_and_the_old_id_is_fenced() {
             generation_id: 1,
             member_id: follower.clone(),
             group_instance_id: Some(follower_instance.into()),
-            offsets: vec![(TopicPartition::new("t", 0), OffsetCommit { offset: 1, leader_epoch: -1, metadata: None })],
+            offsets: vec![(
+                TopicPartition::new("t", 0),
+                OffsetCommit {
+                    offset: 1,
+                    leader_epoch: -1,
+                    metadata: None,
+                },
+            )],
             missing_group_error: GroupError::IllegalGeneration,
         },
         101,
     );
     assert_eq!(commit, Err(GroupError::FencedInstanceId));
-    assert_eq!(m.heartbeat("g", &r.member_id, Some(follower_instance), 1, 101), Ok(()));
+    assert_eq!(
+        m.heartbeat("g", &r.member_id, Some(follower_instance), 1, 101),
+        Ok(())
+    );
 }
 
 #[test]
@@ -441,7 +563,7 @@ fn static_members_survive_a_rebalance_they_miss() {
     let mut ra = later(m.join(static_join("g", "", "inst-a"), 0));
     m.tick(0);
     let ja = ready(&mut ra);
-    let _ = later(m.sync(
+    let _leader_sync = later(m.sync(
         SyncRequest {
             group_id: "g".into(),
             generation_id: 1,
@@ -464,7 +586,11 @@ fn static_members_survive_a_rebalance_they_miss() {
     let jb = ready(&mut rb);
     assert_eq!(jb.error, None);
     // The static member did not rejoin but was kept.
-    assert!(m.group("g").expect("group").member_ids().contains(&ja.member_id));
+    assert!(m
+        .group("g")
+        .expect("group")
+        .member_ids()
+        .contains(&ja.member_id));
 }
 
 #[test]
@@ -487,14 +613,28 @@ fn stable_group_of_three_sized(m: &mut GroupManager) {
     assert_eq!(m.group("g").map(|g| g.member_ids().len()), Some(2));
 }
 
-fn commit(m: &mut GroupManager, group: &str, gen: i32, member: &str, offset: i64, t: i64) -> Result<Vec<(TopicPartition, Result<(), GroupError>)>, GroupError> {
+fn commit(
+    m: &mut GroupManager,
+    group: &str,
+    gen: i32,
+    member: &str,
+    offset: i64,
+    t: i64,
+) -> Result<PartitionResults, GroupError> {
     m.commit_offsets(
         CommitRequest {
             group_id: group.into(),
             generation_id: gen,
             member_id: member.into(),
             group_instance_id: None,
-            offsets: vec![(TopicPartition::new("t", 0), OffsetCommit { offset, leader_epoch: 4, metadata: Some("md".into()) })],
+            offsets: vec![(
+                TopicPartition::new("t", 0),
+                OffsetCommit {
+                    offset,
+                    leader_epoch: 4,
+                    metadata: Some("md".into()),
+                },
+            )],
             missing_group_error: GroupError::IllegalGeneration,
         },
         t,
@@ -506,26 +646,53 @@ fn commits_are_validated_like_kafka() {
     let mut m = GroupManager::new(config());
     // Simple commits create a group without members.
     assert!(commit(&mut m, "simple", -1, "", 5, 1).is_ok());
-    let fetched = m.fetch_offsets("simple", Some(&[TopicPartition::new("t", 0), TopicPartition::new("t", 1)]));
-    assert_eq!(fetched[0].1.as_ref().map(|c| (c.offset, c.leader_epoch, c.metadata.as_str())), Some((5, 4, "md")));
+    let fetched = m.fetch_offsets(
+        "simple",
+        Some(&[TopicPartition::new("t", 0), TopicPartition::new("t", 1)]),
+    );
+    assert_eq!(
+        fetched[0]
+            .1
+            .as_ref()
+            .map(|c| (c.offset, c.leader_epoch, c.metadata.as_str())),
+        Some((5, 4, "md"))
+    );
     assert_eq!(fetched[1].1, None);
     // A generation for a group that does not exist.
-    assert_eq!(commit(&mut m, "nope", 3, "m", 1, 1), Err(GroupError::IllegalGeneration));
+    assert_eq!(
+        commit(&mut m, "nope", 3, "m", 1, 1),
+        Err(GroupError::IllegalGeneration)
+    );
 
     let (ids, leader, gen) = stable_group_of_three(&mut m, "g");
     assert!(commit(&mut m, "g", gen, &ids[0], 10, 2).is_ok());
-    assert_eq!(commit(&mut m, "g", gen - 1, &ids[0], 11, 2), Err(GroupError::IllegalGeneration));
-    assert_eq!(commit(&mut m, "g", gen, "stranger", 11, 2), Err(GroupError::UnknownMemberId));
-    assert_eq!(commit(&mut m, "g", -1, "", 11, 2), Err(GroupError::UnknownMemberId));
+    assert_eq!(
+        commit(&mut m, "g", gen - 1, &ids[0], 11, 2),
+        Err(GroupError::IllegalGeneration)
+    );
+    assert_eq!(
+        commit(&mut m, "g", gen, "stranger", 11, 2),
+        Err(GroupError::UnknownMemberId)
+    );
+    assert_eq!(
+        commit(&mut m, "g", -1, "", 11, 2),
+        Err(GroupError::UnknownMemberId)
+    );
     // PreparingRebalance still takes commits from the current generation …
     let _rl = later(m.join(join_req("g", &leader), 3));
     assert!(commit(&mut m, "g", gen, &ids[0], 12, 3).is_ok());
     // … CompletingRebalance does not.
     for id in ids.iter().filter(|i| **i != leader) {
-        let _ = later(m.join(join_req("g", id), 3));
+        let _rejoin = later(m.join(join_req("g", id), 3));
     }
-    assert_eq!(m.group("g").map(|g| g.state()), Some(GroupState::CompletingRebalance));
-    assert_eq!(commit(&mut m, "g", gen + 1, &ids[0], 13, 3), Err(GroupError::RebalanceInProgress));
+    assert_eq!(
+        m.group("g").map(|g| g.state()),
+        Some(GroupState::CompletingRebalance)
+    );
+    assert_eq!(
+        commit(&mut m, "g", gen + 1, &ids[0], 13, 3),
+        Err(GroupError::RebalanceInProgress)
+    );
 
     // Oversized metadata fails only that partition.
     let r = m
@@ -536,8 +703,22 @@ fn commits_are_validated_like_kafka() {
                 member_id: String::new(),
                 group_instance_id: None,
                 offsets: vec![
-                    (TopicPartition::new("t", 0), OffsetCommit { offset: 6, leader_epoch: -1, metadata: Some("x".repeat(5000)) }),
-                    (TopicPartition::new("t", 1), OffsetCommit { offset: 7, leader_epoch: -1, metadata: None }),
+                    (
+                        TopicPartition::new("t", 0),
+                        OffsetCommit {
+                            offset: 6,
+                            leader_epoch: -1,
+                            metadata: Some("x".repeat(5000)),
+                        },
+                    ),
+                    (
+                        TopicPartition::new("t", 1),
+                        OffsetCommit {
+                            offset: 7,
+                            leader_epoch: -1,
+                            metadata: None,
+                        },
+                    ),
                 ],
                 missing_group_error: GroupError::IllegalGeneration,
             },
@@ -556,10 +737,22 @@ fn commit_records_use_kafkas_schemas() {
     assert_eq!(records.len(), 1);
     assert_eq!(
         RecordKey::decode(&records[0].key),
-        Ok(RecordKey::Offset { group: "g".into(), topic: "t".into(), partition: 0 })
+        Ok(RecordKey::Offset {
+            group: "g".into(),
+            topic: "t".into(),
+            partition: 0
+        })
     );
     let v = OffsetCommitValue::decode(records[0].value.as_ref().expect("value")).expect("decodes");
-    assert_eq!((v.offset, v.leader_epoch, v.metadata.as_str(), v.commit_timestamp_ms), (42, 4, "md", 1000));
+    assert_eq!(
+        (
+            v.offset,
+            v.leader_epoch,
+            v.metadata.as_str(),
+            v.commit_timestamp_ms
+        ),
+        (42, 4, "md", 1000)
+    );
 }
 
 #[test]
@@ -569,7 +762,14 @@ fn delete_groups_and_offsets() {
     stable_group_of_three(&mut m, "busy");
     let _ = m.take_records();
     let results = m.delete_groups(&["simple".into(), "busy".into(), "missing".into()]);
-    assert_eq!(results, vec![Ok(()), Err(GroupError::NonEmptyGroup), Err(GroupError::GroupIdNotFound)]);
+    assert_eq!(
+        results,
+        vec![
+            Ok(()),
+            Err(GroupError::NonEmptyGroup),
+            Err(GroupError::GroupIdNotFound)
+        ]
+    );
     let tombstones = m.take_records();
     assert_eq!(tombstones.len(), 2, "one offset and the group");
     assert!(tombstones.iter().all(|r| r.value.is_none()));
@@ -579,11 +779,17 @@ fn delete_groups_and_offsets() {
     let member = m.group("busy").expect("g").member_ids()[0].clone();
     commit(&mut m, "busy", 1, &member, 9, 2).expect("commit");
     let r = m
-        .delete_offsets("busy", &[TopicPartition::new("t", 0), TopicPartition::new("other", 0)])
+        .delete_offsets(
+            "busy",
+            &[TopicPartition::new("t", 0), TopicPartition::new("other", 0)],
+        )
         .expect("delete");
     assert_eq!(r[0].1, Err(GroupError::GroupSubscribedToTopic));
     assert_eq!(r[1].1, Ok(()));
-    assert_eq!(m.delete_offsets("missing", &[]), Err(GroupError::GroupIdNotFound));
+    assert_eq!(
+        m.delete_offsets("missing", &[]),
+        Err(GroupError::GroupIdNotFound)
+    );
 }
 
 #[test]
@@ -597,13 +803,24 @@ fn offsets_of_empty_groups_expire_after_retention() {
     commit(&mut m, "g", gen, &ids[0], 3, 0).expect("commit");
     // While members are subscribed, nothing expires.
     assert_eq!(m.expire_offsets(retention * 10), 0);
-    m.leave("g", &ids.iter().map(|i| (i.clone(), None)).collect::<Vec<_>>(), retention * 10)
-        .expect("leave");
+    m.leave(
+        "g",
+        &ids.iter().map(|i| (i.clone(), None)).collect::<Vec<_>>(),
+        retention * 10,
+    )
+    .expect("leave");
     assert_eq!(m.group("g").map(|g| g.state()), Some(GroupState::Empty));
-    assert_eq!(m.expire_offsets(retention * 11 - 1), 0, "retention counts from the group becoming empty");
+    assert_eq!(
+        m.expire_offsets(retention * 11 - 1),
+        0,
+        "retention counts from the group becoming empty"
+    );
     let _ = m.take_records();
     assert_eq!(m.expire_offsets(retention * 11), 1);
-    assert!(m.group("g").is_none(), "an empty group without offsets is removed");
+    assert!(
+        m.group("g").is_none(),
+        "an empty group without offsets is removed"
+    );
     let records = m.take_records();
     assert_eq!(records.len(), 2);
     assert!(records.iter().all(|r| r.value.is_none()));
@@ -620,7 +837,8 @@ fn replay_rebuilds_groups_and_offsets() {
 
     let mut r = GroupManager::new(config());
     for rec in &records {
-        r.replay(&rec.key, rec.value.as_deref(), 1000).expect("replay");
+        r.replay(&rec.key, rec.value.as_deref(), 1000)
+            .expect("replay");
     }
     let g = r.group("g").expect("group restored");
     assert_eq!(g.state(), GroupState::Stable);
@@ -650,21 +868,31 @@ fn describe_and_list() {
     assert!(d.members.iter().all(|mm| !mm.assignment.is_empty()));
     assert!(m.describe("missing").is_none());
     let list = m.list();
-    assert_eq!(list.iter().map(|g| g.group_id.as_str()).collect::<Vec<_>>(), vec!["g", "simple"]);
+    assert_eq!(
+        list.iter().map(|g| g.group_id.as_str()).collect::<Vec<_>>(),
+        vec!["g", "simple"]
+    );
     assert_eq!(list[1].state, GroupState::Empty);
 }
+
+type StoredRecord = (Bytes, Option<Bytes>);
 
 /// Storage in memory, for the coordinator service.
 #[derive(Default)]
 struct MemoryStorage {
-    partitions: PlMutex<Vec<Vec<(Bytes, Option<Bytes>)>>>,
+    partitions: PlMutex<Vec<Vec<StoredRecord>>>,
 }
 
 impl GroupStorage for MemoryStorage {
     fn partition_count(&self) -> i32 {
         3
     }
-    fn append(&self, partition: i32, records: Vec<(Bytes, Option<Bytes>)>, _now_ms: i64) -> Result<Durability, CoreError> {
+    fn append(
+        &self,
+        partition: i32,
+        records: Vec<(Bytes, Option<Bytes>)>,
+        _now_ms: i64,
+    ) -> Result<Durability, CoreError> {
         let mut ps = self.partitions.lock();
         if ps.is_empty() {
             ps.resize(3, Vec::new());
@@ -673,7 +901,12 @@ impl GroupStorage for MemoryStorage {
         Ok(Box::pin(async { Ok(()) }))
     }
     fn read_all(&self, partition: i32) -> Result<Vec<(Bytes, Option<Bytes>)>, CoreError> {
-        Ok(self.partitions.lock().get(partition as usize).cloned().unwrap_or_default())
+        Ok(self
+            .partitions
+            .lock()
+            .get(partition as usize)
+            .cloned()
+            .unwrap_or_default())
     }
 }
 
@@ -688,7 +921,14 @@ async fn coordinator_service_stores_and_reloads_commits() {
             generation_id: -1,
             member_id: String::new(),
             group_instance_id: None,
-            offsets: vec![(TopicPartition::new("t", 2), OffsetCommit { offset: 9, leader_epoch: -1, metadata: None })],
+            offsets: vec![(
+                TopicPartition::new("t", 2),
+                OffsetCommit {
+                    offset: 9,
+                    leader_epoch: -1,
+                    metadata: None,
+                },
+            )],
             missing_group_error: GroupError::IllegalGeneration,
         })
         .await

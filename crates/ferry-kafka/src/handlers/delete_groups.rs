@@ -9,8 +9,17 @@ use crate::errors::group_error_code;
 /// Most groups deleted by one request.
 const GROUPS_MAX: usize = 10_000;
 
-pub async fn handle(ctx: &RequestContext, _version: i16, req: DeleteGroupsRequest) -> DeleteGroupsResponse {
-    let ids: Vec<String> = req.groups_names.iter().take(GROUPS_MAX).map(|g| g.0.to_string()).collect();
+pub async fn handle(
+    ctx: &RequestContext,
+    _version: i16,
+    req: DeleteGroupsRequest,
+) -> DeleteGroupsResponse {
+    let ids: Vec<String> = req
+        .groups_names
+        .iter()
+        .take(GROUPS_MAX)
+        .map(|g| g.0.to_string())
+        .collect();
     let results = ctx.broker.groups().delete_groups(&ids).await;
     let results = req
         .groups_names

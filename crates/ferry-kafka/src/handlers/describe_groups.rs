@@ -11,7 +11,11 @@ use crate::dispatch::RequestContext;
 /// Most groups described by one request.
 const GROUPS_MAX: usize = 10_000;
 
-pub async fn handle(ctx: &RequestContext, version: i16, req: DescribeGroupsRequest) -> DescribeGroupsResponse {
+pub async fn handle(
+    ctx: &RequestContext,
+    version: i16,
+    req: DescribeGroupsRequest,
+) -> DescribeGroupsResponse {
     let groups = req
         .groups
         .into_iter()
@@ -21,7 +25,11 @@ pub async fn handle(ctx: &RequestContext, version: i16, req: DescribeGroupsReque
             None => DescribedGroup::default()
                 .with_group_id(id)
                 .with_group_state(StrBytes::from_static_str("Dead"))
-                .with_error_code(if version >= 6 { ResponseError::GroupIdNotFound.code() } else { 0 })
+                .with_error_code(if version >= 6 {
+                    ResponseError::GroupIdNotFound.code()
+                } else {
+                    0
+                })
                 .with_authorized_operations(i32::MIN),
             Some(summary) => {
                 let members = summary

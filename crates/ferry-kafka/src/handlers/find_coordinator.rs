@@ -13,7 +13,11 @@ const KEY_TYPES: [i8; 3] = [0, 1, 2];
 /// Most keys answered in one batched request.
 const KEYS_MAX: usize = 10_000;
 
-pub async fn handle(ctx: &RequestContext, version: i16, req: FindCoordinatorRequest) -> FindCoordinatorResponse {
+pub async fn handle(
+    ctx: &RequestContext,
+    version: i16,
+    req: FindCoordinatorRequest,
+) -> FindCoordinatorResponse {
     let options = ctx.broker.options();
     let node = BrokerId(ctx.broker.node_id());
     let host = StrBytes::from_string(options.advertised_host.clone());
@@ -39,7 +43,7 @@ pub async fn handle(ctx: &RequestContext, version: i16, req: FindCoordinatorRequ
                     .with_host(StrBytes::from_static_str(""))
                     .with_port(-1)
                     .with_error_code(e.code())
-                    .with_error_message(Some(StrBytes::from_static_str(e.message()))),
+                    .with_error_message(Some(StrBytes::from_string(e.to_string()))),
                 None => Coordinator::default()
                     .with_key(key.clone())
                     .with_node_id(node)
@@ -52,7 +56,7 @@ pub async fn handle(ctx: &RequestContext, version: i16, req: FindCoordinatorRequ
     match error_for(&req.key) {
         Some(e) => FindCoordinatorResponse::default()
             .with_error_code(e.code())
-            .with_error_message(Some(StrBytes::from_static_str(e.message())))
+            .with_error_message(Some(StrBytes::from_string(e.to_string())))
             .with_node_id(BrokerId(-1))
             .with_host(StrBytes::from_static_str(""))
             .with_port(-1),

@@ -5,7 +5,11 @@ use kafka_protocol::messages::{HeartbeatRequest, HeartbeatResponse};
 use crate::dispatch::RequestContext;
 use crate::errors::group_error_code;
 
-pub async fn handle(ctx: &RequestContext, _version: i16, req: HeartbeatRequest) -> HeartbeatResponse {
+pub async fn handle(
+    ctx: &RequestContext,
+    _version: i16,
+    req: HeartbeatRequest,
+) -> HeartbeatResponse {
     let result = ctx.broker.groups().heartbeat(
         req.group_id.0.as_str(),
         req.member_id.as_str(),

@@ -8,7 +8,11 @@ use kafka_protocol::protocol::StrBytes;
 use crate::dispatch::RequestContext;
 use crate::errors::group_error_code;
 
-pub async fn handle(ctx: &RequestContext, version: i16, req: JoinGroupRequest) -> JoinGroupResponse {
+pub async fn handle(
+    ctx: &RequestContext,
+    version: i16,
+    req: JoinGroupRequest,
+) -> JoinGroupResponse {
     let member_id = req.member_id.to_string();
     let group_instance_id = req.group_instance_id.as_ref().map(|s| s.to_string());
     let join = JoinRequest {
@@ -20,19 +24,30 @@ pub async fn handle(ctx: &RequestContext, version: i16, req: JoinGroupRequest) -
         client_id: ctx.client_id.clone(),
         client_host: format!("/{}", ctx.peer.ip()),
         // v0 has no rebalance timeout: the session timeout serves.
-        rebalance_timeout_ms: if version == 0 { req.session_timeout_ms } else { req.rebalance_timeout_ms },
+        rebalance_timeout_ms: if version == 0 {
+            req.session_timeout_ms
+        } else {
+            req.rebalance_timeout_ms
+        },
         session_timeout_ms: req.session_timeout_ms,
         protocol_type: req.protocol_type.to_string(),
-        protocols: req.protocols.into_iter().map(|p| (p.name.to_string(), p.metadata)).collect(),
+        protocols: req
+            .protocols
+            .into_iter()
+            .map(|p| (p.name.to_string(), p.metadata))
+            .collect(),
     };
     let answer = match ctx.broker.groups().join(join) {
         Reply::Now(r) => r,
-        Reply::Later(rx) => rx
-            .await
-            .unwrap_or_else(|_| JoinResponse::error(member_id, GroupError::CoordinatorNotAvailable)),
+        Reply::Later(rx) => rx.await.unwrap_or_else(|_| {
+            JoinResponse::error(member_id, GroupError::CoordinatorNotAvailable)
+        }),
     };
     if let Some(e) = &answer.error {
-        if !matches!(e, GroupError::MemberIdRequired | GroupError::RebalanceInProgress) {
+        if !matches!(
+            e,
+            GroupError::MemberIdRequired | GroupError::RebalanceInProgress
+        ) {
             tracing::debug!(peer = %ctx.peer, group = %req.group_id.0.as_str(), error = %e, "JoinGroup failed");
         }
     }

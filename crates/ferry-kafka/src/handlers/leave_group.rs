@@ -9,20 +9,32 @@ use crate::errors::group_error_code;
 /// Most members removed by one request.
 const MEMBERS_MAX: usize = 10_000;
 
-pub async fn handle(ctx: &RequestContext, version: i16, req: LeaveGroupRequest) -> LeaveGroupResponse {
+pub async fn handle(
+    ctx: &RequestContext,
+    version: i16,
+    req: LeaveGroupRequest,
+) -> LeaveGroupResponse {
     let members: Vec<(String, Option<String>)> = if version < 3 {
         vec![(req.member_id.to_string(), None)]
     } else {
         req.members
             .iter()
             .take(MEMBERS_MAX)
-            .map(|m| (m.member_id.to_string(), m.group_instance_id.as_ref().map(|s| s.to_string())))
+            .map(|m| {
+                (
+                    m.member_id.to_string(),
+                    m.group_instance_id.as_ref().map(|s| s.to_string()),
+                )
+            })
             .collect()
     };
     match ctx.broker.groups().leave(req.group_id.0.as_str(), &members) {
         Err(e) => LeaveGroupResponse::default().with_error_code(group_error_code(&e)),
         Ok(results) if version < 3 => {
-            let code = results.first().and_then(|r| r.as_ref().err()).map_or(0, group_error_code);
+            let code = results
+                .first()
+                .and_then(|r| r.as_ref().err())
+                .map_or(0, group_error_code);
             LeaveGroupResponse::default().with_error_code(code)
         }
         Ok(results) => {

@@ -6,7 +6,11 @@ use kafka_protocol::protocol::StrBytes;
 
 use crate::dispatch::RequestContext;
 
-pub async fn handle(ctx: &RequestContext, _version: i16, req: ListGroupsRequest) -> ListGroupsResponse {
+pub async fn handle(
+    ctx: &RequestContext,
+    _version: i16,
+    req: ListGroupsRequest,
+) -> ListGroupsResponse {
     let states: Vec<String> = req.states_filter.iter().map(|s| s.to_lowercase()).collect();
     let types: Vec<String> = req.types_filter.iter().map(|s| s.to_lowercase()).collect();
     let groups = ctx

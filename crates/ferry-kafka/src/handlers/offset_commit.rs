@@ -2,13 +2,19 @@
 
 use ferry_core::group::{CommitRequest, GroupError, OffsetCommit};
 use ferry_core::TopicPartition;
-use kafka_protocol::messages::offset_commit_response::{OffsetCommitResponsePartition, OffsetCommitResponseTopic};
+use kafka_protocol::messages::offset_commit_response::{
+    OffsetCommitResponsePartition, OffsetCommitResponseTopic,
+};
 use kafka_protocol::messages::{OffsetCommitRequest, OffsetCommitResponse};
 
 use crate::dispatch::RequestContext;
 use crate::errors::group_error_code;
 
-pub async fn handle(ctx: &RequestContext, version: i16, req: OffsetCommitRequest) -> OffsetCommitResponse {
+pub async fn handle(
+    ctx: &RequestContext,
+    version: i16,
+    req: OffsetCommitRequest,
+) -> OffsetCommitResponse {
     let image = ctx.broker.image();
     // Per partition: None = to commit, Some(error) = refused before the coordinator.
     let mut plan: Vec<(TopicPartition, Option<GroupError>)> = Vec::new();
@@ -18,7 +24,11 @@ pub async fn handle(ctx: &RequestContext, version: i16, req: OffsetCommitRequest
         let known = image.topic(&name);
         for p in &topic.partitions {
             let tp = TopicPartition::new(name.clone(), p.partition_index);
-            let exists = known.is_some_and(|t| t.partitions.iter().any(|x| x.partition == p.partition_index));
+            let exists = known.is_some_and(|t| {
+                t.partitions
+                    .iter()
+                    .any(|x| x.partition == p.partition_index)
+            });
             if !exists {
                 plan.push((tp, Some(GroupError::UnknownTopicOrPartition)));
                 continue;
@@ -52,7 +62,10 @@ pub async fn handle(ctx: &RequestContext, version: i16, req: OffsetCommitRequest
             Ok(results) => results,
             Err(e) => {
                 tracing::debug!(peer = %ctx.peer, group = %req.group_id.0.as_str(), error = %e, "OffsetCommit refused");
-                offsets.into_iter().map(|(tp, _)| (tp, Err(e.clone()))).collect()
+                offsets
+                    .into_iter()
+                    .map(|(tp, _)| (tp, Err(e.clone())))
+                    .collect()
             }
         };
     }
@@ -73,7 +86,9 @@ pub async fn handle(ctx: &RequestContext, version: i16, req: OffsetCommitRequest
             Some(t) => t.partitions.push(partition),
             None => topics.push(
                 OffsetCommitResponseTopic::default()
-                    .with_name(kafka_protocol::messages::TopicName(kafka_protocol::protocol::StrBytes::from_string(tp.topic.clone())))
+                    .with_name(kafka_protocol::messages::TopicName(
+                        kafka_protocol::protocol::StrBytes::from_string(tp.topic.clone()),
+                    ))
                     .with_partitions(vec![partition]),
             ),
         }

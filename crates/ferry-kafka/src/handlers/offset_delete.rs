@@ -2,26 +2,45 @@
 
 use ferry_core::group::GroupError;
 use ferry_core::TopicPartition;
-use kafka_protocol::messages::offset_delete_response::{OffsetDeleteResponsePartition, OffsetDeleteResponseTopic};
+use kafka_protocol::messages::offset_delete_response::{
+    OffsetDeleteResponsePartition, OffsetDeleteResponseTopic,
+};
 use kafka_protocol::messages::{OffsetDeleteRequest, OffsetDeleteResponse};
 
 use crate::dispatch::RequestContext;
 use crate::errors::group_error_code;
 
-pub async fn handle(ctx: &RequestContext, _version: i16, req: OffsetDeleteRequest) -> OffsetDeleteResponse {
+pub async fn handle(
+    ctx: &RequestContext,
+    _version: i16,
+    req: OffsetDeleteRequest,
+) -> OffsetDeleteResponse {
     let image = ctx.broker.image();
     let mut plan: Vec<(TopicPartition, Option<GroupError>)> = Vec::new();
     for t in &req.topics {
         let name = t.name.0.to_string();
         let known = image.topic(&name);
         for p in &t.partitions {
-            let exists = known.is_some_and(|k| k.partitions.iter().any(|x| x.partition == p.partition_index));
+            let exists = known.is_some_and(|k| {
+                k.partitions
+                    .iter()
+                    .any(|x| x.partition == p.partition_index)
+            });
             let early = (!exists).then_some(GroupError::UnknownTopicOrPartition);
             plan.push((TopicPartition::new(name.clone(), p.partition_index), early));
         }
     }
-    let wanted: Vec<TopicPartition> = plan.iter().filter(|(_, e)| e.is_none()).map(|(tp, _)| tp.clone()).collect();
-    let results = match ctx.broker.groups().delete_offsets(req.group_id.0.as_str(), &wanted).await {
+    let wanted: Vec<TopicPartition> = plan
+        .iter()
+        .filter(|(_, e)| e.is_none())
+        .map(|(tp, _)| tp.clone())
+        .collect();
+    let results = match ctx
+        .broker
+        .groups()
+        .delete_offsets(req.group_id.0.as_str(), &wanted)
+        .await
+    {
         Ok(r) => r,
         Err(e) => return OffsetDeleteResponse::default().with_error_code(group_error_code(&e)),
     };
@@ -42,7 +61,9 @@ pub async fn handle(ctx: &RequestContext, _version: i16, req: OffsetDeleteReques
             Some(t) => t.partitions.push(p),
             None => topics.push(
                 OffsetDeleteResponseTopic::default()
-                    .with_name(kafka_protocol::messages::TopicName(kafka_protocol::protocol::StrBytes::from_string(tp.topic.clone())))
+                    .with_name(kafka_protocol::messages::TopicName(
+                        kafka_protocol::protocol::StrBytes::from_string(tp.topic.clone()),
+                    ))
                     .with_partitions(vec![p]),
             ),
         }

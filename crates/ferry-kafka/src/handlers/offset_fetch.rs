@@ -4,8 +4,8 @@
 use ferry_core::group::CommittedOffset;
 use ferry_core::TopicPartition;
 use kafka_protocol::messages::offset_fetch_response::{
-    OffsetFetchResponseGroup, OffsetFetchResponsePartition, OffsetFetchResponsePartitions, OffsetFetchResponseTopic,
-    OffsetFetchResponseTopics,
+    OffsetFetchResponseGroup, OffsetFetchResponsePartition, OffsetFetchResponsePartitions,
+    OffsetFetchResponseTopic, OffsetFetchResponseTopics,
 };
 use kafka_protocol::messages::{OffsetFetchRequest, OffsetFetchResponse};
 use kafka_protocol::protocol::StrBytes;
@@ -23,20 +23,33 @@ type Fetched = Vec<(TopicPartition, Option<CommittedOffset>)>;
 fn fetch(ctx: &RequestContext, group_id: &str, topics: Option<Vec<(String, Vec<i32>)>>) -> Fetched {
     let partitions: Option<Vec<TopicPartition>> = topics.map(|ts| {
         ts.into_iter()
-            .flat_map(|(t, ps)| ps.into_iter().map(move |p| TopicPartition::new(t.clone(), p)))
+            .flat_map(|(t, ps)| {
+                ps.into_iter()
+                    .map(move |p| TopicPartition::new(t.clone(), p))
+            })
             .collect()
     });
-    ctx.broker.groups().fetch_offsets(group_id, partitions.as_deref())
+    ctx.broker
+        .groups()
+        .fetch_offsets(group_id, partitions.as_deref())
 }
 
 fn values(c: &Option<CommittedOffset>) -> (i64, i32, StrBytes) {
     match c {
-        Some(c) => (c.offset, c.leader_epoch, StrBytes::from_string(c.metadata.clone())),
+        Some(c) => (
+            c.offset,
+            c.leader_epoch,
+            StrBytes::from_string(c.metadata.clone()),
+        ),
         None => (-1, -1, StrBytes::from_static_str("")),
     }
 }
 
-pub async fn handle(ctx: &RequestContext, version: i16, req: OffsetFetchRequest) -> OffsetFetchResponse {
+pub async fn handle(
+    ctx: &RequestContext,
+    version: i16,
+    req: OffsetFetchRequest,
+) -> OffsetFetchResponse {
     if version >= 8 {
         let groups = req
             .groups
@@ -61,7 +74,11 @@ pub async fn handle(ctx: &RequestContext, version: i16, req: OffsetFetchRequest)
                         Some(t) => t.partitions.push(p),
                         None => out.push(
                             OffsetFetchResponseTopics::default()
-                                .with_name(kafka_protocol::messages::TopicName(kafka_protocol::protocol::StrBytes::from_string(tp.topic.clone())))
+                                .with_name(kafka_protocol::messages::TopicName(
+                                    kafka_protocol::protocol::StrBytes::from_string(
+                                        tp.topic.clone(),
+                                    ),
+                                ))
                                 .with_partitions(vec![p]),
                         ),
                     }
@@ -79,7 +96,8 @@ pub async fn handle(ctx: &RequestContext, version: i16, req: OffsetFetchRequest)
             .collect()
     });
     if version < 2 && topics.is_none() {
-        return OffsetFetchResponse::default().with_error_code(ResponseError::InvalidRequest.code());
+        return OffsetFetchResponse::default()
+            .with_error_code(ResponseError::InvalidRequest.code());
     }
     let fetched = fetch(ctx, req.group_id.0.as_str(), topics);
     let mut out: Vec<OffsetFetchResponseTopic> = Vec::new();
@@ -94,7 +112,9 @@ pub async fn handle(ctx: &RequestContext, version: i16, req: OffsetFetchRequest)
             Some(t) => t.partitions.push(p),
             None => out.push(
                 OffsetFetchResponseTopic::default()
-                    .with_name(kafka_protocol::messages::TopicName(kafka_protocol::protocol::StrBytes::from_string(tp.topic.clone())))
+                    .with_name(kafka_protocol::messages::TopicName(
+                        kafka_protocol::protocol::StrBytes::from_string(tp.topic.clone()),
+                    ))
                     .with_partitions(vec![p]),
             ),
         }

@@ -7,7 +7,11 @@ use kafka_protocol::protocol::StrBytes;
 use crate::dispatch::RequestContext;
 use crate::errors::group_error_code;
 
-pub async fn handle(ctx: &RequestContext, _version: i16, req: SyncGroupRequest) -> SyncGroupResponse {
+pub async fn handle(
+    ctx: &RequestContext,
+    _version: i16,
+    req: SyncGroupRequest,
+) -> SyncGroupResponse {
     let sync = SyncRequest {
         group_id: req.group_id.0.to_string(),
         generation_id: req.generation_id,

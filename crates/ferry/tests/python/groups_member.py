@@ -1,0 +1,42 @@
+"""A kafka-python group member for crates/ferry/tests/groups.rs.
+
+    python groups_member.py BOOTSTRAP TOPIC GROUP SECONDS
+
+Subscribes TOPIC in GROUP, and for each record commits synchronously and only
+then prints "committed <value>", so the test knows exactly which records were
+committed before it kills this process. Exits after SECONDS.
+"""
+
+import sys
+import time
+
+from kafka import KafkaConsumer
+
+
+def main():
+    bootstrap, topic, group, seconds = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
+    consumer = KafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        group_id=group,
+        client_id="ferry-e2e-python-member",
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        session_timeout_ms=3000,
+        heartbeat_interval_ms=300,
+        max_poll_records=1,
+        fetch_max_wait_ms=100,
+    )
+    end = time.time() + seconds
+    while time.time() < end:
+        for records in consumer.poll(timeout_ms=100).values():
+            for record in records:
+                consumer.commit()
+                print("committed", record.value.decode(), flush=True)
+                # Slow enough that the test kills it with records left over.
+                time.sleep(0.02)
+    consumer.close()
+
+
+if __name__ == "__main__":
+    main()
