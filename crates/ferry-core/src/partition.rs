@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use ferry_log::record::{self, BatchBuilder};
-use ferry_log::{batch, BatchError, Compression, Log, ReadResult};
+use ferry_log::{batch, BatchError, BatchHeader, Compression, Log, ReadResult};
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 use uuid::Uuid;
@@ -205,17 +205,22 @@ impl Partition {
             }
             records_in += i64::from(h.records_count);
         }
-        let mut buf = match target_codec(&state.config.compression_type) {
-            Some(codec) if headers.iter().any(|h| h.compression().ok() != Some(codec)) => recompress(&records, codec)?,
-            _ => BytesMut::from(&records[..]),
+        let (mut buf, mut headers) = match target_codec(&state.config.compression_type) {
+            Some(codec) if headers.iter().any(|h| h.compression().ok() != Some(codec)) => {
+                let buf = recompress(&records, codec)?;
+                let headers = batch::validate_batches(&buf).map_err(batch_error)?;
+                (buf, headers)
+            }
+            // The request buffer is usually ours alone: take it instead of copying.
+            _ => (records.try_into_mut().unwrap_or_else(|shared| BytesMut::from(&shared[..])), headers),
         };
-        // Recompression changes sizes; the headers must describe the bytes appended.
-        let headers = if buf.len() != records.len() { batch::validate_batches(&buf).map_err(batch_error)? } else { headers };
         let log_append_time = if state.config.log_append_time {
             let mut pos = 0;
-            for h in &headers {
+            for h in headers.iter_mut() {
                 let end = pos + h.total_size();
-                batch::set_log_append_time(&mut buf[pos..end], now_ms).map_err(batch_error)?;
+                let bytes = buf.get_mut(pos..end).ok_or_else(|| CoreError::CorruptMessage("batch sizes changed".into()))?;
+                batch::set_log_append_time(bytes, now_ms).map_err(batch_error)?;
+                *h = BatchHeader::parse(bytes).map_err(batch_error)?;
                 pos = end;
             }
             now_ms
@@ -223,7 +228,7 @@ impl Partition {
             -1
         };
         let epoch = state.leader_epoch;
-        let info = self.log.append(&mut buf, epoch, now_ms)?;
+        let info = self.log.append_validated(&mut buf, headers, epoch, now_ms)?;
         if state.epoch_cache.last().is_none_or(|(e, _)| *e < epoch) {
             state.epoch_cache.push((epoch, info.first_offset));
             if let Err(e) = write_epoch_checkpoint(&self.dir, &state.epoch_cache) {

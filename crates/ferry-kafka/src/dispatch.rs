@@ -134,6 +134,9 @@ pub async fn handle(ctx: RequestContext, parsed: ParsedHeader, mut body: Bytes) 
                 return Outcome::Close;
             }
         };
+        // The records share the frame's buffer; once the rest of the frame is gone the
+        // partition can take that buffer instead of copying it.
+        drop(body);
         return match handlers::produce::handle(&ctx, version, req).await {
             Some(resp) => encode(api_key, version, corr, &resp),
             None => Outcome::NoResponse,

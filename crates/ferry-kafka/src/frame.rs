@@ -55,14 +55,16 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
         .acquire_many_owned(size as u32)
         .await
         .map_err(|_| FrameError::Closed)?;
-    let mut buf = BytesMut::zeroed(size as usize);
-    reader.read_exact(&mut buf).await.map_err(|e| {
-        if e.kind() == std::io::ErrorKind::UnexpectedEof {
-            FrameError::Closed
-        } else {
-            FrameError::Io(e)
+    // Read into spare capacity: zeroing the buffer first would touch every byte twice.
+    let size = size as usize;
+    let mut buf = BytesMut::with_capacity(size);
+    while buf.len() < size {
+        let remaining = (size - buf.len()) as u64;
+        let n = (&mut *reader).take(remaining).read_buf(&mut buf).await?;
+        if n == 0 {
+            return Err(FrameError::Closed);
         }
-    })?;
+    }
     Ok(Some((buf, permit)))
 }
 

@@ -207,6 +207,31 @@ impl Log {
         now_ms: i64,
     ) -> Result<AppendInfo, LogError> {
         let headers = batch::validate_batches(batches)?;
+        self.append_validated(batches, headers, leader_epoch, now_ms)
+    }
+
+    /// [`Log::append`] for batches the caller has just validated with
+    /// [`batch::validate_batches`], passing the headers it returned, so the produce
+    /// path computes each CRC once. The layout is still checked against the bytes
+    /// (sizes and header fields, without the CRC), so headers of other bytes are refused.
+    pub fn append_validated(
+        &self,
+        batches: &mut [u8],
+        headers: Vec<BatchHeader>,
+        leader_epoch: i32,
+        now_ms: i64,
+    ) -> Result<AppendInfo, LogError> {
+        let mut at = 0usize;
+        for h in &headers {
+            let parsed = batches.get(at..).map(BatchHeader::parse).transpose()?;
+            if parsed.as_ref() != Some(h) {
+                return Err(BatchError::Invalid("headers do not describe these batches".into()).into());
+            }
+            at += h.total_size();
+        }
+        if at != batches.len() {
+            return Err(BatchError::Invalid("headers do not cover these batches".into()).into());
+        }
         let _writer = self.writer.lock();
         self.check_open()?;
         self.note_now(now_ms);
