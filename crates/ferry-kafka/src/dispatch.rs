@@ -115,6 +115,8 @@ pub async fn handle(ctx: RequestContext, parsed: ParsedHeader, mut body: Bytes) 
         header,
     } = parsed;
     let corr = header.correlation_id;
+    // The header's client id borrows the frame's buffer; see the produce path below.
+    drop(header);
     if api_key == ApiKey::ApiVersions {
         return handlers::api_versions::handle(&ctx, version, corr, body);
     }
