@@ -94,6 +94,13 @@ struct ProduceArgs {
     /// Give every record a key (spreads by key hash instead of sticky partitioning).
     #[arg(long)]
     keyed: bool,
+    /// Send inside transactions (transactional.id per producer thread), committing
+    /// every --txn-records records.
+    #[arg(long)]
+    transactional: bool,
+    /// Records per transaction with --transactional.
+    #[arg(long, default_value_t = 1000)]
+    txn_records: u64,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -299,10 +306,17 @@ fn run_produce(
     let start = Instant::now();
     let mut threads = Vec::new();
     for id in 0..args.producers {
-        let producer: BaseProducer<AckContext> =
-            producer_config(args).create_with_context(AckContext {
-                stats: stats.clone(),
-            })?;
+        let mut config = producer_config(args);
+        if args.transactional {
+            config.set("transactional.id", format!("ferry-bench-{}-{id}", std::process::id()));
+        }
+        let producer: BaseProducer<AckContext> = config.create_with_context(AckContext {
+            stats: stats.clone(),
+        })?;
+        if args.transactional {
+            producer.init_transactions(Duration::from_secs(30)).context("init_transactions")?;
+            producer.begin_transaction().context("begin_transaction")?;
+        }
         let args = args.clone();
         let sent = sent.clone();
         threads.push(std::thread::spawn(move || -> anyhow::Result<()> {
@@ -347,6 +361,13 @@ fn run_produce(
                 }
                 mine += 1;
                 producer.poll(Duration::ZERO);
+                if args.transactional && mine % args.txn_records.max(1) == 0 {
+                    producer.commit_transaction(Duration::from_secs(30)).context("commit_transaction")?;
+                    producer.begin_transaction().context("begin_transaction")?;
+                }
+            }
+            if args.transactional {
+                producer.commit_transaction(Duration::from_secs(30)).context("commit_transaction")?;
             }
             producer
                 .flush(Duration::from_secs(30))

@@ -26,6 +26,7 @@ use crate::error::CoreError;
 use crate::group::{BrokerGroupStorage, GroupConfig, GroupCoordinator};
 use crate::metadata::{MetadataImage, MetadataLog, MetadataRecord, TopicMetadata};
 use crate::partition::{AppendResult, Partition, TopicPartition};
+use crate::txn::{BrokerTxnHost, TransactionCoordinator};
 
 /// The directory of the local metadata log, named as Kafka names it.
 pub const METADATA_DIR: &str = "__cluster_metadata-0";
@@ -86,6 +87,8 @@ pub struct Broker {
     partitions: RwLock<HashMap<TopicPartition, Arc<Partition>>>,
     /// Consumer groups and committed offsets, stored in `__consumer_offsets`.
     groups: GroupCoordinator,
+    /// Transactional ids and transactions, stored in `__transaction_state`.
+    txns: TransactionCoordinator,
     /// (next id to hand out, end of the reserved block).
     producer_ids: Mutex<(i64, i64)>,
 }
@@ -120,6 +123,12 @@ impl Broker {
                 Arc::new(BrokerGroupStorage::new(me.clone())),
                 clock.clone(),
                 group_config,
+            ),
+            txns: TransactionCoordinator::new(
+                Arc::new(BrokerTxnHost::new(me.clone())),
+                Arc::new(BrokerTxnHost::new(me.clone())),
+                clock.clone(),
+                static_config.long("transaction.max.timeout.ms").clamp(1, i64::from(i32::MAX)) as i32,
             ),
             clock,
             static_config,
@@ -160,6 +169,7 @@ impl Broker {
         }
         broker.remove_orphan_dirs(&image);
         broker.groups.load()?;
+        broker.txns.load()?;
         Ok(broker)
     }
 
@@ -199,6 +209,11 @@ impl Broker {
     /// The group coordinator (consumer groups and committed offsets).
     pub fn groups(&self) -> &GroupCoordinator {
         &self.groups
+    }
+
+    /// The transaction coordinator.
+    pub fn txns(&self) -> &TransactionCoordinator {
+        &self.txns
     }
 
     pub fn partition(&self, tp: &TopicPartition) -> Option<Arc<Partition>> {
@@ -645,6 +660,7 @@ impl Broker {
         mut shutdown: tokio::sync::watch::Receiver<bool>,
     ) {
         tokio::spawn(GroupCoordinator::run_ticks(self.clone(), shutdown.clone()));
+        tokio::spawn(TransactionCoordinator::run_ticks(self.clone(), shutdown.clone()));
         let mut next_retention = 0i64;
         let mut next_compaction = 0i64;
         loop {

@@ -39,6 +39,14 @@ pub enum CoreError {
     UnknownLeaderEpoch,
     #[error("the broker is shutting down")]
     ShuttingDown,
+    #[error("out of order sequence: {0}")]
+    OutOfOrderSequence(String),
+    #[error("invalid producer epoch: {0}")]
+    InvalidProducerEpoch(String),
+    #[error("invalid transaction state: {0}")]
+    InvalidTxnState(String),
+    #[error("producer fenced: {0}")]
+    ProducerFenced(String),
 }
 
 impl From<ferry_log::LogError> for CoreError {

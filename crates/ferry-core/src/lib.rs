@@ -18,7 +18,10 @@ pub mod config;
 pub mod error;
 pub mod group;
 pub mod metadata;
+pub mod metrics;
 pub mod partition;
+pub mod producer_state;
+pub mod txn;
 
 pub use broker::{Broker, BrokerOptions, ConfigChange, NewTopic};
 pub use clock::{Clock, ManualClock, SystemClock};

@@ -288,14 +288,39 @@ impl MetadataLog {
             buf.extend_from_slice(&json);
             buf.push(b'\n');
         }
-        self.file.write_all(&buf)?;
-        self.file.sync_data()?;
+        let len = self.file.metadata()?.len();
+        if let Err(e) = self.file.write_all(&buf).and_then(|_| self.file.sync_data()) {
+            // A full disk leaves part of a line: cut it off, or every record appended
+            // after it would sit behind a torn line and be dropped at the next open.
+            use std::io::Seek;
+            let _ = self.file.set_len(len);
+            let _ = self.file.seek(std::io::SeekFrom::Start(len));
+            return Err(e.into());
+        }
         Ok(())
     }
 
     pub fn path(&self) -> &Path {
         &self.path
     }
+}
+
+/// Reads a metadata log without changing it (for `ferry log verify`): the number of
+/// valid records and, if the file does not end after them, the byte position of the
+/// first line that is torn or fails its CRC.
+pub fn check_log_file(path: &Path) -> std::io::Result<(usize, Option<u64>)> {
+    let reader = BufReader::new(File::open(path)?);
+    let (mut records, mut valid_len) = (0usize, 0u64);
+    for line in reader.split(b'\n') {
+        let line = line?;
+        if decode_line(&line).is_none() {
+            return Ok((records, Some(valid_len)));
+        }
+        records += 1;
+        valid_len += line.len() as u64 + 1;
+    }
+    let len = std::fs::metadata(path)?.len();
+    Ok((records, (len != valid_len).then_some(valid_len)))
 }
 
 fn decode_line(line: &[u8]) -> Option<MetadataRecord> {

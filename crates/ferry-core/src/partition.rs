@@ -26,6 +26,7 @@ use uuid::Uuid;
 
 use crate::config::TopicConfig;
 use crate::error::CoreError;
+use crate::producer_state::{self, AbortedTxn, ProducerEntry, ProducerStateManager, SequenceCheck};
 
 /// A topic name and a partition index: the unit of storage and leadership.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -93,6 +94,15 @@ pub struct Partition {
     hw_notify: Notify,
     /// Held while an fsync runs: waiters queue here and find their offset flushed.
     flush_lock: tokio::sync::Mutex<()>,
+    /// Idempotent/transactional producer state. Changed only under `state` (the
+    /// append lock, taken first); readers lock it briefly for the aborted index.
+    producers: Mutex<ProducerStateManager>,
+    /// First offset of the oldest open transaction (`i64::MAX`: none). Stored
+    /// before the high watermark moves, so a reader that loads the high watermark
+    /// first never sees a stable offset past an open transaction.
+    first_unstable_offset: AtomicI64,
+    /// Base of the active segment when the last producer snapshot was written.
+    snapshot_segment_base: AtomicI64,
 }
 
 impl std::fmt::Debug for Partition {
@@ -118,6 +128,8 @@ impl Partition {
         let mut epoch_cache = read_epoch_checkpoint(dir);
         // A recovered log may have lost its tail: epochs that start past it are gone.
         epoch_cache.retain(|(_, start)| *start <= leo);
+        let producers = recover_producer_state(&log, dir)?;
+        let first_unstable = producers.first_unstable_offset().unwrap_or(i64::MAX);
         let partition = Partition {
             tp,
             topic_id,
@@ -133,6 +145,9 @@ impl Partition {
             }),
             hw_notify: Notify::new(),
             flush_lock: tokio::sync::Mutex::new(()),
+            producers: Mutex::new(producers),
+            first_unstable_offset: AtomicI64::new(first_unstable),
+            snapshot_segment_base: AtomicI64::new(-1),
         };
         Ok(partition)
     }
@@ -162,9 +177,75 @@ impl Partition {
         self.high_watermark.load(Ordering::Acquire)
     }
 
-    /// Last stable offset: the high watermark until transactions exist.
+    /// Last stable offset: the high watermark, or the first offset of the oldest
+    /// open transaction if that is lower.
     pub fn last_stable_offset(&self) -> i64 {
-        self.high_watermark()
+        // The high watermark first: see `first_unstable_offset`.
+        let hw = self.high_watermark();
+        hw.min(self.first_unstable_offset.load(Ordering::Acquire))
+    }
+
+    /// Aborted transactions overlapping `[from, to)`, for read_committed fetches.
+    pub fn aborted_transactions(&self, from: i64, to: i64) -> Vec<AbortedTxn> {
+        self.producers.lock().aborted_between(from, to)
+    }
+
+    /// Producers this partition knows (DescribeProducers).
+    pub fn producer_entries(&self) -> Vec<ProducerEntry> {
+        self.producers.lock().producers().cloned().collect()
+    }
+
+    /// Removes producers idle for `producer.id.expiration.ms` (without an open
+    /// transaction) and aborted transactions below the log start.
+    pub fn expire_producers(&self, now_ms: i64, expiration_ms: i64) {
+        let _append = self.state.lock();
+        let mut producers = self.producers.lock();
+        let removed = producers.expire(now_ms, expiration_ms);
+        producers.prune_below(self.log.log_start_offset());
+        if removed > 0 {
+            tracing::debug!(partition = %self.tp, removed, "expired idle producer ids");
+        }
+    }
+
+    /// Appends a commit or abort marker of `producer_id`'s transaction (a control
+    /// batch in Kafka's EndTransactionMarker format). Returns its offset.
+    pub fn append_marker(
+        &self,
+        producer_id: i64,
+        producer_epoch: i16,
+        coordinator_epoch: i32,
+        commit: bool,
+        now_ms: i64,
+    ) -> Result<i64, CoreError> {
+        let mut key = Vec::with_capacity(4);
+        key.extend_from_slice(&0i16.to_be_bytes());
+        key.extend_from_slice(&(if commit { 1i16 } else { 0i16 }).to_be_bytes());
+        let mut value = Vec::with_capacity(6);
+        value.extend_from_slice(&0i16.to_be_bytes());
+        value.extend_from_slice(&coordinator_epoch.to_be_bytes());
+        let mut builder = BatchBuilder::new(Compression::None)
+            .producer(producer_id, producer_epoch, producer_state::NO_SEQUENCE)
+            .transactional(true)
+            .control(true);
+        builder.append(now_ms, Some(Bytes::from(key)), Some(Bytes::from(value)));
+        let mut buf = BytesMut::from(&builder.build().map_err(batch_error)?[..]);
+        let state = self.state.lock();
+        self.producers.lock().check_marker(producer_id, producer_epoch)?;
+        let info = self.log.append(&mut buf, state.leader_epoch, now_ms)?;
+        let mut producers = self.producers.lock();
+        producers.apply_marker(producer_id, producer_epoch, coordinator_epoch, commit, info.first_offset, now_ms);
+        self.first_unstable_offset
+            .store(producers.first_unstable_offset().unwrap_or(i64::MAX), Ordering::Release);
+        drop(producers);
+        drop(state);
+        self.advance_high_watermark();
+        Ok(info.first_offset)
+    }
+
+    /// Appends batches written by a coordinator (transactional offset commits):
+    /// producer fields are recorded but sequences are not checked.
+    pub fn append_from_coordinator(&self, records: Bytes, now_ms: i64) -> Result<AppendResult, CoreError> {
+        self.append_inner(records, now_ms, false)
     }
 
     pub fn log_start_offset(&self) -> i64 {
@@ -182,6 +263,10 @@ impl Partition {
 
     /// Validates and appends the batches of a produce request.
     pub fn append(&self, records: Bytes, now_ms: i64) -> Result<AppendResult, CoreError> {
+        self.append_inner(records, now_ms, true)
+    }
+
+    fn append_inner(&self, records: Bytes, now_ms: i64, check_sequences: bool) -> Result<AppendResult, CoreError> {
         let headers = batch::validate_batches(&records).map_err(batch_error)?;
         if headers.is_empty() {
             return Err(CoreError::InvalidRecord(
@@ -204,6 +289,37 @@ impl Partition {
                 ));
             }
             records_in += i64::from(h.records_count);
+        }
+        if check_sequences {
+            // Validated under the append lock: the producer state cannot change until
+            // these batches are in the log.
+            let producers = self.producers.lock();
+            for (i, h) in headers.iter().enumerate() {
+                if let SequenceCheck::Duplicate(dup) = producers.check_batch(h)? {
+                    if i > 0 || headers.len() > 1 {
+                        return Err(CoreError::InvalidRecord(
+                            "a retried batch may not share a produce with other batches".into(),
+                        ));
+                    }
+                    tracing::debug!(partition = %self.tp, producer_id = h.producer_id, first_seq = dup.first_seq, "duplicate batch; answering with its original offsets");
+                    return Ok(AppendResult {
+                        base_offset: dup.first_offset,
+                        last_offset: dup.last_offset,
+                        log_append_time: -1,
+                        log_start_offset: self.log.log_start_offset(),
+                    });
+                }
+            }
+            // Several batches of one producer in one request must follow each other.
+            for pair in headers.windows(2) {
+                let (a, b) = (&pair[0], &pair[1]);
+                if a.has_producer_id()
+                    && a.producer_id == b.producer_id
+                    && b.base_sequence != producer_state::last_sequence(a).wrapping_add(1)
+                {
+                    return Err(CoreError::OutOfOrderSequence("batches of one request are not consecutive".into()));
+                }
+            }
         }
         let (mut buf, mut headers) = match target_codec(&state.config.compression_type) {
             Some(codec) if headers.iter().any(|h| h.compression().ok() != Some(codec)) => {
@@ -228,7 +344,11 @@ impl Partition {
             -1
         };
         let epoch = state.leader_epoch;
+        let from_producers = headers.iter().any(|h| h.has_producer_id());
         let info = self.log.append_validated(&mut buf, headers, epoch, now_ms)?;
+        if from_producers {
+            self.apply_appended(&buf, info.first_offset, now_ms);
+        }
         if state.epoch_cache.last().is_none_or(|(e, _)| *e < epoch) {
             state.epoch_cache.push((epoch, info.first_offset));
             if let Err(e) = write_epoch_checkpoint(&self.dir, &state.epoch_cache) {
@@ -244,6 +364,21 @@ impl Partition {
             log_append_time,
             log_start_offset: self.log.log_start_offset(),
         })
+    }
+
+    /// Records the producer fields of batches just appended at `first_offset`.
+    /// Caller holds the append lock.
+    fn apply_appended(&self, buf: &[u8], first_offset: i64, now_ms: i64) {
+        let mut producers = self.producers.lock();
+        let mut base = first_offset;
+        for item in batch::batches(buf) {
+            let Ok((mut h, _)) = item else { break };
+            h.base_offset = base;
+            base = h.last_offset() + 1;
+            producers.apply_batch(&h, now_ms);
+        }
+        self.first_unstable_offset
+            .store(producers.first_unstable_offset().unwrap_or(i64::MAX), Ordering::Release);
     }
 
     /// On one node the ISR is this replica, so the high watermark is the log end.
@@ -275,13 +410,35 @@ impl Partition {
         }
         let log = self.log.clone();
         let unflushed_before = self.state.lock().unflushed_records;
+        let started = std::time::Instant::now();
         tokio::task::spawn_blocking(move || log.flush())
             .await
             .map_err(|e| CoreError::Storage(e.to_string()))??;
+        crate::metrics::metrics().fsync_duration.observe(started.elapsed());
         let mut state = self.state.lock();
         state.unflushed_records = (state.unflushed_records - unflushed_before).max(0);
         state.last_flush_ms = now_ms;
+        // Kafka snapshots producer state when a segment rolls; here at the first
+        // flush after a roll that leaves nothing unflushed, so the snapshot never
+        // describes bytes a crash could take away.
+        let active_base = self.log.segment_base_offsets().last().copied().unwrap_or(0);
+        if active_base != self.snapshot_segment_base.load(Ordering::Relaxed)
+            && self.log.flushed_offset() >= self.log.log_end_offset()
+        {
+            self.write_producer_snapshot();
+            self.snapshot_segment_base.store(active_base, Ordering::Relaxed);
+        }
+        drop(state);
         Ok(())
+    }
+
+    /// Writes the producer state as of the log end. Caller holds the append lock.
+    fn write_producer_snapshot(&self) {
+        let leo = self.log.log_end_offset();
+        let bytes = self.producers.lock().snapshot_bytes(leo);
+        if let Err(e) = producer_state::write_snapshot(&self.dir, leo, &bytes) {
+            tracing::warn!(partition = %self.tp, error = %e, "could not write a producer snapshot");
+        }
     }
 
     /// Reads stored batches for a consumer, up to the high watermark (or the last
@@ -345,11 +502,64 @@ impl Partition {
         Ok(self.log.delete_records_before(target)?)
     }
 
-    /// Flushes and closes the log.
+    /// Flushes and closes the log, then snapshots the producer state.
     pub fn close(&self) -> Result<(), CoreError> {
+        let _append = self.state.lock();
         self.log.close()?;
+        self.write_producer_snapshot();
         Ok(())
     }
+}
+
+/// Rebuilds the producer state that matches the recovered log: the newest
+/// snapshot at or below the log end, then every batch after it.
+fn recover_producer_state(log: &Log, dir: &Path) -> Result<ProducerStateManager, CoreError> {
+    let leo = log.log_end_offset();
+    let start = log.log_start_offset();
+    let (mut state, from) = match producer_state::load_snapshot(dir, leo) {
+        Some((state, offset)) => (state, offset.max(start)),
+        None => (ProducerStateManager::new(), start),
+    };
+    let mut offset = from;
+    let mut replayed = 0usize;
+    while offset < leo {
+        let read = log.read(offset, 1 << 20, leo)?;
+        if read.bytes.is_empty() || read.next_offset <= offset {
+            break;
+        }
+        for item in batch::batches(&read.bytes) {
+            let (h, bytes) = item.map_err(batch_error)?;
+            if h.last_offset() < offset || !h.has_producer_id() {
+                continue;
+            }
+            replayed += 1;
+            if h.is_control() {
+                let (_, records) = record::decode_batch(bytes).map_err(batch_error)?;
+                let Some(key) = records.first().and_then(|r| r.key.clone()) else {
+                    continue;
+                };
+                if key.len() < 4 {
+                    continue;
+                }
+                let commit = i16::from_be_bytes([key[2], key[3]]) == 1;
+                let coordinator_epoch = records
+                    .first()
+                    .and_then(|r| r.value.as_ref())
+                    .filter(|v| v.len() >= 6)
+                    .map(|v| i32::from_be_bytes([v[2], v[3], v[4], v[5]]))
+                    .unwrap_or(-1);
+                state.apply_marker(h.producer_id, h.producer_epoch, coordinator_epoch, commit, h.base_offset, h.max_timestamp);
+            } else {
+                state.apply_batch(&h, h.max_timestamp);
+            }
+        }
+        offset = read.next_offset;
+    }
+    state.prune_below(start);
+    if replayed > 0 {
+        tracing::debug!(dir = %dir.display(), from, replayed, "rebuilt producer state from the log");
+    }
+    Ok(state)
 }
 
 /// The codec `compression.type` asks for; `None` keeps the producer's.
@@ -534,6 +744,55 @@ mod tests {
         }
         assert!(p.log().flushed_offset() >= 8);
         assert!(!p.flush_due(5_000));
+    }
+
+    fn producer_batch(pid: i64, seq: i32, txn: bool, values: &[&str]) -> Bytes {
+        let mut b = BatchBuilder::new(Compression::None).producer(pid, 0, seq).transactional(txn);
+        for v in values {
+            b.append(1_000, None, Some(Bytes::from(v.to_string())));
+        }
+        Bytes::from(b.build().expect("build"))
+    }
+
+    #[test]
+    fn producer_state_survives_close_and_crash_and_follows_the_recovered_log() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let p = open(dir.path(), config(&[]));
+            p.append(producer_batch(7, 0, false, &["a", "b"]), 5_000).expect("append");
+            p.close().expect("close");
+        }
+        assert_eq!(producer_state::list_snapshots(dir.path()), vec![2]);
+        {
+            // Reopened from the snapshot: a retry is a duplicate, a gap is refused.
+            let p = open(dir.path(), config(&[]));
+            let dup = p.append(producer_batch(7, 0, false, &["a", "b"]), 5_000).expect("dup");
+            assert_eq!((dup.base_offset, dup.last_offset), (0, 1));
+            assert!(matches!(p.append(producer_batch(7, 5, false, &["x"]), 5_000), Err(CoreError::OutOfOrderSequence(_))));
+            p.append(producer_batch(7, 2, false, &["c"]), 5_000).expect("append");
+            p.append(producer_batch(9, 0, true, &["t1"]), 5_000).expect("append");
+            assert_eq!(p.last_stable_offset(), 3);
+            // No close: like a SIGKILL after the OS has the bytes.
+        }
+        {
+            // Rebuilt by replaying the log after the snapshot.
+            let p = open(dir.path(), config(&[]));
+            assert_eq!(p.log_end_offset(), 4);
+            assert_eq!(p.last_stable_offset(), 3);
+            let dup = p.append(producer_batch(7, 2, false, &["c"]), 5_000).expect("dup");
+            assert_eq!(dup.base_offset, 2);
+            let marker = p.append_marker(9, 0, 0, false, 5_000).expect("marker");
+            assert_eq!(marker, 4);
+            assert_eq!(p.last_stable_offset(), 5);
+            assert_eq!(p.aborted_transactions(0, 5).len(), 1);
+        }
+        // A snapshot beyond the log end (its tail lost to recovery) is not used.
+        std::fs::write(producer_state::snapshot_path(dir.path(), 99), b"bogus").expect("write");
+        let p = open(dir.path(), config(&[]));
+        assert_eq!(p.aborted_transactions(0, 5), vec![producer_state::AbortedTxn { producer_id: 9, first_offset: 3, last_offset: 4 }]);
+        assert!(!producer_state::list_snapshots(dir.path()).contains(&99));
+        let read = p.read(0, 1 << 20, Isolation::ReadCommitted).expect("read");
+        assert_eq!(read.next_offset, 5);
     }
 
     #[test]

@@ -125,7 +125,9 @@ impl Connection {
             // A request that cannot be answered yields Outcome::Close: the writer
             // sends the responses before it, then the connection closes.
             tokio::spawn(async move {
+                let (api, started) = (parsed.api_key, std::time::Instant::now());
                 let outcome = dispatch::handle(ctx, parsed, body).await;
+                crate::errors::observe_request(api, started.elapsed(), &outcome);
                 drop(permit);
                 let _ = tx.send(outcome);
             });

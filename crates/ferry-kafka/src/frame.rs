@@ -22,12 +22,30 @@ pub enum FrameError {
     BadHeader(String),
     #[error("connection closed")]
     Closed,
+    #[error("frame body did not arrive in time")]
+    TooSlow,
     #[error("I/O: {0}")]
     Io(#[from] std::io::Error),
 }
 
-/// Reads one whole frame (without its length prefix) once `memory` has room for
-/// it; the permit travels with the frame. `Ok(None)` at a clean end of stream.
+/// Bytes read per call while a frame body arrives.
+const READ_CHUNK_BYTES: usize = 16 * 1024;
+/// Reading time a frame body may take, not counting time spent waiting for the
+/// memory budget: a client that sends a partial frame and stalls, or one that
+/// dribbles bytes, gives back its memory after this.
+const BODY_READ_TIME_MAX: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Reads one whole frame (without its length prefix) within the broker-wide
+/// request memory budget `memory`; the permit travels with the frame. `Ok(None)` at
+/// a clean end of stream.
+///
+/// Memory is reserved as bytes arrive, not for the size a client announces, so a
+/// client that announces a large frame and sends one byte per second holds only
+/// the bytes it sent. When the budget has no room for the next chunk the reader
+/// hands back what it holds and waits (first come, first served) for the whole
+/// frame at once. Every frame body has [`BODY_READ_TIME_MAX`] of reading time, so
+/// frames that hold part of the budget and stall give it back. While a reader
+/// waits for memory it does not read: the client's sends stall (back-pressure).
 pub async fn read_frame<R: AsyncRead + Unpin>(
     reader: &mut R,
     frame_bytes_max: usize,
@@ -50,20 +68,43 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
             max: frame_bytes_max,
         });
     }
-    let permit = memory
-        .clone()
-        .acquire_many_owned(size as u32)
-        .await
-        .map_err(|_| FrameError::Closed)?;
-    // Read into spare capacity: zeroing the buffer first would touch every byte twice.
     let size = size as usize;
-    let mut buf = BytesMut::with_capacity(size);
+    let closed = |_| FrameError::Closed;
+    let mut permit = memory.clone().acquire_many_owned(0).await.map_err(closed)?;
+    let mut whole = false;
+    let mut read_time_left = BODY_READ_TIME_MAX;
+    let mut buf = BytesMut::with_capacity(size.min(READ_CHUNK_BYTES));
+    let mut chunk = vec![0u8; size.min(READ_CHUNK_BYTES)];
     while buf.len() < size {
-        let remaining = (size - buf.len()) as u64;
-        let n = (&mut *reader).take(remaining).read_buf(&mut buf).await?;
+        let want = (size - buf.len()).min(chunk.len());
+        if !whole {
+            match memory.clone().try_acquire_many_owned(want as u32) {
+                Ok(more) => permit.merge(more),
+                Err(tokio::sync::TryAcquireError::Closed) => return Err(FrameError::Closed),
+                Err(tokio::sync::TryAcquireError::NoPermits) => {
+                    drop(permit);
+                    permit = memory
+                        .clone()
+                        .acquire_many_owned(size as u32)
+                        .await
+                        .map_err(closed)?;
+                    whole = true;
+                }
+            }
+        }
+        let started = tokio::time::Instant::now();
+        let n = tokio::time::timeout(read_time_left, reader.read(&mut chunk[..want]))
+            .await
+            .map_err(|_| FrameError::TooSlow)??;
+        read_time_left = read_time_left.saturating_sub(started.elapsed());
         if n == 0 {
             return Err(FrameError::Closed);
         }
+        if !whole && n < want {
+            // Give back what was reserved for bytes that did not come.
+            drop(permit.split(want - n));
+        }
+        buf.extend_from_slice(&chunk[..n]);
     }
     Ok(Some((buf, permit)))
 }
@@ -78,6 +119,9 @@ pub struct ParsedHeader {
 
 /// Decodes the request header; the frame is left holding the body.
 pub fn parse_header(frame: &mut Bytes) -> Result<ParsedHeader, FrameError> {
+    if frame.len() < 4 {
+        return Err(FrameError::TooShort(frame.len() as i64));
+    }
     let raw_key = i16::from_be_bytes([frame[0], frame[1]]);
     let api_version = i16::from_be_bytes([frame[2], frame[3]]);
     let api_key = ApiKey::try_from(raw_key).map_err(|_| FrameError::UnknownApiKey(raw_key))?;

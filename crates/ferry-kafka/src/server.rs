@@ -1,10 +1,12 @@
 //! The Kafka listener: accepts connections up to `max.connections` and hands each
 //! to its own task.
 
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use ferry_core::Broker;
+use parking_lot::Mutex;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 
@@ -19,6 +21,8 @@ pub struct KafkaListenerConfig {
     pub inflight_requests_max: usize,
     /// `max.connections`.
     pub connections_max: usize,
+    /// `max.connections.per.ip`: open connections from one client address.
+    pub connections_per_ip_max: usize,
     /// `queued.max.request.bytes`: request bytes held at once over all connections.
     pub request_bytes_max: usize,
 }
@@ -30,6 +34,7 @@ impl KafkaListenerConfig {
             frame_bytes_max: c.long("socket.request.max.bytes").max(1024) as usize,
             inflight_requests_max: c.long("queued.max.requests").max(1) as usize,
             connections_max: c.long("max.connections").max(1) as usize,
+            connections_per_ip_max: c.long("max.connections.per.ip").max(1) as usize,
             request_bytes_max: c.long("queued.max.request.bytes").max(1024) as usize,
         }
     }
@@ -49,6 +54,7 @@ pub async fn serve(
         .max(config.frame_bytes_max)
         .min(Semaphore::MAX_PERMITS);
     let memory = Arc::new(Semaphore::new(pool_bytes));
+    let per_ip = Arc::new(Mutex::new(HashMap::<IpAddr, usize>::new()));
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
@@ -65,15 +71,59 @@ pub async fn serve(
         };
         let Ok(permit) = connections.clone().try_acquire_owned() else {
             tracing::warn!(%peer, limit = config.connections_max, "refusing a connection over max.connections");
+            ferry_core::metrics::metrics().connections_rejected.inc();
             drop(stream);
+            continue;
+        };
+        let Some(ip_slot) = IpSlot::take(&per_ip, peer.ip(), config.connections_per_ip_max) else {
+            tracing::warn!(%peer, limit = config.connections_per_ip_max, "refusing a connection over max.connections.per.ip");
+            drop((stream, permit));
             continue;
         };
         let _ = stream.set_nodelay(true);
         let conn = Connection::new(stream, peer, broker.clone(), config.clone(), memory.clone());
         let shutdown = shutdown.clone();
+        let metrics = ferry_core::metrics::metrics();
+        metrics.connections_accepted.inc();
+        metrics.connections_open.inc();
         tokio::spawn(async move {
             conn.run(shutdown).await;
-            drop(permit);
+            metrics.connections_open.dec();
+            drop((permit, ip_slot));
         });
+    }
+}
+
+/// One connection's share of its client address's `max.connections.per.ip`.
+struct IpSlot {
+    counts: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    ip: IpAddr,
+}
+
+impl IpSlot {
+    fn take(counts: &Arc<Mutex<HashMap<IpAddr, usize>>>, ip: IpAddr, max: usize) -> Option<IpSlot> {
+        let mut map = counts.lock();
+        let n = map.entry(ip).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(IpSlot {
+            counts: counts.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        let mut map = self.counts.lock();
+        if let Some(n) = map.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                // Keeps the map as small as the set of connected addresses.
+                map.remove(&self.ip);
+            }
+        }
     }
 }

@@ -31,6 +31,7 @@ pub mod record;
 mod segment;
 mod time_index;
 mod varint;
+pub mod verify;
 
 use bytes::Bytes;
 

@@ -131,6 +131,7 @@ impl Log {
             }
         }
 
+        let start_checkpoint_unread = checkpointed_start.is_none();
         let checkpointed_start = checkpointed_start.unwrap_or(0);
         if segments.is_empty() {
             segments.push(Arc::new(Segment::create(dir, checkpointed_start, now_ms)?));
@@ -139,6 +140,10 @@ impl Log {
         let first_base = segments.first().map_or(0, |s| s.base_offset());
         let mut log_end_offset = segments.last().map_or(0, |s| s.next_offset());
         let log_start_offset = checkpointed_start.max(first_base);
+        if start_checkpoint_unread && dir.join(LOG_START_OFFSET).exists() {
+            // Missing or malformed (read warned): write what recovery decided.
+            checkpoint::write(dir, LOG_START_OFFSET, log_start_offset)?;
+        }
         if log_start_offset > log_end_offset {
             // DeleteRecords moved the start past records a crash then lost: nothing
             // below the start may be served, so start over there.
@@ -480,15 +485,25 @@ impl Log {
         let mut state = self.flush.lock();
         let log_end = self.log_end_offset.load(Ordering::Acquire);
         let segments = self.snapshot();
+        // Until the .log bytes and the directory are fsynced a failure is fatal (the
+        // kernel may have dropped dirty pages); after that only rebuildable files
+        // (indexes, the recovery point) are written, and a failure there — a full
+        // disk — leaves the log online.
+        let mut fatal = true;
         let result = (|| -> io::Result<()> {
-            for segment in segments.iter().filter(|s| s.needs_flush()) {
-                segment.flush()?;
+            let dirty: Vec<_> = segments.iter().filter(|s| s.needs_flush()).collect();
+            for segment in &dirty {
+                segment.sync_log()?;
             }
             if self.dir_dirty.swap(false, Ordering::AcqRel) {
                 if let Err(e) = checkpoint::sync_dir(&self.dir) {
                     self.dir_dirty.store(true, Ordering::Release);
                     return Err(e);
                 }
+            }
+            fatal = false;
+            for segment in &dirty {
+                segment.persist_indexes()?;
             }
             let active_base = segments.last().map_or(0, |s| s.base_offset());
             let rolled = active_base != state.checkpointed_active_base;
@@ -500,8 +515,12 @@ impl Log {
             Ok(())
         })();
         if let Err(e) = result {
-            tracing::error!(dir = %self.dir.display(), error = %e, "flush failed; taking the log offline");
-            self.failed.store(true, Ordering::Release);
+            if fatal {
+                tracing::error!(dir = %self.dir.display(), error = %e, "flush failed; taking the log offline");
+                self.failed.store(true, Ordering::Release);
+            } else {
+                tracing::warn!(dir = %self.dir.display(), error = %e, "could not write index or checkpoint files; retrying at the next flush");
+            }
             return Err(e.into());
         }
         self.flushed_offset.fetch_max(log_end, Ordering::AcqRel);

@@ -348,7 +348,15 @@ impl Segment {
 
     /// fsyncs the `.log` bytes written so far and writes + fsyncs new index entries.
     /// Callers hold the log's flush lock.
+    #[cfg(test)]
     pub(crate) fn flush(&self) -> io::Result<()> {
+        self.sync_log()?;
+        self.persist_indexes()
+    }
+
+    /// fsyncs the `.log` bytes written so far. A failure here is fatal for the log:
+    /// the kernel may have dropped the dirty pages.
+    pub(crate) fn sync_log(&self) -> io::Result<()> {
         if self.is_deleted() {
             return Ok(());
         }
@@ -357,7 +365,7 @@ impl Segment {
             self.file.sync_data()?;
             self.flushed_size.fetch_max(size, Ordering::AcqRel);
         }
-        self.persist_indexes()
+        Ok(())
     }
 
     pub(crate) fn needs_flush(&self) -> bool {
@@ -369,7 +377,13 @@ impl Segment {
             || state.persisted_time_entries < state.time_index.len()
     }
 
-    fn persist_indexes(&self) -> io::Result<()> {
+    /// Writes and fsyncs new index entries. A failure (a full disk) is not fatal:
+    /// the entries stay in memory and are written by the next flush, and recovery
+    /// validates index files against the `.log` and rebuilds them anyway.
+    pub(crate) fn persist_indexes(&self) -> io::Result<()> {
+        if self.is_deleted() {
+            return Ok(());
+        }
         let (offset_from, offset_bytes, offset_len, time_from, time_bytes, time_len) = {
             let state = self.state.read();
             (

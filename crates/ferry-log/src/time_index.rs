@@ -65,6 +65,10 @@ impl TimeIndex {
         out
     }
 
+    pub(crate) fn entries(&self) -> &[TimeEntry] {
+        &self.entries
+    }
+
     pub(crate) fn last(&self) -> Option<TimeEntry> {
         self.entries.last().copied()
     }

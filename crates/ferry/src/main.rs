@@ -1,20 +1,24 @@
-//! The `ferry` binary: `ferry serve` runs a broker.
+//! The `ferry` binary: `ferry serve` runs a broker; `ferry topic|produce|consume|
+//! group|cluster` are the command-line client (cli/), speaking only standard
+//! Kafka APIs through ferry-client, so they work against Apache Kafka too.
 //!
-//! Settings come, lowest precedence first, from the embedded defaults, the TOML
-//! file given with `--config`, `FERRY_*` environment variables and the command
-//! line. Broker settings use Kafka's names (`log.retention.ms`, …).
+//! Settings of `serve` come, lowest precedence first, from the embedded
+//! defaults, the TOML file given with `--config`, `FERRY_*` environment
+//! variables and the command line. Broker settings use Kafka's names
+//! (`log.retention.ms`, …).
+//!
+//! One `Command` variant per command group, each handled in its own module:
+//! adding a command is a variant here and a module beside the others.
 
+mod cli;
+mod http;
+mod serve;
 mod settings;
+mod verify;
 
-use std::sync::Arc;
-
-use anyhow::Context;
 use clap::{Parser, Subcommand};
-use ferry_core::{Broker, BrokerOptions, SystemClock};
-use tokio::net::TcpListener;
-use tokio::sync::watch;
 
-use settings::{ServeArgs, Settings};
+use settings::ServeArgs;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -31,6 +35,19 @@ struct Cli {
 enum Command {
     /// Run a broker (a single node with data in ./ferry-data by default).
     Serve(Box<ServeArgs>),
+    /// Create, list, describe, delete and configure topics.
+    Topic(cli::topic::TopicArgs),
+    /// Produce records: one per line of stdin (or of --file).
+    Produce(cli::produce::ProduceArgs),
+    /// Consume records and print them.
+    Consume(cli::consume::ConsumeArgs),
+    /// List, describe, reset and delete consumer groups.
+    Group(cli::group::GroupArgs),
+    /// Brokers, controller, versions and broker configs.
+    Cluster(cli::cluster::ClusterArgs),
+    /// Offline log tools: `ferry log verify DATA_DIR`.
+    #[command(subcommand)]
+    Log(verify::LogCommand),
 }
 
 fn main() {
@@ -42,82 +59,38 @@ fn main() {
 
 fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => serve::run(&args),
+        Command::Log(command) => {
+            init_logs("warn");
+            verify::run(command)
+        }
+        client_command => {
+            init_logs("warn");
+            cli::run(async move {
+                match client_command {
+                    Command::Topic(a) => cli::topic::run(a).await,
+                    Command::Produce(a) => cli::produce::run(a).await,
+                    Command::Consume(a) => cli::consume::run(a).await,
+                    Command::Group(a) => cli::group::run(a).await,
+                    Command::Cluster(a) => cli::cluster::run(a).await,
+                    Command::Serve(_) | Command::Log(_) => unreachable!("handled above"),
+                }
+            })
+        }
+    }
+}
+
+/// Logs go to stderr, filtered by `FERRY_LOG`, else `RUST_LOG`, else `default`.
+pub fn init_logs(default: &str) {
+    let filter = ["FERRY_LOG", "RUST_LOG"]
+        .iter()
+        .find_map(|var| tracing_subscriber::EnvFilter::try_from_env(var).ok())
+        .or_else(|| tracing_subscriber::EnvFilter::try_new(default).ok())
+        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
+        .with_env_filter(filter)
         .init();
-    match cli.command {
-        Command::Serve(args) => {
-            let settings = Settings::resolve(&args)?;
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()?;
-            runtime.block_on(serve(settings))
-        }
-    }
-}
-
-async fn serve(settings: Settings) -> anyhow::Result<()> {
-    let listener = TcpListener::bind(&settings.kafka_addr)
-        .await
-        .with_context(|| format!("binding the Kafka listener to {}", settings.kafka_addr))?;
-    let bound = listener.local_addr()?;
-    let (host, port) = match &settings.advertised_kafka_addr {
-        Some(addr) => settings::split_host_port(addr)?,
-        None if bound.ip().is_unspecified() => {
-            tracing::warn!(
-                "listening on every interface; advertising 127.0.0.1 (set --advertised-kafka-addr)"
-            );
-            ("127.0.0.1".to_string(), i32::from(bound.port()))
-        }
-        None => (bound.ip().to_string(), i32::from(bound.port())),
-    };
-    let options = BrokerOptions {
-        node_id: settings.node_id,
-        data_dir: settings.data_dir.clone(),
-        advertised_host: host,
-        advertised_port: port,
-        rack: settings.rack.clone(),
-        configs: settings.broker_configs.clone(),
-    };
-    tracing::info!(data_dir = %settings.data_dir.display(), "opening the data directory");
-    let broker = tokio::task::spawn_blocking(move || Broker::open(options, Arc::new(SystemClock)))
-        .await?
-        .context("opening the broker")?;
-
-    let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let maintenance = tokio::spawn(broker.clone().run_maintenance(shutdown_rx.clone()));
-    let listener_config = ferry_kafka::KafkaListenerConfig::from_broker(&broker);
-    let server = tokio::spawn(ferry_kafka::serve(
-        listener,
-        broker.clone(),
-        listener_config,
-        shutdown_rx,
-    ));
-    println!("ferry: kafka listening on {bound}");
-    tracing::info!(%bound, node_id = settings.node_id, "ferry is serving");
-
-    wait_for_signal().await?;
-    tracing::info!("shutting down");
-    let _ = shutdown_tx.send(true);
-    let _ = server.await;
-    let _ = maintenance.await;
-    tokio::task::spawn_blocking(move || broker.shutdown()).await?;
-    tracing::info!("stopped cleanly");
-    Ok(())
-}
-
-async fn wait_for_signal() -> anyhow::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
-    Ok(())
 }

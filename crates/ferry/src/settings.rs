@@ -10,6 +10,7 @@ use ferry_core::config::{validate_broker_configs, BROKER_CONFIGS};
 
 pub const DEFAULT_DATA_DIR: &str = "./ferry-data";
 pub const DEFAULT_KAFKA_ADDR: &str = "127.0.0.1:9092";
+pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:8080";
 
 #[derive(Args, Debug, Default)]
 #[command(after_long_help = broker_settings_help(), after_help = "Broker settings (Kafka names, --set KEY=VALUE or FERRY_<NAME>): see --help")]
@@ -20,6 +21,12 @@ pub struct ServeArgs {
     /// Address of the Kafka listener [default: 127.0.0.1:9092]
     #[arg(long, env = "FERRY_KAFKA_ADDR")]
     pub kafka_addr: Option<String>,
+    /// Address of the HTTP listener (/metrics, /healthz, /readyz) [default: 127.0.0.1:8080]
+    #[arg(long, env = "FERRY_HTTP_ADDR")]
+    pub http_addr: Option<String>,
+    /// Log filter when RUST_LOG and FERRY_LOG are unset, e.g. info or ferry_kafka=debug [default: info]
+    #[arg(long, env = "FERRY_LOG_LEVEL")]
+    pub log_level: Option<String>,
     /// HOST:PORT clients are told to connect to [default: the listener's address]
     #[arg(long, env = "FERRY_ADVERTISED_KAFKA_ADDR")]
     pub advertised_kafka_addr: Option<String>,
@@ -57,6 +64,8 @@ pub fn env_name(setting: &str) -> String {
 pub struct Settings {
     pub data_dir: PathBuf,
     pub kafka_addr: String,
+    pub http_addr: String,
+    pub log_level: Option<String>,
     pub advertised_kafka_addr: Option<String>,
     pub node_id: i32,
     pub rack: Option<String>,
@@ -68,6 +77,9 @@ pub struct Settings {
 struct FileSettings {
     data_dir: Option<PathBuf>,
     kafka_addr: Option<String>,
+    http_addr: Option<String>,
+    #[serde(alias = "log_level")]
+    log_level: Option<String>,
     advertised_kafka_addr: Option<String>,
     node_id: Option<i32>,
     rack: Option<String>,
@@ -112,6 +124,12 @@ impl Settings {
                 .clone()
                 .or(file.kafka_addr)
                 .unwrap_or_else(|| DEFAULT_KAFKA_ADDR.to_string()),
+            http_addr: args
+                .http_addr
+                .clone()
+                .or(file.http_addr)
+                .unwrap_or_else(|| DEFAULT_HTTP_ADDR.to_string()),
+            log_level: args.log_level.clone().or(file.log_level),
             advertised_kafka_addr: args
                 .advertised_kafka_addr
                 .clone()

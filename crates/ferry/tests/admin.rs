@@ -305,14 +305,11 @@ fn alter_configs_changes_topic_config() {
         "{entries:?}"
     );
 
-    // An unknown config name or a bad value is refused and changes nothing.
+    // A bad value is refused and changes nothing. (rdkafka 0.39 does not
+    // surface per-resource AlterConfigs errors, so the check is on the effect;
+    // the Python tests see the error code itself.)
     let bad = AlterConfig::new(ResourceSpecifier::Topic(&name)).set("retention.ms", "not-a-number");
-    let results =
-        block_on(admin.alter_configs([&bad], &admin_options())).expect("alter_configs request");
-    assert!(
-        matches!(&results[..], [Err(_)]),
-        "bad value accepted: {results:?}"
-    );
+    block_on(admin.alter_configs([&bad], &admin_options())).expect("alter_configs request");
     assert_eq!(
         config_value(&topic_config(&broker, &name), "retention.ms").as_deref(),
         Some("222222")
@@ -366,7 +363,7 @@ fn delete_records_moves_log_start_offset() {
     assert_eq!(watermarks(&broker, &name, 0), (4, 10));
     let read = read_all(&broker, &name, 0, Offset::Beginning);
     assert_eq!(offsets_of(&read), (4..10).collect::<Vec<i64>>());
-    assert_eq!(recs_of(&read), recs[4..].to_vec());
+    assert_same_records(&recs_of(&read), &recs[4..], "records");
 
     // Reading below the log start offset is out of range.
     let below = try_read_all(
@@ -491,13 +488,12 @@ fn auto_create_disabled_reports_unknown_topic() {
         .fetch_metadata(Some(&name), OP_DEADLINE)
         .expect("metadata");
     let topic = metadata.topics().iter().find(|t| t.name() == name);
-    match topic {
-        Some(t) => assert_eq!(
+    if let Some(t) = topic {
+        assert_eq!(
             t.error().map(RDKafkaErrorCode::from),
             Some(RDKafkaErrorCode::UnknownTopicOrPartition),
             "metadata for an absent topic"
-        ),
-        None => {}
+        );
     }
 
     let producer = producer(&broker, &[("message.timeout.ms", "10000")]);
@@ -511,5 +507,72 @@ fn auto_create_disabled_reports_unknown_topic() {
         partition_count(&broker, &name),
         None,
         "topic was created anyway"
+    );
+}
+
+#[test]
+fn recreated_topic_starts_empty() {
+    let broker = Broker::start();
+    let name = unique_topic("phoenix");
+    create_topic(&broker, &name, 1, &[]);
+    let producer = producer(&broker, &[]);
+    send_all(&producer, &name, Some(0), &[Rec::kv("old", "life")]);
+    drop(producer);
+    let admin = admin(&broker);
+    let results =
+        block_on(admin.delete_topics(&[name.as_str()], &admin_options())).expect("delete_topics");
+    assert_eq!(results, vec![Ok(name.clone())]);
+    assert!(wait_until(OP_DEADLINE, || partition_count(&broker, &name).is_none()));
+
+    create_topic(&broker, &name, 2, &[]);
+    assert_eq!(watermarks(&broker, &name, 0), (0, 0), "old data came back");
+    let producer = common::producer(&broker, &[]);
+    let d = send(&producer, &name, Some(0), None, &Rec::kv("new", "life")).expect("produce");
+    assert_eq!(d.offset, 0);
+    assert_same_records(
+        &recs_of(&read_all(&broker, &name, 0, Offset::Beginning)),
+        &[Rec::kv("new", "life")],
+        "recreated topic",
+    );
+}
+
+#[test]
+fn delete_all_records_empties_the_partition() {
+    let broker = Broker::start();
+    let name = unique_topic("wipe");
+    create_topic(&broker, &name, 1, &[]);
+    let producer = producer(&broker, &[]);
+    let recs: Vec<Rec> = (0..7).map(|i| Rec::kv("k", &format!("v{i}"))).collect();
+    send_all(&producer, &name, Some(0), &recs);
+    let admin = admin(&broker);
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(&name, 0, Offset::End)
+        .expect("tpl");
+    let result = block_on(admin.delete_records(&tpl, &admin_options())).expect("delete_records");
+    let elem = result
+        .find_partition(&name, 0)
+        .expect("partition in result");
+    assert!(
+        elem.error().is_ok(),
+        "delete_records error: {:?}",
+        elem.error()
+    );
+    assert_eq!(elem.offset(), Offset::Offset(7));
+    assert_eq!(watermarks(&broker, &name, 0), (7, 7));
+    assert!(read_all(&broker, &name, 0, Offset::Beginning).is_empty());
+    // Beyond the high watermark is refused.
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(&name, 0, Offset::Offset(100))
+        .expect("tpl");
+    let result = block_on(admin.delete_records(&tpl, &admin_options()));
+    let refused = match &result {
+        Err(_) => true,
+        Ok(tpl) => tpl
+            .find_partition(&name, 0)
+            .is_some_and(|e| e.error().is_err()),
+    };
+    assert!(
+        refused,
+        "delete_records beyond the high watermark: {result:?}"
     );
 }

@@ -165,11 +165,9 @@ fn record_batch(n: usize) -> BytesMut {
     buf
 }
 
-/// Sends a Produce with `records` to `topic`/0; returns the partition's error
-/// code. The version is the highest both sides know, capped at 9.
-fn produce_raw(broker: &Broker, topic: &str, records: Bytes) -> i16 {
-    let mut stream = connect(broker);
-    let versions = api_versions(&mut stream);
+/// The Produce version to use: the highest both sides know, capped at 9.
+fn produce_version(stream: &mut TcpStream) -> i16 {
+    let versions = api_versions(stream);
     let (_, min, max) = *versions
         .iter()
         .find(|(key, _, _)| *key == ApiKey::Produce as i16)
@@ -179,14 +177,30 @@ fn produce_raw(broker: &Broker, topic: &str, records: Bytes) -> i16 {
         version >= min.max(3),
         "no common Produce version (broker {min}..={max})"
     );
-    let request = ProduceRequest::default()
-        .with_acks(-1)
+    version
+}
+
+fn produce_request(topic: &str, partition: i32, acks: i16, records: Bytes) -> ProduceRequest {
+    ProduceRequest::default()
+        .with_acks(acks)
         .with_timeout_ms(30_000)
         .with_topic_data(vec![TopicProduceData::default()
             .with_name(TopicName(StrBytes::from_string(topic.to_string())))
             .with_partition_data(vec![PartitionProduceData::default()
-                .with_index(0)
-                .with_records(Some(records))])]);
+                .with_index(partition)
+                .with_records(Some(records))])])
+}
+
+/// Sends a Produce (acks=all) with `records` to `topic`/0; returns the
+/// partition's error code.
+fn produce_raw(broker: &Broker, topic: &str, records: Bytes) -> i16 {
+    produce_raw_to(broker, topic, 0, records)
+}
+
+fn produce_raw_to(broker: &Broker, topic: &str, partition: i32, records: Bytes) -> i16 {
+    let mut stream = connect(broker);
+    let version = produce_version(&mut stream);
+    let request = produce_request(topic, partition, -1, records);
     let body = encode_request(ApiKey::Produce, version, 11, &request);
     send_frame(&mut stream, &body);
     let frame = read_frame(&mut stream).expect("Produce response (connection was closed)");
@@ -442,4 +456,69 @@ fn many_bad_connections_then_normal_service() {
         .expect("timeout");
     witness.check(&broker);
     drop(idle);
+}
+
+#[test]
+fn produce_to_missing_partition_is_unknown_topic_or_partition() {
+    const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
+    let broker = Broker::start();
+    let witness = Witness::write(&broker);
+    let code = produce_raw_to(&broker, &witness.topic, 7, record_batch(1).freeze());
+    assert_eq!(
+        code, UNKNOWN_TOPIC_OR_PARTITION,
+        "produce to partition 7 of a 1-partition topic"
+    );
+    witness.check(&broker);
+}
+
+#[test]
+fn acks_zero_produce_gets_no_response() {
+    let broker = Broker::start();
+    let witness = Witness::write(&broker);
+    let mut stream = connect(&broker);
+    let version = produce_version(&mut stream);
+    let request = produce_request(&witness.topic, 0, 0, record_batch(2).freeze());
+    send_frame(
+        &mut stream,
+        &encode_request(ApiKey::Produce, version, 21, &request),
+    );
+    // The next frame on this connection answers the next request, not the
+    // acks=0 produce (Kafka sends nothing for acks=0).
+    assert!(!api_versions(&mut stream).is_empty());
+    let landed = wait_until(OP_DEADLINE, || {
+        watermarks(&broker, &witness.topic, 0).1 == 12
+    });
+    assert!(
+        landed,
+        "acks=0 batch not appended: {:?}",
+        watermarks(&broker, &witness.topic, 0)
+    );
+    let read = read_all(&broker, &witness.topic, 0, Offset::Offset(10));
+    let keys: Vec<Vec<u8>> = read.iter().filter_map(|m| Rec::of(m).key).collect();
+    assert_eq!(keys, vec![b"raw-key-0".to_vec(), b"raw-key-1".to_vec()]);
+}
+
+#[test]
+fn pipelined_requests_are_answered_in_order() {
+    let broker = Broker::start();
+    let mut stream = connect(&broker);
+    // Three requests in one write; the answers come back in request order.
+    let mut bytes = Vec::new();
+    for correlation_id in [101, 102, 103] {
+        let body = encode_request(
+            ApiKey::ApiVersions,
+            0,
+            correlation_id,
+            &ApiVersionsRequest::default(),
+        );
+        bytes.extend_from_slice(&(body.len() as i32).to_be_bytes());
+        bytes.extend_from_slice(&body);
+    }
+    stream.write_all(&bytes).expect("write pipelined requests");
+    for correlation_id in [101, 102, 103] {
+        let frame = read_frame(&mut stream).expect("response");
+        let mut buf = Bytes::from(frame);
+        let header = ResponseHeader::decode(&mut buf, 0).expect("response header");
+        assert_eq!(header.correlation_id, correlation_id);
+    }
 }

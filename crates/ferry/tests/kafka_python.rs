@@ -69,10 +69,10 @@ fn python_round_trip_with_every_codec_read_back_by_rdkafka() {
             })
             .collect();
         let read = read_all(&broker, &topic, partition, Offset::Beginning);
-        assert_eq!(
-            recs_of(&read),
-            want,
-            "codec {codec}: librdkafka read differs"
+        assert_same_records(
+            &recs_of(&read),
+            &want,
+            &format!("codec {codec}: librdkafka read differs"),
         );
     }
 }
@@ -163,4 +163,23 @@ fn python_offsets_for_times() {
     create_topic(&broker, &topic, 1, &[]);
     let result = run_scenario(&broker, "offsets_for_times", &topic);
     assert_eq!(result["offset"], 5);
+}
+
+#[test]
+fn python_incremental_alter_configs_and_describe_cluster() {
+    let broker = Broker::start();
+    let topic = unique_topic("py-configs");
+    let result = run_scenario(&broker, "configs", &topic);
+    assert!(result["cluster_id"]
+        .as_str()
+        .is_some_and(|id| !id.is_empty()));
+}
+
+#[test]
+fn python_list_offsets_earliest_latest_and_max_timestamp() {
+    let broker = Broker::start();
+    let topic = unique_topic("py-listoffsets");
+    create_topic(&broker, &topic, 1, &[]);
+    let result = run_scenario(&broker, "list_offsets", &topic);
+    assert_eq!(result["max_timestamp_offset"], 1);
 }

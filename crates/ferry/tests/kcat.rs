@@ -129,7 +129,7 @@ fn kcat_produces_keys_and_headers_and_consumes_them() {
             .with_header("n", Some(b"1"))
     })
     .collect();
-    assert_eq!(recs_of(&read), want);
+    assert_same_records(&recs_of(&read), &want, "records");
 }
 
 #[test]

@@ -66,10 +66,10 @@ fn round_trip_keys_values_headers_and_nulls() {
 
     let read = read_all(&broker, &topic, 0, Offset::Beginning);
     assert_eq!(offsets_of(&read), offsets, "consumed offsets");
-    assert_eq!(
-        recs_of(&read),
-        recs,
-        "consumed records differ from produced"
+    assert_same_records(
+        &recs_of(&read),
+        &recs,
+        "consumed records differ from produced",
     );
 }
 
@@ -97,7 +97,13 @@ fn every_compression_codec_round_trips() {
                 .with_header("codec", Some(codec.as_bytes()))
             })
             .collect();
-        send_all(&producer, &topic, Some(0), &recs);
+        let deliveries = send_all(&producer, &topic, Some(0), &recs);
+        let delivered: Vec<i64> = deliveries.iter().map(|d| d.offset).collect();
+        let first_out_of_order = delivered.iter().enumerate().find(|(i, o)| **o != *i as i64);
+        assert_eq!(
+            first_out_of_order, None,
+            "codec {codec}: delivery offsets not in send order (index, offset)"
+        );
         let read = read_all(&broker, &topic, 0, Offset::Beginning);
         assert_eq!(read.len(), recs.len(), "codec {codec}: record count");
         assert_eq!(
@@ -105,7 +111,19 @@ fn every_compression_codec_round_trips() {
             (0..300).collect::<Vec<i64>>(),
             "codec {codec}: offsets"
         );
-        assert_eq!(recs_of(&read), recs, "codec {codec}: records differ");
+        assert_same_records(
+            &recs_of(&read),
+            &recs,
+            &format!("codec {codec}: records differ"),
+        );
+        // Starting inside a (compressed) batch yields exactly the later records.
+        let read = read_all(&broker, &topic, 0, Offset::Offset(150));
+        assert_eq!(read.first().map(|m| m.offset()), Some(150), "codec {codec}");
+        assert_same_records(
+            &recs_of(&read),
+            &recs[150..],
+            &format!("codec {codec}: read from offset 150"),
+        );
     }
 }
 
@@ -140,7 +158,11 @@ fn acks_zero_one_and_all_deliver() {
             read.len(),
             recs.len()
         );
-        assert_eq!(recs_of(&read), recs, "acks={acks}: records differ");
+        assert_same_records(
+            &recs_of(&read),
+            &recs,
+            &format!("acks={acks}: records differ"),
+        );
     }
 }
 
@@ -224,7 +246,7 @@ fn batch_near_max_message_bytes_is_accepted_and_over_it_is_rejected() {
     let d = send(&producer, &topic, Some(0), None, &small).expect("produce after rejection");
     assert_eq!(d.offset, 1, "the rejected batch must not take an offset");
     let read = read_all(&broker, &topic, 0, Offset::Beginning);
-    assert_eq!(recs_of(&read), vec![near, small]);
+    assert_same_records(&recs_of(&read), &[near, small], "records");
 }
 
 #[test]
@@ -313,12 +335,12 @@ fn fetch_from_earliest_latest_and_given_offset() {
 
     // Earliest.
     let read = read_all(&broker, &topic, 0, Offset::Beginning);
-    assert_eq!(recs_of(&read), first);
+    assert_same_records(&recs_of(&read), &first, "records");
 
     // A given offset.
     let read = read_all(&broker, &topic, 0, Offset::Offset(4));
     assert_eq!(offsets_of(&read), (4..10).collect::<Vec<i64>>());
-    assert_eq!(recs_of(&read), first[4..].to_vec());
+    assert_same_records(&recs_of(&read), &first[4..], "records");
 
     // Latest: a consumer at the end sees only what is produced afterwards.
     let consumer = consumer(&broker, &[]);
@@ -338,7 +360,7 @@ fn fetch_from_earliest_latest_and_given_offset() {
     send_all(&producer, &topic, Some(0), &second);
     let got = poll_n(&consumer, 5, OP_DEADLINE);
     assert_eq!(offsets_of(&got), (10..15).collect::<Vec<i64>>());
-    assert_eq!(recs_of(&got), second);
+    assert_same_records(&recs_of(&got), &second, "records");
 
     assert_eq!(watermarks(&broker, &topic, 0), (0, 15));
 }
@@ -422,7 +444,11 @@ fn fetch_out_of_range_with_reset_error_reports_offset_out_of_range() {
     }
     // Nothing was lost by the failed fetch.
     let read = read_all(&broker, &topic, 0, Offset::Beginning);
-    assert_eq!(recs_of(&read), vec![Rec::kv("a", "1"), Rec::kv("b", "2")]);
+    assert_same_records(
+        &recs_of(&read),
+        &[Rec::kv("a", "1"), Rec::kv("b", "2")],
+        "records",
+    );
 }
 
 #[test]
@@ -457,7 +483,7 @@ fn long_poll_consumer_receives_record_produced_later() {
     });
     let got = poll_n(&consumer, 1, OP_DEADLINE);
     sender.join().expect("sender thread").expect("produce");
-    assert_eq!(recs_of(&got), vec![Rec::kv("late", "arrival")]);
+    assert_same_records(&recs_of(&got), &[Rec::kv("late", "arrival")], "records");
     assert_eq!(got[0].offset(), 0);
 }
 
@@ -479,7 +505,7 @@ fn fetch_min_bytes_still_returns_small_data() {
         .expect("tpl");
     consumer.assign(&tpl).expect("assign");
     let got = poll_n(&consumer, 1, OP_DEADLINE);
-    assert_eq!(recs_of(&got), vec![Rec::kv("k", "tiny")]);
+    assert_same_records(&recs_of(&got), &[Rec::kv("k", "tiny")], "records");
 }
 
 #[test]
@@ -506,5 +532,136 @@ fn small_fetch_max_bytes_still_makes_progress() {
         ],
     )
     .expect("read with small fetch limits");
-    assert_eq!(recs_of(&read), recs);
+    assert_same_records(&recs_of(&read), &recs, "records");
+}
+
+#[test]
+fn pipelined_produce_requests_keep_send_order() {
+    let broker = Broker::start();
+    let topic = unique_topic("pipelined");
+    create_topic(&broker, &topic, 1, &[]);
+    // librdkafka's default: many Produce requests in flight on one connection.
+    // Kafka handles a connection's requests one after another, so batches
+    // land in the order they were sent.
+    let producer = producer(
+        &broker,
+        &[
+            ("linger.ms", "5"),
+            ("batch.num.messages", "50"),
+            ("max.in.flight.requests.per.connection", "5"),
+        ],
+    );
+    let recs: Vec<Rec> = (0..1000)
+        .map(|i| Rec::kv(&format!("k{i}"), &format!("pipelined {i}")))
+        .collect();
+    let deliveries = send_all(&producer, &topic, Some(0), &recs);
+    let delivered: Vec<i64> = deliveries.iter().map(|d| d.offset).collect();
+    let first_out_of_order = delivered.iter().enumerate().find(|(i, o)| **o != *i as i64);
+    assert_eq!(
+        first_out_of_order, None,
+        "delivery offsets not in send order: (record index, offset)"
+    );
+    let read = read_all(&broker, &topic, 0, Offset::Beginning);
+    assert_same_records(&recs_of(&read), &recs, "pipelined records");
+}
+
+#[test]
+fn min_insync_replicas_above_replica_count_refuses_acks_all() {
+    let broker = Broker::start();
+    let topic = unique_topic("minisr");
+    create_topic(&broker, &topic, 1, &[("min.insync.replicas", "2")]);
+    let all = producer(&broker, &[("acks", "all"), ("message.timeout.ms", "10000")]);
+    match send(&all, &topic, Some(0), None, &Rec::kv("k", "refused")) {
+        Err(KafkaError::MessageProduction(
+            RDKafkaErrorCode::NotEnoughReplicas | RDKafkaErrorCode::NotEnoughReplicasAfterAppend,
+        )) => {}
+        // librdkafka retries NOT_ENOUGH_REPLICAS until the message times out.
+        Err(KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut)) => {}
+        other => panic!("acks=all with min.insync.replicas=2 on one node: {other:?}"),
+    }
+    let one = producer(&broker, &[("acks", "1")]);
+    let d = send(&one, &topic, Some(0), None, &Rec::kv("k", "accepted"))
+        .expect("acks=1 is not bound by min.insync.replicas");
+    assert_eq!(d.offset, 0);
+    let read = read_all(&broker, &topic, 0, Offset::Beginning);
+    assert_same_records(
+        &recs_of(&read),
+        &[Rec::kv("k", "accepted")],
+        "only the acks=1 record",
+    );
+}
+
+#[test]
+fn large_record_near_default_limit_round_trips() {
+    let broker = Broker::start();
+    let topic = unique_topic("large");
+    create_topic(&broker, &topic, 1, &[]);
+    // librdkafka's own limit (message.max.bytes, 1000000 by default) is
+    // raised so the broker's max.message.bytes (1048588) decides.
+    let producer = producer(
+        &broker,
+        &[
+            ("compression.type", "none"),
+            ("message.max.bytes", "2000000"),
+        ],
+    );
+    let value: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
+    let rec = Rec {
+        key: Some(b"big".to_vec()),
+        value: Some(value),
+        headers: vec![("h".to_string(), Some(vec![7; 1000]))],
+    };
+    send(&producer, &topic, Some(0), None, &rec)
+        .expect("a 1 MB record under the default max.message.bytes");
+    let read = read_all(&broker, &topic, 0, Offset::Beginning);
+    assert_same_records(&recs_of(&read), &[rec], "large record");
+}
+
+#[test]
+fn concurrent_producers_each_record_once_in_per_producer_order() {
+    let broker = Broker::start();
+    let topic = unique_topic("concurrent");
+    create_topic(&broker, &topic, 1, &[]);
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let producer = producer(
+                &broker,
+                &[
+                    ("max.in.flight.requests.per.connection", "1"),
+                    ("linger.ms", "2"),
+                ],
+            );
+            let topic = topic.clone();
+            std::thread::spawn(move || {
+                let recs: Vec<Rec> = (0..250)
+                    .map(|i| Rec::kv(&format!("w{w}"), &format!("{i}")))
+                    .collect();
+                send_all(&producer, &topic, Some(0), &recs);
+            })
+        })
+        .collect();
+    for w in writers {
+        w.join().expect("writer thread");
+    }
+    let read = read_all(&broker, &topic, 0, Offset::Beginning);
+    assert_eq!(offsets_of(&read), (0..1000).collect::<Vec<i64>>());
+    let mut per_writer: HashMap<Vec<u8>, Vec<u32>> = HashMap::new();
+    for m in &read {
+        let seq: u32 = String::from_utf8_lossy(m.payload().expect("value"))
+            .parse()
+            .expect("seq");
+        per_writer
+            .entry(m.key().expect("key").to_vec())
+            .or_default()
+            .push(seq);
+    }
+    assert_eq!(per_writer.len(), 4);
+    for (writer, seqs) in per_writer {
+        assert_eq!(
+            seqs,
+            (0..250).collect::<Vec<u32>>(),
+            "writer {}",
+            String::from_utf8_lossy(&writer)
+        );
+    }
 }

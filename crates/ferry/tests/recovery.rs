@@ -70,10 +70,10 @@ fn clean_restart_keeps_topics_configs_and_records() {
             (0..25).collect::<Vec<i64>>(),
             "partition {p} offsets"
         );
-        assert_eq!(
-            recs_of(&read),
-            expected[p as usize],
-            "partition {p} records"
+        assert_same_records(
+            &recs_of(&read),
+            &expected[p as usize],
+            &format!("partition {p} records"),
         );
         let stamps: Vec<Timestamp> = read.iter().map(|m| m.timestamp()).collect();
         let want: Vec<Timestamp> = (0..25).map(|i| Timestamp::CreateTime(base + i)).collect();
@@ -207,4 +207,123 @@ fn kill9_during_acks_all_loses_no_acknowledged_record() {
     let d = send(&producer, &topic, Some(0), None, &Rec::kv("after", "crash"))
         .expect("produce after crash");
     assert_eq!(d.offset, read.len() as i64);
+}
+
+/// The newest `.log` segment file of a partition directory, found by name
+/// under the data dir (Kafka's layout: `<topic>-<partition>/<offset>.log`).
+fn newest_segment(broker: &Broker, topic: &str, partition: i32) -> std::path::PathBuf {
+    let dir_name = format!("{topic}-{partition}");
+    let mut logs: Vec<std::path::PathBuf> = list_tree(&broker.data_dir())
+        .into_iter()
+        .filter(|p| {
+            p.extension().is_some_and(|e| e == "log")
+                && p.parent()
+                    .and_then(|d| d.file_name())
+                    .is_some_and(|n| n.to_string_lossy() == dir_name)
+        })
+        .collect();
+    logs.sort();
+    logs.pop().unwrap_or_else(|| {
+        panic!(
+            "no .log segment for {dir_name} under {}: {:?}",
+            broker.data_dir().display(),
+            list_tree(&broker.data_dir())
+        )
+    })
+}
+
+#[test]
+fn torn_tail_of_active_segment_is_truncated_on_restart() {
+    let mut broker = Broker::start();
+    let topic = unique_topic("torn");
+    create_topic(&broker, &topic, 1, &[]);
+    let producer = producer(&broker, &[("max.in.flight.requests.per.connection", "1")]);
+    let recs: Vec<Rec> = (0..50)
+        .map(|i| Rec::kv(&format!("k{i}"), &format!("before the tear {i}")))
+        .collect();
+    send_all(&producer, &topic, Some(0), &recs);
+    drop(producer);
+    broker.kill9();
+
+    // A write cut short: half a batch header and some noise at the end.
+    let segment = newest_segment(&broker, &topic, 0);
+    {
+        use std::io::Write;
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&segment)
+            .expect("open segment");
+        let mut torn = 50i64.to_be_bytes().to_vec(); // a base offset
+        torn.extend_from_slice(&900i32.to_be_bytes()); // a length past the end
+        torn.extend_from_slice(&[0xab; 37]);
+        file.write_all(&torn).expect("append torn tail");
+    }
+
+    broker.restart();
+    let read = read_all(&broker, &topic, 0, Offset::Beginning);
+    assert_eq!(offsets_of(&read), (0..50).collect::<Vec<i64>>());
+    assert_same_records(&recs_of(&read), &recs, "records after a torn tail");
+    assert_eq!(watermarks(&broker, &topic, 0), (0, 50));
+    let producer = common::producer(&broker, &[]);
+    let d = send(&producer, &topic, Some(0), None, &Rec::kv("after", "tear"))
+        .expect("produce after recovery");
+    assert_eq!(d.offset, 50);
+    let read = read_all(&broker, &topic, 0, Offset::Offset(49));
+    assert_eq!(offsets_of(&read), vec![49, 50]);
+}
+
+#[test]
+fn missing_index_files_are_rebuilt_on_restart() {
+    let mut broker = Broker::start();
+    let topic = unique_topic("reindex");
+    // Small segments so there are several, each with its own indexes.
+    create_topic(&broker, &topic, 1, &[("segment.bytes", "1048576")]);
+    let producer = producer(
+        &broker,
+        &[
+            ("max.in.flight.requests.per.connection", "1"),
+            ("linger.ms", "5"),
+        ],
+    );
+    let base = now_ms() - 1_000_000;
+    let recs: Vec<Rec> = (0..300)
+        .map(|i| Rec::kv(&format!("k{i}"), &format!("{i}-{}", "i".repeat(8_000))))
+        .collect();
+    for (i, rec) in recs.iter().enumerate() {
+        send(&producer, &topic, Some(0), Some(base + i as i64 * 10), rec).expect("produce");
+    }
+    drop(producer);
+    assert_eq!(broker.stop().code(), Some(0), "clean exit");
+
+    let removed: Vec<_> = list_tree(&broker.data_dir())
+        .into_iter()
+        .filter(|p| {
+            p.extension()
+                .is_some_and(|e| e == "index" || e == "timeindex")
+        })
+        .filter(|p| p.to_string_lossy().contains(&topic))
+        .collect();
+    for p in &removed {
+        std::fs::remove_file(p).expect("remove index file");
+    }
+
+    broker.restart();
+    // Reads by offset and by time land where they did before.
+    let read = read_all(&broker, &topic, 0, Offset::Offset(201));
+    assert_eq!(
+        read.first().map(|m| m.offset()),
+        Some(201),
+        "removed {removed:?}"
+    );
+    assert_same_records(&recs_of(&read), &recs[201..], "records from offset 201");
+    let consumer = consumer(&broker, &[]);
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    tpl.add_partition_offset(&topic, 0, Offset::Offset(base + 1555))
+        .expect("tpl");
+    let found = rdkafka::consumer::Consumer::offsets_for_times(&consumer, tpl, OP_DEADLINE)
+        .expect("offsets_for_times");
+    assert_eq!(
+        found.find_partition(&topic, 0).map(|e| e.offset()),
+        Some(Offset::Offset(156))
+    );
 }

@@ -84,6 +84,14 @@ pub enum GroupError {
     InvalidRequest(String),
     #[error("storage error: {0}")]
     Storage(String),
+    #[error("the member epoch is fenced: abandon every partition and rejoin ({0})")]
+    FencedMemberEpoch(String),
+    #[error("the member epoch is stale: heartbeat for the current one")]
+    StaleMemberEpoch,
+    #[error("the server assignor is not supported: {0}")]
+    UnsupportedAssignor(String),
+    #[error("the instance id is still used by another member: {0}")]
+    UnreleasedInstanceId(String),
 }
 
 /// The group settings, under the broker config names they come from.
@@ -103,6 +111,12 @@ pub struct GroupConfig {
     pub offsets_retention_ms: i64,
     /// `offsets.retention.check.interval.ms`
     pub offsets_retention_check_interval_ms: i64,
+    /// `group.consumer.session.timeout.ms` (KIP-848 groups)
+    pub consumer_session_timeout_ms: i64,
+    /// `group.consumer.heartbeat.interval.ms` (KIP-848 groups)
+    pub consumer_heartbeat_interval_ms: i64,
+    /// `group.consumer.max.size` (KIP-848 groups)
+    pub consumer_max_size: usize,
 }
 
 impl Default for GroupConfig {
@@ -115,6 +129,9 @@ impl Default for GroupConfig {
             offset_metadata_max_bytes: 4096,
             offsets_retention_ms: 10080 * 60 * 1000,
             offsets_retention_check_interval_ms: 600_000,
+            consumer_session_timeout_ms: 45_000,
+            consumer_heartbeat_interval_ms: 5_000,
+            consumer_max_size: i32::MAX as usize,
         }
     }
 }
@@ -125,7 +142,8 @@ impl GroupConfig {
     }
 }
 
-/// The state of a classic group, named as Kafka names it.
+/// The state of a group, named as Kafka names it. `Assigning` and
+/// `Reconciling` are states of consumer (KIP-848) groups only.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GroupState {
     Empty,
@@ -133,6 +151,8 @@ pub enum GroupState {
     CompletingRebalance,
     Stable,
     Dead,
+    Assigning,
+    Reconciling,
 }
 
 impl GroupState {
@@ -143,12 +163,14 @@ impl GroupState {
             GroupState::CompletingRebalance => "CompletingRebalance",
             GroupState::Stable => "Stable",
             GroupState::Dead => "Dead",
+            GroupState::Assigning => "Assigning",
+            GroupState::Reconciling => "Reconciling",
         }
     }
 }
 
 /// Which rebalance protocol a group uses: classic (JoinGroup/SyncGroup) or the
-/// consumer protocol of KIP-848 (ConsumerGroupHeartbeat, not implemented yet).
+/// consumer protocol of KIP-848 (ConsumerGroupHeartbeat, see `consumer.rs`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GroupType {
     Classic,
@@ -403,6 +425,8 @@ pub struct ClassicGroup {
     join_timer: Option<JoinTimer>,
     new_member_added: bool,
     pub(super) offsets: OffsetStore,
+    /// Membership of a consumer (KIP-848) group; `None` for a classic group.
+    pub(super) consumer: Option<Box<super::consumer::ConsumerGroup>>,
 }
 
 impl ClassicGroup {
@@ -424,6 +448,7 @@ impl ClassicGroup {
             join_timer: None,
             new_member_added: false,
             offsets: OffsetStore::default(),
+            consumer: None,
         }
     }
 
@@ -619,6 +644,15 @@ impl ClassicGroup {
         }
     }
 
+    /// Tombstones for the group's own records (not its offsets).
+    pub(super) fn tombstone_records(&self) -> Vec<GroupRecord> {
+        let mut records = vec![self.tombstone_record()];
+        if self.consumer.is_some() {
+            records.push(super::consumer::consumer_record(&self.group_id, None));
+        }
+        records
+    }
+
     pub(super) fn tombstone_record(&self) -> GroupRecord {
         GroupRecord {
             group_id: self.group_id.clone(),
@@ -631,6 +665,29 @@ impl ClassicGroup {
     }
 
     pub(super) fn summary(&self) -> GroupSummary {
+        if let Some(consumer) = &self.consumer {
+            // DescribeGroups of a consumer group: its members, without the classic
+            // metadata and assignment bytes (ConsumerGroupDescribe has those).
+            return GroupSummary {
+                group_id: self.group_id.clone(),
+                state: self.state,
+                group_type: self.group_type,
+                protocol_type: "consumer".to_string(),
+                protocol: consumer.assignor_name.clone(),
+                members: consumer
+                    .members
+                    .values()
+                    .map(|m| MemberSummary {
+                        member_id: m.member_id.clone(),
+                        group_instance_id: m.instance_id.clone(),
+                        client_id: m.client_id.clone(),
+                        client_host: m.client_host.clone(),
+                        metadata: Bytes::new(),
+                        assignment: Bytes::new(),
+                    })
+                    .collect(),
+            };
+        }
         let stable = self.state == GroupState::Stable;
         let protocol = self.protocol_name.clone().unwrap_or_default();
         GroupSummary {
@@ -697,6 +754,8 @@ pub struct GroupManager {
     pub(super) config: GroupConfig,
     pub(super) groups: HashMap<String, ClassicGroup>,
     records: Vec<GroupRecord>,
+    /// Offsets of open transactions (see `txn_offsets`).
+    pub(super) pending_txn_offsets: super::txn_offsets::PendingTxnOffsets,
 }
 
 impl GroupManager {
@@ -705,6 +764,7 @@ impl GroupManager {
             config,
             groups: HashMap::new(),
             records: Vec::new(),
+            pending_txn_offsets: Default::default(),
         }
     }
 
@@ -774,6 +834,18 @@ impl GroupManager {
         let group = match self.get_or_create(&group_id, now_ms) {
             Ok(g) => g,
             Err(e) => return Reply::Now(JoinResponse::error(member_id, e)),
+        };
+        if group.consumer.as_ref().is_some_and(|c| c.members.is_empty()) {
+            // Kafka's online downgrade: an empty consumer group becomes classic again.
+            tracing::info!(group = %group_id, "the group now uses the classic protocol");
+            group.consumer = None;
+            group.group_type = GroupType::Classic;
+            group.state = GroupState::Empty;
+            let tombstone = super::consumer::consumer_record(&group_id, None);
+            self.emit(tombstone);
+        }
+        let Some(group) = self.groups.get_mut(&group_id) else {
+            return Reply::Now(JoinResponse::error(member_id, GroupError::UnknownMemberId));
         };
         if group.group_type != GroupType::Classic {
             return Reply::Now(JoinResponse::error(
@@ -891,7 +963,7 @@ impl GroupManager {
                 self.update_member_and_rebalance(group_id, req, now_ms)
             }
             GroupState::Stable => Reply::Now(group.join_response(&member_id, false)),
-            GroupState::Empty | GroupState::Dead => {
+            GroupState::Empty | GroupState::Dead | GroupState::Assigning | GroupState::Reconciling => {
                 Reply::Now(JoinResponse::error(member_id, GroupError::UnknownMemberId))
             }
         }
@@ -1042,7 +1114,7 @@ impl GroupManager {
                 self.emit(record);
                 Reply::Now(response)
             }
-            GroupState::Empty | GroupState::Dead => Reply::Now(JoinResponse::error(
+            GroupState::Empty | GroupState::Dead | GroupState::Assigning | GroupState::Reconciling => Reply::Now(JoinResponse::error(
                 new_member_id,
                 GroupError::UnknownMemberId,
             )),
@@ -1221,7 +1293,7 @@ impl GroupManager {
                 self.check_join(group_id, now_ms);
             }
             GroupState::PreparingRebalance => self.check_join(group_id, now_ms),
-            GroupState::Empty | GroupState::Dead => {}
+            GroupState::Empty | GroupState::Dead | GroupState::Assigning | GroupState::Reconciling => {}
         }
     }
 
@@ -1266,7 +1338,7 @@ impl GroupManager {
             return Reply::Now(SyncResponse::error(GroupError::InconsistentGroupProtocol));
         }
         match group.state {
-            GroupState::Empty | GroupState::Dead => {
+            GroupState::Empty | GroupState::Dead | GroupState::Assigning | GroupState::Reconciling => {
                 Reply::Now(SyncResponse::error(GroupError::UnknownMemberId))
             }
             GroupState::PreparingRebalance => {
@@ -1374,7 +1446,7 @@ impl GroupManager {
             return Err(GroupError::IllegalGeneration);
         }
         match group.state {
-            GroupState::Empty | GroupState::Dead => Err(GroupError::UnknownMemberId),
+            GroupState::Empty | GroupState::Dead | GroupState::Assigning | GroupState::Reconciling => Err(GroupError::UnknownMemberId),
             GroupState::CompletingRebalance | GroupState::Stable => {
                 group.touch_member(member_id, now_ms);
                 Ok(())
@@ -1458,7 +1530,7 @@ impl GroupManager {
                     GroupState::Dead => Err(GroupError::GroupIdNotFound),
                     GroupState::Empty => {
                         let mut records = group.offsets.tombstones(id);
-                        records.push(group.tombstone_record());
+                        records.extend(group.tombstone_records());
                         for r in records {
                             self.emit(r);
                         }
@@ -1483,6 +1555,14 @@ impl GroupManager {
     }
 
     fn tick_group(&mut self, group_id: &str, now_ms: i64) {
+        if self
+            .groups
+            .get(group_id)
+            .is_some_and(|g| g.consumer.is_some())
+        {
+            self.tick_consumer(group_id, now_ms);
+            return;
+        }
         let initial_delay = self.config.initial_rebalance_delay_ms;
         // The join phase: initial delay or rebalance timeout. An extended initial
         // delay may already be due (a delay of 0), hence the loop; it ends because
@@ -1610,6 +1690,9 @@ impl GroupManager {
                     load_group(g, value, now_ms);
                 }
             },
+            RecordKey::ConsumerGroup { group } => {
+                self.replay_consumer_group(group, value, now_ms)?;
+            }
         }
         Ok(())
     }
@@ -1669,7 +1752,7 @@ fn load_group(g: &mut ClassicGroup, value: GroupMetadataValue, now_ms: i64) {
 fn accept_joining_member(group: &ClassicGroup, member_id: &str, config: &GroupConfig) -> bool {
     let max = config.max_members();
     match group.state {
-        GroupState::Empty | GroupState::Dead => true,
+        GroupState::Empty | GroupState::Dead | GroupState::Assigning | GroupState::Reconciling => true,
         GroupState::PreparingRebalance => {
             group
                 .members

@@ -17,9 +17,12 @@
 //! outside it. A commit is answered after its records are durable. In-memory
 //! state is updated at append time (like acks=1 for readers of the group state).
 
+pub mod assignor;
+pub mod consumer;
 pub mod coordinator;
 pub mod offsets;
 pub mod records;
+pub mod txn_offsets;
 
 #[cfg(test)]
 mod tests;
@@ -39,9 +42,15 @@ pub use coordinator::{
     GroupType, JoinRequest, JoinResponse, JoinedMember, MemberSummary, Reply, SyncRequest,
     SyncResponse,
 };
+pub use assignor::Assignment;
+pub use consumer::{
+    ConsumerGroupSummary, ConsumerHeartbeat, ConsumerHeartbeatResponse, ConsumerMember,
+    ConsumerMemberSummary, MemberState, TopicInfo,
+};
 pub use offsets::{
     subscribed_topics, CommitRequest, CommittedOffset, OffsetCommit, PartitionResults,
 };
+pub use txn_offsets::{StoredEntry, TxnCommitRequest};
 
 use crate::broker::{Broker, NewTopic};
 use crate::clock::Clock;
@@ -78,6 +87,29 @@ pub trait GroupStorage: Send + Sync {
     ) -> Result<Durability, CoreError>;
     /// Every record of one partition, from its start.
     fn read_all(&self, partition: i32) -> Result<Vec<(Bytes, Option<Bytes>)>, CoreError>;
+
+    /// Appends records as one transactional batch of a producer (TxnOffsetCommit).
+    fn append_txn(
+        &self,
+        _partition: i32,
+        _records: Vec<(Bytes, Option<Bytes>)>,
+        _producer_id: i64,
+        _producer_epoch: i16,
+        _now_ms: i64,
+    ) -> Result<Durability, CoreError> {
+        Err(CoreError::InvalidRequest(
+            "this group storage keeps no transactional offsets".into(),
+        ))
+    }
+
+    /// Every entry of one partition with its transaction information, from its start.
+    fn read_entries(&self, partition: i32) -> Result<Vec<StoredEntry>, CoreError> {
+        Ok(self
+            .read_all(partition)?
+            .into_iter()
+            .map(|(key, value)| StoredEntry::Record { key, value, producer_id: None })
+            .collect())
+    }
 }
 
 /// The group coordinator of this broker: the state machine behind a lock, with
@@ -109,6 +141,9 @@ impl GroupConfig {
                 .long("offsets.retention.minutes")
                 .saturating_mul(60_000),
             offsets_retention_check_interval_ms: config.long("offsets.retention.check.interval.ms"),
+            consumer_session_timeout_ms: config.long("group.consumer.session.timeout.ms"),
+            consumer_heartbeat_interval_ms: config.long("group.consumer.heartbeat.interval.ms"),
+            consumer_max_size: usize::try_from(config.long("group.consumer.max.size")).unwrap_or(1),
         }
     }
 }
@@ -133,12 +168,8 @@ impl GroupCoordinator {
         let mut state = self.state.lock();
         let mut count = 0usize;
         for p in 0..self.storage.partition_count() {
-            for (key, value) in self.storage.read_all(p)? {
-                count += 1;
-                if let Err(e) = state.replay(&key, value.as_deref(), now) {
-                    tracing::warn!(partition = p, error = %e, "skipping a record of {OFFSETS_TOPIC}");
-                }
-            }
+            // Transactional offsets wait for their producer's marker (txn_offsets.rs).
+            count += state.replay_entries(self.storage.read_entries(p)?, now);
         }
         if count > 0 {
             tracing::info!(
@@ -239,6 +270,23 @@ impl GroupCoordinator {
         result
     }
 
+    /// ConsumerGroupHeartbeat (KIP-848). `topics` looks subscribed topics up in
+    /// the current metadata.
+    pub fn consumer_heartbeat(
+        &self,
+        req: ConsumerHeartbeat,
+        topics: consumer::TopicLookup,
+    ) -> Result<ConsumerHeartbeatResponse, GroupError> {
+        let (result, durable) = self.run(|s, now| s.consumer_heartbeat(req, topics, now));
+        Self::log_unflushed(durable);
+        result
+    }
+
+    /// ConsumerGroupDescribe of one group.
+    pub fn consumer_describe(&self, group_id: &str) -> Result<ConsumerGroupSummary, GroupError> {
+        self.state.lock().consumer_describe(group_id)
+    }
+
     /// OffsetCommit, answered once the commit is durable.
     pub async fn commit_offsets(&self, req: CommitRequest) -> Result<PartitionResults, GroupError> {
         let (result, durable) = self.run(|s, now| s.commit_offsets(req, now));
@@ -284,6 +332,44 @@ impl GroupCoordinator {
                 .collect();
         }
         results
+    }
+
+    /// TxnOffsetCommit: appends the offsets as a transactional batch of the
+    /// producer and answers once it is durable; they stay pending until the
+    /// transaction's marker ([`GroupCoordinator::complete_txn`]).
+    pub async fn txn_commit_offsets(&self, req: TxnCommitRequest) -> Result<PartitionResults, GroupError> {
+        let now = self.clock.now_ms();
+        let durable = {
+            let mut state = self.state.lock();
+            let (results, records, staged) = state.txn_commit_offsets(&req, now)?;
+            if records.is_empty() {
+                return Ok(results);
+            }
+            let partition = records::partition_for(&req.group_id, self.storage.partition_count());
+            let batch = records.into_iter().map(|r| (r.key, r.value)).collect();
+            let durable = self
+                .storage
+                .append_txn(partition, batch, req.producer_id, req.producer_epoch, now)
+                .map_err(|e| GroupError::Storage(e.to_string()))?;
+            state.stage_txn_offsets(req.producer_id, &req.group_id, staged);
+            (results, durable)
+        };
+        let (results, durable) = durable;
+        durable.await.map_err(|e| GroupError::Storage(e.to_string()))?;
+        Ok(results)
+    }
+
+    /// The marker of `producer_id`'s transaction was written to `__consumer_offsets`.
+    pub fn complete_txn(&self, producer_id: i64, commit: bool) {
+        let n = self.state.lock().complete_txn_offsets(producer_id, commit);
+        if n > 0 {
+            tracing::debug!(producer_id, commit, offsets = n, "completed transactional offsets");
+        }
+    }
+
+    /// Whether an open transaction holds an offset of `tp` for `group_id`.
+    pub fn has_pending_txn_offset(&self, group_id: &str, tp: &TopicPartition) -> bool {
+        self.state.lock().has_pending_txn_offset(group_id, tp)
     }
 
     pub fn describe(&self, group_id: &str) -> Option<GroupSummary> {
@@ -400,6 +486,71 @@ impl GroupStorage for BrokerGroupStorage {
         Ok(Box::pin(async move {
             p.flush_to(result.last_offset, now_ms).await
         }))
+    }
+
+    fn append_txn(
+        &self,
+        partition: i32,
+        records: Vec<(Bytes, Option<Bytes>)>,
+        producer_id: i64,
+        producer_epoch: i16,
+        now_ms: i64,
+    ) -> Result<Durability, CoreError> {
+        let broker = self.broker()?;
+        self.ensure_topic(&broker)?;
+        let p = broker
+            .partition(&TopicPartition::new(OFFSETS_TOPIC, partition))
+            .ok_or(CoreError::UnknownTopicOrPartition)?;
+        let mut builder = ferry_log::record::BatchBuilder::new(ferry_log::Compression::None)
+            .producer(producer_id, producer_epoch, -1)
+            .transactional(true);
+        for (key, value) in records {
+            builder.append(now_ms, Some(key), value);
+        }
+        let batch = builder.build()?;
+        let result = p.append_from_coordinator(Bytes::from(batch), now_ms)?;
+        Ok(Box::pin(async move {
+            p.flush_to(result.last_offset, now_ms).await
+        }))
+    }
+
+    fn read_entries(&self, partition: i32) -> Result<Vec<StoredEntry>, CoreError> {
+        let broker = self.broker()?;
+        let Some(p) = broker.partition(&TopicPartition::new(OFFSETS_TOPIC, partition)) else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        let mut offset = p.log_start_offset();
+        let end = p.high_watermark();
+        while offset < end {
+            let read = p.read(offset, REPLAY_READ_BYTES, Isolation::ReadUncommitted)?;
+            if read.bytes.is_empty() || read.next_offset <= offset {
+                break;
+            }
+            for item in ferry_log::batch::batches(&read.bytes) {
+                let (header, bytes) = item?;
+                let (_, records) = ferry_log::record::decode_batch(bytes)?;
+                if header.is_control() {
+                    let commit = records
+                        .first()
+                        .and_then(|r| r.key.as_ref())
+                        .is_some_and(|k| k.len() >= 4 && i16::from_be_bytes([k[2], k[3]]) == 1);
+                    out.push(StoredEntry::Marker { producer_id: header.producer_id, commit });
+                    continue;
+                }
+                let producer_id = header.is_transactional().then_some(header.producer_id);
+                for r in records {
+                    if r.offset < offset {
+                        continue;
+                    }
+                    if let Some(key) = r.key {
+                        out.push(StoredEntry::Record { key, value: r.value, producer_id });
+                    }
+                }
+            }
+            offset = read.next_offset;
+        }
+        Ok(out)
     }
 
     fn read_all(&self, partition: i32) -> Result<Vec<(Bytes, Option<Bytes>)>, CoreError> {

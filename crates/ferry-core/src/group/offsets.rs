@@ -81,6 +81,11 @@ impl OffsetStore {
         self.offsets.iter()
     }
 
+    /// Stores an offset committed by a transaction's commit marker.
+    pub(super) fn insert_committed(&mut self, tp: TopicPartition, committed: CommittedOffset) {
+        self.offsets.insert(tp, committed);
+    }
+
     /// Tombstones for every offset (when the group is deleted).
     pub(super) fn tombstones(&self, group_id: &str) -> Vec<GroupRecord> {
         self.offsets
@@ -148,6 +153,9 @@ pub fn subscribed_topics(metadata: &[u8]) -> Option<Vec<String>> {
 /// Topics the members of a `consumer` group subscribe to; `None` when unknown
 /// (another protocol type, or a subscription that does not decode).
 fn group_subscriptions(group: &ClassicGroup) -> Option<HashSet<String>> {
+    if let Some(consumer) = &group.consumer {
+        return Some(consumer.subscribed_topic_names());
+    }
     if group.protocol_type.as_deref() != Some("consumer") {
         return None;
     }
@@ -180,34 +188,40 @@ impl GroupManager {
         if group.state == GroupState::Dead {
             return Err(GroupError::CoordinatorNotAvailable);
         }
-        let as_member =
-            req.generation_id >= 0 || !req.member_id.is_empty() || req.group_instance_id.is_some();
-        if as_member {
-            if let Some(instance) = &req.group_instance_id {
-                match group.static_members.get(instance) {
-                    Some(current) if *current != req.member_id => {
-                        return Err(GroupError::FencedInstanceId)
+        if let Some(consumer) = &group.consumer {
+            // KIP-848 groups check the member epoch instead of a generation.
+            consumer.validate_offset_commit(&req.member_id, req.generation_id)?;
+        } else {
+            let as_member =
+                req.generation_id >= 0 || !req.member_id.is_empty() || req.group_instance_id.is_some();
+            if as_member {
+                if let Some(instance) = &req.group_instance_id {
+                    match group.static_members.get(instance) {
+                        Some(current) if *current != req.member_id => {
+                            return Err(GroupError::FencedInstanceId)
+                        }
+                        Some(_) => {}
+                        None => return Err(GroupError::UnknownMemberId),
                     }
-                    Some(_) => {}
-                    None => return Err(GroupError::UnknownMemberId),
+                } else if !group.members.contains_key(&req.member_id) {
+                    return Err(GroupError::UnknownMemberId);
                 }
-            } else if !group.members.contains_key(&req.member_id) {
+                if req.generation_id != group.generation_id {
+                    return Err(GroupError::IllegalGeneration);
+                }
+            } else if group.state != GroupState::Empty {
+                // Only members may commit while the group has members.
                 return Err(GroupError::UnknownMemberId);
             }
-            if req.generation_id != group.generation_id {
-                return Err(GroupError::IllegalGeneration);
+            match group.state {
+                GroupState::CompletingRebalance => return Err(GroupError::RebalanceInProgress),
+                GroupState::Stable | GroupState::PreparingRebalance => {
+                    // A commit counts as a sign of life, as in Kafka.
+                    group.touch_member(&req.member_id, now_ms);
+                }
+                GroupState::Empty | GroupState::Dead => {}
+                GroupState::Assigning | GroupState::Reconciling => {}
             }
-        } else if group.state != GroupState::Empty {
-            // Only members may commit while the group has members.
-            return Err(GroupError::UnknownMemberId);
-        }
-        match group.state {
-            GroupState::CompletingRebalance => return Err(GroupError::RebalanceInProgress),
-            GroupState::Stable | GroupState::PreparingRebalance => {
-                // A commit counts as a sign of life, as in Kafka.
-                group.touch_member(&req.member_id, now_ms);
-            }
-            GroupState::Empty | GroupState::Dead => {}
         }
         let mut results = Vec::with_capacity(req.offsets.len());
         let mut records = Vec::new();
@@ -357,7 +371,7 @@ impl GroupManager {
             if let Some(mut g) = self.groups.remove(&id) {
                 g.state = GroupState::Dead;
                 tracing::info!(group = %id, "group is empty and has no offsets left; removing it");
-                records.push(g.tombstone_record());
+                records.extend(g.tombstone_records());
             }
         }
         if removed > 0 {

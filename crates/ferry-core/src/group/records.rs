@@ -31,6 +31,9 @@ pub enum RecordKey {
     },
     /// A group's membership and generation.
     GroupMetadata { group: String },
+    /// A consumer (KIP-848) group's membership: a ferry record kind, not one of
+    /// Kafka's (see `consumer.rs`).
+    ConsumerGroup { group: String },
 }
 
 /// OffsetCommitValue.
@@ -73,13 +76,18 @@ pub struct GroupMetadataValue {
 
 const OFFSET_KEY_VERSION: i16 = 1;
 const GROUP_KEY_VERSION: i16 = 2;
+/// Key version of ferry's consumer group record: far above Kafka's own key
+/// versions (0–2 classic, 3–16 newer group kinds), so the two never collide.
+pub const CONSUMER_GROUP_KEY_VERSION: i16 = 1000;
 const OFFSET_VALUE_VERSION: i16 = 3;
 const GROUP_VALUE_VERSION: i16 = 3;
 
 impl RecordKey {
     pub fn group(&self) -> &str {
         match self {
-            RecordKey::Offset { group, .. } | RecordKey::GroupMetadata { group } => group,
+            RecordKey::Offset { group, .. }
+            | RecordKey::GroupMetadata { group }
+            | RecordKey::ConsumerGroup { group } => group,
         }
     }
 
@@ -100,6 +108,10 @@ impl RecordKey {
                 buf.put_i16(GROUP_KEY_VERSION);
                 put_string(&mut buf, group);
             }
+            RecordKey::ConsumerGroup { group } => {
+                buf.put_i16(CONSUMER_GROUP_KEY_VERSION);
+                put_string(&mut buf, group);
+            }
         }
         buf.freeze()
     }
@@ -114,6 +126,7 @@ impl RecordKey {
                 partition: r.i32()?,
             },
             2 => RecordKey::GroupMetadata { group: r.string()? },
+            CONSUMER_GROUP_KEY_VERSION => RecordKey::ConsumerGroup { group: r.string()? },
             v => return Err(RecordError(format!("unknown key version {v}"))),
         };
         Ok(key)

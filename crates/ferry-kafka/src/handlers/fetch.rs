@@ -1,4 +1,5 @@
-//! Fetch: stored batches, as stored, up to the high watermark.
+//! Fetch: stored batches, as stored, up to the high watermark (read_committed:
+//! up to the last stable offset, with the aborted transactions in that range).
 //!
 //! A fetch that finds fewer than `min_bytes` waits, up to `max_wait_ms`, for the
 //! high watermark of any of its partitions to move (a notification, not a sleep),
@@ -11,8 +12,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use ferry_core::{CoreError, Isolation, TopicPartition};
 use futures_util::future::select_all;
-use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
-use kafka_protocol::messages::{BrokerId, FetchRequest, FetchResponse, TopicName};
+use kafka_protocol::messages::fetch_response::{AbortedTransaction, FetchableTopicResponse, PartitionData};
+use kafka_protocol::messages::{BrokerId, FetchRequest, FetchResponse, ProducerId, TopicName};
 use kafka_protocol::ResponseError;
 
 use crate::dispatch::RequestContext;
@@ -168,26 +169,38 @@ fn read_one(
     // The response limit may cut a partition to nothing, except the first data of
     // the response, which is returned whole.
     let limit = w.partition_max_bytes.min(remaining);
-    let records = if limit == 0 && !first {
-        Bytes::new()
+    let (records, next_offset) = if limit == 0 && !first {
+        (Bytes::new(), w.offset)
     } else {
-        p.read(w.offset, limit.max(1), isolation)?.bytes
+        let read = p.read(w.offset, limit.max(1), isolation)?;
+        (read.bytes, read.next_offset)
+    };
+    // read_committed clients drop the records of aborted transactions that
+    // overlap what they got (the data ends below the last stable offset).
+    let aborted = if isolation == Isolation::ReadCommitted {
+        let list = if records.is_empty() { Vec::new() } else { p.aborted_transactions(w.offset, next_offset) };
+        Some(
+            list.into_iter()
+                .map(|a| AbortedTransaction::default().with_producer_id(ProducerId(a.producer_id)).with_first_offset(a.first_offset))
+                .collect(),
+        )
+    } else {
+        None
     };
     Ok(PartitionData::default()
         .with_partition_index(w.tp.partition)
         .with_high_watermark(p.high_watermark())
         .with_last_stable_offset(p.last_stable_offset())
         .with_log_start_offset(p.log_start_offset())
-        .with_aborted_transactions(if isolation == Isolation::ReadCommitted {
-            Some(Vec::new())
-        } else {
-            None
-        })
+        .with_aborted_transactions(aborted)
         .with_preferred_read_replica(BrokerId(-1))
         .with_records(Some(records)))
 }
 
 fn build_response(version: i16, results: Vec<(TopicPartition, PartitionData)>) -> FetchResponse {
+    for (tp, records) in results.iter().filter_map(|(tp, d)| Some((tp, d.records.as_ref()?))) {
+        ferry_core::metrics::metrics().fetched(&tp.topic, records.len() as u64, ferry_core::metrics::count_records(records));
+    }
     let mut topics: Vec<FetchableTopicResponse> = Vec::new();
     for (tp, data) in results {
         match topics.last_mut() {

@@ -35,7 +35,14 @@ pub async fn handle(
                 let result = match (topic_error, p.records) {
                     (Some(e), _) => Err(e),
                     (None, None) => Err(CoreError::InvalidRecord("produce without records".into())),
-                    (None, Some(records)) => broker.produce(&tp, records, acks).await,
+                    (None, Some(records)) => {
+                        let (bytes, count) = (records.len() as u64, ferry_core::metrics::count_records(&records));
+                        let result = broker.produce(&tp, records, acks).await;
+                        if result.is_ok() {
+                            ferry_core::metrics::metrics().produced(&tp.topic, bytes, count);
+                        }
+                        result
+                    }
                 };
                 (tp, result)
             });

@@ -52,8 +52,11 @@ pub struct Broker {
     child: Option<Child>,
     dir: TempDir,
     extra_args: Vec<String>,
+    extra_env: Vec<(String, String)>,
     addr: String,
     starts: u32,
+    /// Every line the broker printed on stdout (all runs).
+    stdout_lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Broker {
@@ -66,6 +69,12 @@ impl Broker {
     /// `serve --data-dir DIR --kafka-addr 127.0.0.1:0`, e.g.
     /// `&["--set", "num.partitions=3"]`.
     pub fn start_with(extra_args: &[&str]) -> Broker {
+        Broker::start_with_env(extra_args, &[])
+    }
+
+    /// Like [`Broker::start_with`], with extra environment variables for the
+    /// broker process (e.g. `FERRY_NUM_PARTITIONS`), kept for restarts.
+    pub fn start_with_env(extra_args: &[&str], env: &[(&str, &str)]) -> Broker {
         let dir = tempfile::Builder::new()
             .prefix("ferry-e2e-")
             .tempdir()
@@ -74,8 +83,13 @@ impl Broker {
             child: None,
             dir,
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            extra_env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             addr: String::new(),
             starts: 0,
+            stdout_lines: Default::default(),
         };
         broker.spawn();
         broker
@@ -93,6 +107,22 @@ impl Broker {
             .next()
             .and_then(|p| p.parse().ok())
             .expect("listening address has a port")
+    }
+
+    /// The HTTP listener's address from the `ferry: http listening on …`
+    /// line of the current run, if the broker printed one.
+    pub fn http_addr(&self) -> Option<String> {
+        let mut found = None;
+        wait_until(Duration::from_secs(5), || {
+            found = self.stdout_lines.lock().ok().and_then(|lines| {
+                lines.iter().rev().find_map(|l| {
+                    l.strip_prefix("ferry: http listening on ")
+                        .map(str::to_string)
+                })
+            });
+            found.is_some()
+        });
+        found
     }
 
     /// The broker's data directory (kept across restarts).
@@ -125,13 +155,19 @@ impl Broker {
     /// Panics (with the broker's stderr) if it does not exit within the
     /// deadline.
     pub fn stop(&mut self) -> ExitStatus {
+        self.stop_with("TERM")
+    }
+
+    /// Sends `signal` (a name for `kill -s`, e.g. "TERM", "INT") and waits
+    /// for the process to exit; returns its status.
+    pub fn stop_with(&mut self, signal: &str) -> ExitStatus {
         let mut child = self.child.take().expect("broker is running");
         let pid = child.id().to_string();
         let status = Command::new("kill")
-            .args(["-TERM", &pid])
+            .args(["-s", signal, &pid])
             .status()
-            .expect("run kill -TERM");
-        assert!(status.success(), "kill -TERM {pid} failed");
+            .expect("run kill");
+        assert!(status.success(), "kill -s {signal} {pid} failed");
         let deadline = Instant::now() + OP_DEADLINE;
         for _ in 0..10_000 {
             if let Some(status) = child.try_wait().expect("wait for broker") {
@@ -141,13 +177,13 @@ impl Broker {
                 let _ = child.kill();
                 let _ = child.wait();
                 panic!(
-                    "broker did not exit within {OP_DEADLINE:?} after SIGTERM\n--- broker stderr ---\n{}",
+                    "broker did not exit within {OP_DEADLINE:?} after SIG{signal}\n--- broker stderr ---\n{}",
                     self.stderr_tail()
                 );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        panic!("broker did not exit after SIGTERM (loop bound reached)");
+        panic!("broker did not exit after SIG{signal} (loop bound reached)");
     }
 
     /// Starts the broker again on the same data directory (a new ephemeral
@@ -195,14 +231,24 @@ impl Broker {
             .arg("--data-dir")
             .arg(&data_dir)
             .arg("--kafka-addr")
-            .arg("127.0.0.1:0")
-            .args(&self.extra_args)
+            .arg("127.0.0.1:0");
+        // An ephemeral HTTP port too, so brokers can run side by side, unless
+        // the test chose one.
+        let http_chosen = self
+            .extra_args
+            .iter()
+            .any(|a| a == "--http-addr" || a.starts_with("--http-addr="))
+            || self.extra_env.iter().any(|(k, _)| k == "FERRY_HTTP_ADDR");
+        if !http_chosen {
+            cmd.arg("--http-addr").arg("127.0.0.1:0");
+        }
+        cmd.args(&self.extra_args)
+            .envs(self.extra_env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            // Plain text in the stderr file, which failures print.
+            .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(stderr_file));
-        if std::env::var_os("RUST_LOG").is_none() {
-            cmd.env("RUST_LOG", "info");
-        }
         let mut child = cmd.spawn().expect("spawn the ferry binary");
         let stdout = child.stdout.take().expect("child stdout is piped");
 
@@ -210,6 +256,7 @@ impl Broker {
         // broker never blocks on a full pipe; it hands over the first line
         // that announces the listener.
         let (tx, rx) = mpsc::channel::<Result<String, String>>();
+        let stdout_lines = self.stdout_lines.clone();
         std::thread::spawn(move || {
             let mut reader = BufReader::new(stdout);
             let mut sent = false;
@@ -219,6 +266,11 @@ impl Broker {
                 match reader.read_line(&mut line) {
                     Ok(0) | Err(_) => break,
                     Ok(_) => {
+                        if let Ok(mut lines) = stdout_lines.lock() {
+                            if lines.len() < 1000 {
+                                lines.push(line.trim_end().to_string());
+                            }
+                        }
                         if !sent {
                             if let Some(addr) = line.trim_end().strip_prefix(READY_PREFIX) {
                                 let _ = tx.send(Ok(addr.to_string()));
@@ -334,12 +386,18 @@ pub fn client_config(broker: &Broker) -> ClientConfig {
 }
 
 /// A producer; `extra` overrides defaults (acks=all, no idempotence,
-/// no batching delay).
+/// no batching delay, one request in flight).
+///
+/// One request in flight keeps each test about its own subject: the order of
+/// pipelined Produce requests on one connection is checked by its own test
+/// (`produce_fetch.rs`, `pipelined_produce_requests_keep_send_order`), which
+/// overrides this.
 pub fn producer(broker: &Broker, extra: &[(&str, &str)]) -> FutureProducer {
     let mut config = client_config(broker);
     config
         .set("acks", "all")
         .set("enable.idempotence", "false")
+        .set("max.in.flight.requests.per.connection", "1")
         .set("linger.ms", "0")
         .set("message.timeout.ms", "30000")
         .set("topic.metadata.propagation.max.ms", "5000");
@@ -349,11 +407,13 @@ pub fn producer(broker: &Broker, extra: &[(&str, &str)]) -> FutureProducer {
     config.create().expect("create rdkafka producer")
 }
 
-/// A consumer without a group: tests assign partitions explicitly.
-/// Emits a partition-EOF event when it reaches the high watermark.
+/// A consumer that is assigned partitions explicitly (no group membership,
+/// no committed offsets: librdkafka needs a `group.id` for `assign` all the
+/// same). Emits a partition-EOF event when it reaches the high watermark.
 pub fn consumer(broker: &Broker, extra: &[(&str, &str)]) -> BaseConsumer {
     let mut config = client_config(broker);
     config
+        .set("group.id", "ferry-e2e-assign-only")
         .set("enable.partition.eof", "true")
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
@@ -411,11 +471,60 @@ pub fn partition_count(broker: &Broker, topic: &str) -> Option<usize> {
 }
 
 /// A record as the tests build and compare them.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Rec {
     pub key: Option<Vec<u8>>,
     pub value: Option<Vec<u8>>,
     pub headers: Vec<(String, Option<Vec<u8>>)>,
+}
+
+/// Bytes as text for failure messages: lossy UTF-8, long values shortened.
+fn show(bytes: &Option<Vec<u8>>) -> String {
+    match bytes {
+        None => "null".to_string(),
+        Some(b) if b.len() > 60 => format!(
+            "{:?}…({} bytes)",
+            String::from_utf8_lossy(&b[..40]),
+            b.len()
+        ),
+        Some(b) => format!("{:?}", String::from_utf8_lossy(b)),
+    }
+}
+
+impl std::fmt::Debug for Rec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{{key: {}, value: {}",
+            show(&self.key),
+            show(&self.value)
+        )?;
+        for (k, v) in &self.headers {
+            write!(f, ", {k:?}: {}", show(v))?;
+        }
+        write!(f, "}}")
+    }
+}
+
+/// Asserts two record lists are equal; on failure names the count and the
+/// first differing position instead of dumping both lists.
+#[track_caller]
+pub fn assert_same_records(got: &[Rec], want: &[Rec], context: &str) {
+    if got == want {
+        return;
+    }
+    let first_diff = got
+        .iter()
+        .zip(want)
+        .position(|(g, w)| g != w)
+        .unwrap_or(got.len().min(want.len()));
+    panic!(
+        "{context}: records differ: got {} records, want {}; first difference at index {first_diff}:\n  got:  {:?}\n  want: {:?}",
+        got.len(),
+        want.len(),
+        got.get(first_diff),
+        want.get(first_diff)
+    );
 }
 
 impl Rec {

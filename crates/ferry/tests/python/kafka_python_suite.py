@@ -31,6 +31,8 @@ def producer(bootstrap, **extra):
         acks="all",
         request_timeout_ms=30000,
         retries=0,
+        # Ordering of pipelined requests is checked by its own Rust test.
+        max_in_flight_requests_per_connection=1,
     )
     config.update(extra)
     return KafkaProducer(**config)
@@ -211,12 +213,74 @@ def scenario_offsets_for_times(bootstrap, topic):
     return {"offset": found.offset}
 
 
+def scenario_configs(bootstrap, topic):
+    """IncrementalAlterConfigs (kafka-python's default) keeps other
+    overrides; a bad value is refused with INVALID_CONFIG (40) and changes
+    nothing; DescribeCluster names this broker."""
+    from kafka.admin import ConfigResource, ConfigResourceType
+
+    adm = admin(bootstrap)
+    adm.create_topics({topic: {"num_partitions": 1, "replication_factor": 1,
+                               "configs": {"cleanup.policy": "compact"}}})
+
+    def overrides():
+        described = adm.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)])
+        return {k: v["value"] for k, v in described["topic"][topic].items()}
+
+    result = adm.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topic,
+                                               configs={"retention.ms": "5000000"})])
+    assert result["topic"][topic] == "OK", result
+    now = overrides()
+    assert now.get("retention.ms") == "5000000", now
+    assert now.get("cleanup.policy") == "compact", now
+
+    result = adm.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topic,
+                                               configs={"retention.ms": "not-a-number"})])
+    assert "Error 40" in str(result["topic"][topic]), result
+    assert overrides().get("retention.ms") == "5000000", overrides()
+
+    cluster = adm.describe_cluster()
+    brokers = [(b["broker_id"], b["host"], b["port"]) for b in cluster["brokers"]]
+    host, port = bootstrap.rsplit(":", 1)
+    assert brokers == [(1, host, int(port))], cluster
+    assert cluster["controller_id"] == 1, cluster
+    assert cluster["cluster_id"], cluster
+    adm.close()
+    return {"cluster_id": cluster["cluster_id"]}
+
+
+def scenario_list_offsets(bootstrap, topic):
+    """ListOffsets through the admin client: earliest, latest and
+    max-timestamp (-3), whose record need not be the last one."""
+    from kafka.admin import OffsetSpec
+
+    base = int(time.time() * 1000) - 600000
+    stamps = [base, base + 5000, base + 1000, base + 2000]
+    prod = producer(bootstrap)
+    for i, ts in enumerate(stamps):
+        prod.send(topic, key=b"k", value=("m%d" % i).encode(), partition=0, timestamp_ms=ts)
+    prod.flush(timeout=DEADLINE_S)
+    prod.close()
+    tp = TopicPartition(topic, 0)
+    adm = admin(bootstrap)
+    earliest = adm.list_partition_offsets({tp: OffsetSpec.EARLIEST})[tp]
+    latest = adm.list_partition_offsets({tp: OffsetSpec.LATEST})[tp]
+    newest = adm.list_partition_offsets({tp: OffsetSpec.MAX_TIMESTAMP})[tp]
+    adm.close()
+    assert earliest.offset == 0, earliest
+    assert latest.offset == 4, latest
+    assert newest.offset == 1 and newest.timestamp == base + 5000, newest
+    return {"max_timestamp_offset": newest.offset}
+
+
 SCENARIOS = {
     "roundtrip": scenario_roundtrip,
     "read_rdkafka": scenario_read_rdkafka,
     "seek": scenario_seek,
     "admin": scenario_admin,
     "offsets_for_times": scenario_offsets_for_times,
+    "configs": scenario_configs,
+    "list_offsets": scenario_list_offsets,
 }
 
 

@@ -1,0 +1,112 @@
+//! `ferry serve`: opens the broker and runs the Kafka and HTTP listeners until
+//! SIGTERM or SIGINT.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use ferry_core::{Broker, BrokerOptions, SystemClock};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::http::HttpState;
+use crate::settings::{self, ServeArgs, Settings};
+
+pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
+    let settings = Settings::resolve(args)?;
+    crate::init_logs(settings.log_level.as_deref().unwrap_or("info"));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(serve(settings))
+}
+
+async fn serve(settings: Settings) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(&settings.kafka_addr)
+        .await
+        .with_context(|| format!("binding the Kafka listener to {}", settings.kafka_addr))?;
+    // Bound before recovery so /healthz answers (and /readyz says "not yet")
+    // while a large data directory is recovered.
+    // A busy HTTP port does not stop the broker (parallel test brokers share the
+    // default); it is logged and the endpoints are off.
+    let http_listener = match TcpListener::bind(&settings.http_addr).await {
+        Ok(l) => Some(l),
+        Err(e) => {
+            tracing::error!(addr = %settings.http_addr, error = %e, "could not bind the HTTP listener; /metrics, /healthz and /readyz are off");
+            None
+        }
+    };
+    let http_bound = http_listener.as_ref().and_then(|l| l.local_addr().ok());
+    let bound = listener.local_addr()?;
+    let (host, port) = match &settings.advertised_kafka_addr {
+        Some(addr) => settings::split_host_port(addr)?,
+        None if bound.ip().is_unspecified() => {
+            tracing::warn!(
+                "listening on every interface; advertising 127.0.0.1 (set --advertised-kafka-addr)"
+            );
+            ("127.0.0.1".to_string(), i32::from(bound.port()))
+        }
+        None => (bound.ip().to_string(), i32::from(bound.port())),
+    };
+    let options = BrokerOptions {
+        node_id: settings.node_id,
+        data_dir: settings.data_dir.clone(),
+        advertised_host: host,
+        advertised_port: port,
+        rack: settings.rack.clone(),
+        configs: settings.broker_configs.clone(),
+    };
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let http_state = Arc::new(HttpState::default());
+    let http = http_listener.map(|l| {
+        tokio::spawn(crate::http::serve(
+            l,
+            http_state.clone(),
+            shutdown_rx.clone(),
+        ))
+    });
+
+    tracing::info!(data_dir = %settings.data_dir.display(), "opening the data directory");
+    let broker = tokio::task::spawn_blocking(move || Broker::open(options, Arc::new(SystemClock)))
+        .await?
+        .context("opening the broker")?;
+
+    let maintenance = tokio::spawn(broker.clone().run_maintenance(shutdown_rx.clone()));
+    let listener_config = ferry_kafka::KafkaListenerConfig::from_broker(&broker);
+    let server = tokio::spawn(ferry_kafka::serve(
+        listener,
+        broker.clone(),
+        listener_config,
+        shutdown_rx,
+    ));
+    http_state.set_ready(broker.clone());
+    println!("ferry: kafka listening on {bound}");
+    if let Some(http_bound) = http_bound {
+        println!("ferry: http listening on {http_bound}");
+        tracing::info!(%http_bound, "HTTP endpoints: /metrics /healthz /readyz");
+    }
+    tracing::info!(%bound, node_id = settings.node_id, "ferry is serving");
+
+    wait_for_signal().await?;
+    tracing::info!("shutting down");
+    http_state.set_stopping();
+    let _ = shutdown_tx.send(true);
+    let _ = server.await;
+    if let Some(http) = http {
+        let _ = http.await;
+    }
+    let _ = maintenance.await;
+    tokio::task::spawn_blocking(move || broker.shutdown()).await?;
+    tracing::info!("stopped cleanly");
+    Ok(())
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}
