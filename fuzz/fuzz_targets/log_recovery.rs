@@ -46,11 +46,14 @@ fuzz_target!(|data: &[u8]| {
         if offset >= end {
             break;
         }
-        let read = log.read(offset, 4096, end).expect("recovered data is readable");
+        let read = log
+            .read(offset, 4096, end)
+            .expect("recovered data is readable");
         if read.next_offset <= offset {
             break;
         }
-        ferry_log::batch::validate_stored_batches(&read.bytes).expect("recovered batches are valid");
+        ferry_log::batch::validate_stored_batches(&read.bytes)
+            .expect("recovered batches are valid");
         offset = read.next_offset;
     }
     let _ = log.offset_for_timestamp(0);

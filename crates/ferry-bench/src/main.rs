@@ -10,6 +10,8 @@
 //! Every record's value starts with the microseconds since the epoch at which it
 //! was handed to the client, so any consumer can compute end-to-end latency.
 
+mod raw;
+
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -43,6 +45,12 @@ enum Mode {
     Consume(ConsumeArgs),
     /// Produce at a fixed rate while consuming; report end-to-end latency.
     E2e(ProduceArgs),
+    /// The broker's capacity: one pre-encoded batch sent over and over, several
+    /// requests in flight (partition 0 of --topic, which must exist).
+    RawProduce(raw::RawProduceArgs),
+    /// The broker's capacity: fetch partition 0 from offset 0, counting records from
+    /// batch headers without decoding them.
+    RawConsume(raw::RawConsumeArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -114,7 +122,7 @@ struct ConsumeArgs {
     duration: u64,
 }
 
-fn now_micros() -> u64 {
+pub(crate) fn now_micros() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_micros() as u64)
@@ -221,7 +229,7 @@ fn producer_config(args: &ProduceArgs) -> ClientConfig {
     c
 }
 
-struct Summary {
+pub(crate) struct Summary {
     name: &'static str,
     records: u64,
     bytes: u64,
@@ -493,6 +501,16 @@ fn main() -> anyhow::Result<()> {
                 None,
             )?;
             summary.print(args.common.json);
+        }
+        Mode::RawProduce(args) => {
+            let json = args.json;
+            let rt = tokio::runtime::Runtime::new()?;
+            rt.block_on(raw::produce(args))?.print(json);
+        }
+        Mode::RawConsume(args) => {
+            let json = args.json;
+            let rt = tokio::runtime::Runtime::new()?;
+            rt.block_on(raw::consume(args))?.print(json);
         }
         Mode::E2e(args) => {
             ensure_topic(&args.common)?;

@@ -646,6 +646,17 @@ impl Broker {
                 "acks must be -1, 0 or 1, not {acks}"
             )));
         }
+        if acks == -1 {
+            // On one node the in-sync replicas are the partition's ISR in the image.
+            let isr = self
+                .image()
+                .topic(&tp.topic)
+                .and_then(|t| t.partitions.iter().find(|p| p.partition == tp.partition))
+                .map_or(0, |p| p.isr.len() as i64);
+            if isr < partition.config().min_insync_replicas {
+                return Err(CoreError::NotEnoughReplicas);
+            }
+        }
         let now = self.now_ms();
         let result = partition.append(records, now)?;
         if acks == -1 || partition.flush_due(now) {

@@ -289,7 +289,11 @@ impl MetadataLog {
             buf.push(b'\n');
         }
         let len = self.file.metadata()?.len();
-        if let Err(e) = self.file.write_all(&buf).and_then(|_| self.file.sync_data()) {
+        if let Err(e) = self
+            .file
+            .write_all(&buf)
+            .and_then(|_| self.file.sync_data())
+        {
             // A full disk leaves part of a line: cut it off, or every record appended
             // after it would sit behind a torn line and be dropped at the next open.
             use std::io::Seek;

@@ -419,7 +419,14 @@ mod tests {
     use bytes::Bytes;
     use ferry_log::{BatchBuilder, Compression};
 
-    fn batch(base_offset: i64, pid: i64, epoch: i16, seq: i32, count: usize, txn: bool) -> BatchHeader {
+    fn batch(
+        base_offset: i64,
+        pid: i64,
+        epoch: i16,
+        seq: i32,
+        count: usize,
+        txn: bool,
+    ) -> BatchHeader {
         let mut b = BatchBuilder::new(Compression::None)
             .base_offset(base_offset)
             .producer(pid, epoch, seq)
@@ -441,12 +448,23 @@ mod tests {
     #[test]
     fn in_order_batches_append_and_retries_are_duplicates() {
         let mut s = ProducerStateManager::new();
-        assert_eq!(append(&mut s, batch(0, 7, 0, 0, 3, false)), Ok(SequenceCheck::Append));
-        assert_eq!(append(&mut s, batch(3, 7, 0, 3, 2, false)), Ok(SequenceCheck::Append));
+        assert_eq!(
+            append(&mut s, batch(0, 7, 0, 0, 3, false)),
+            Ok(SequenceCheck::Append)
+        );
+        assert_eq!(
+            append(&mut s, batch(3, 7, 0, 3, 2, false)),
+            Ok(SequenceCheck::Append)
+        );
         let dup = append(&mut s, batch(5, 7, 0, 0, 3, false)).expect("dup");
         assert_eq!(
             dup,
-            SequenceCheck::Duplicate(BatchMetadata { first_seq: 0, last_seq: 2, first_offset: 0, last_offset: 2 })
+            SequenceCheck::Duplicate(BatchMetadata {
+                first_seq: 0,
+                last_seq: 2,
+                first_offset: 0,
+                last_offset: 2
+            })
         );
         assert_eq!(s.producer(7).expect("entry").last_seq(), 4);
     }
@@ -457,28 +475,58 @@ mod tests {
         for i in 0..7 {
             append(&mut s, batch(i, 1, 0, i as i32, 1, false)).expect("append");
         }
-        assert_eq!(s.producer(1).expect("entry").batches.len(), PRODUCER_BATCHES_MAX);
+        assert_eq!(
+            s.producer(1).expect("entry").batches.len(),
+            PRODUCER_BATCHES_MAX
+        );
         // Batch 1 fell out of the window: a retry of it is out of order, not a duplicate.
-        assert!(matches!(append(&mut s, batch(7, 1, 0, 1, 1, false)), Err(CoreError::OutOfOrderSequence(_))));
-        assert!(matches!(append(&mut s, batch(7, 1, 0, 3, 1, false)), Ok(SequenceCheck::Duplicate(_))));
+        assert!(matches!(
+            append(&mut s, batch(7, 1, 0, 1, 1, false)),
+            Err(CoreError::OutOfOrderSequence(_))
+        ));
+        assert!(matches!(
+            append(&mut s, batch(7, 1, 0, 3, 1, false)),
+            Ok(SequenceCheck::Duplicate(_))
+        ));
     }
 
     #[test]
     fn gaps_are_out_of_order_and_unknown_producers_start_anywhere() {
         let mut s = ProducerStateManager::new();
-        assert_eq!(append(&mut s, batch(0, 3, 0, 42, 1, false)), Ok(SequenceCheck::Append));
-        assert!(matches!(append(&mut s, batch(1, 3, 0, 44, 1, false)), Err(CoreError::OutOfOrderSequence(_))));
-        assert_eq!(append(&mut s, batch(1, 3, 0, 43, 1, false)), Ok(SequenceCheck::Append));
+        assert_eq!(
+            append(&mut s, batch(0, 3, 0, 42, 1, false)),
+            Ok(SequenceCheck::Append)
+        );
+        assert!(matches!(
+            append(&mut s, batch(1, 3, 0, 44, 1, false)),
+            Err(CoreError::OutOfOrderSequence(_))
+        ));
+        assert_eq!(
+            append(&mut s, batch(1, 3, 0, 43, 1, false)),
+            Ok(SequenceCheck::Append)
+        );
     }
 
     #[test]
     fn epochs_fence_and_a_new_epoch_starts_at_zero() {
         let mut s = ProducerStateManager::new();
         append(&mut s, batch(0, 9, 2, 0, 2, false)).expect("append");
-        assert!(matches!(append(&mut s, batch(2, 9, 1, 2, 1, false)), Err(CoreError::InvalidProducerEpoch(_))));
-        assert!(matches!(append(&mut s, batch(2, 9, 3, 5, 1, false)), Err(CoreError::OutOfOrderSequence(_))));
-        assert_eq!(append(&mut s, batch(2, 9, 3, 0, 1, false)), Ok(SequenceCheck::Append));
-        assert!(matches!(append(&mut s, batch(3, 9, 2, 2, 1, false)), Err(CoreError::InvalidProducerEpoch(_))));
+        assert!(matches!(
+            append(&mut s, batch(2, 9, 1, 2, 1, false)),
+            Err(CoreError::InvalidProducerEpoch(_))
+        ));
+        assert!(matches!(
+            append(&mut s, batch(2, 9, 3, 5, 1, false)),
+            Err(CoreError::OutOfOrderSequence(_))
+        ));
+        assert_eq!(
+            append(&mut s, batch(2, 9, 3, 0, 1, false)),
+            Ok(SequenceCheck::Append)
+        );
+        assert!(matches!(
+            append(&mut s, batch(3, 9, 2, 2, 1, false)),
+            Err(CoreError::InvalidProducerEpoch(_))
+        ));
     }
 
     #[test]
@@ -486,7 +534,10 @@ mod tests {
         let mut s = ProducerStateManager::new();
         append(&mut s, batch(0, 4, 0, i32::MAX - 1, 3, false)).expect("append");
         assert_eq!(s.producer(4).expect("entry").last_seq(), 0);
-        assert_eq!(append(&mut s, batch(3, 4, 0, 1, 1, false)), Ok(SequenceCheck::Append));
+        assert_eq!(
+            append(&mut s, batch(3, 4, 0, 1, 1, false)),
+            Ok(SequenceCheck::Append)
+        );
     }
 
     #[test]
@@ -496,18 +547,31 @@ mod tests {
         append(&mut s, batch(12, 2, 0, 0, 1, true)).expect("append");
         append(&mut s, batch(13, 1, 0, 2, 1, true)).expect("append");
         assert_eq!(s.first_unstable_offset(), Some(10));
-        assert!(matches!(append(&mut s, batch(14, 1, 0, 3, 1, false)), Err(CoreError::InvalidTxnState(_))));
+        assert!(matches!(
+            append(&mut s, batch(14, 1, 0, 3, 1, false)),
+            Err(CoreError::InvalidTxnState(_))
+        ));
         s.check_marker(1, 0).expect("marker");
         s.apply_marker(1, 0, 0, false, 14, 1_000);
         assert_eq!(s.first_unstable_offset(), Some(12));
         s.apply_marker(2, 0, 0, true, 15, 1_000);
         assert_eq!(s.first_unstable_offset(), None);
-        assert_eq!(s.aborted_between(0, 100), vec![AbortedTxn { producer_id: 1, first_offset: 10, last_offset: 14 }]);
+        assert_eq!(
+            s.aborted_between(0, 100),
+            vec![AbortedTxn {
+                producer_id: 1,
+                first_offset: 10,
+                last_offset: 14
+            }]
+        );
         assert!(s.aborted_between(15, 100).is_empty());
         assert!(s.aborted_between(0, 10).is_empty());
         // A marker from an older epoch is fenced.
         s.apply_marker(1, 3, 0, false, 16, 1_000);
-        assert!(matches!(s.check_marker(1, 2), Err(CoreError::ProducerFenced(_))));
+        assert!(matches!(
+            s.check_marker(1, 2),
+            Err(CoreError::ProducerFenced(_))
+        ));
     }
 
     #[test]

@@ -1,10 +1,11 @@
 //! One client connection: a reader that parses frames and starts their handlers,
 //! and a writer that sends the responses in request order.
 //!
-//! Requests of one connection are handled concurrently (an `acks=all` produce
-//! waiting for its fsync does not hold up the fetches behind it), bounded by
-//! `queued.max.requests`; Kafka clients match responses by order, so the writer
-//! awaits them in the order the requests came.
+//! Requests of one connection run in the order they came, as Kafka runs them,
+//! except fetches, which only read and may long-poll: they run beside the
+//! requests that follow them. Kafka clients match responses by order, so the
+//! writer awaits them in the order the requests came; at most
+//! `queued.max.requests` are pending.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,6 +14,7 @@ use bytes::Bytes;
 use ferry_core::Broker;
 use tokio::io::{AsyncWriteExt, BufWriter};
 use tokio::net::TcpStream;
+use kafka_protocol::messages::ApiKey;
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 
 use crate::dispatch::{self, RequestContext};
@@ -112,6 +114,7 @@ impl Connection {
                     break;
                 }
             };
+            let api_key = parsed.api_key;
             if let Some(id) = &parsed.header.client_id {
                 if id.as_str() != client_id {
                     client_id = id.as_str().to_string();
@@ -124,13 +127,23 @@ impl Connection {
             };
             // A request that cannot be answered yields Outcome::Close: the writer
             // sends the responses before it, then the connection closes.
-            tokio::spawn(async move {
+            let handle = async move {
                 let (api, started) = (parsed.api_key, std::time::Instant::now());
                 let outcome = dispatch::handle(ctx, parsed, body).await;
                 crate::errors::observe_request(api, started.elapsed(), &outcome);
                 drop(permit);
                 let _ = tx.send(outcome);
-            });
+            };
+            if api_key == ApiKey::Fetch {
+                // A fetch only reads and may wait for data: let the next requests
+                // start meanwhile (their responses still leave after it).
+                tokio::spawn(handle);
+            } else {
+                // Everything else runs in request order, as Kafka runs a
+                // connection's requests: pipelined produces append in the order
+                // sent, commits land in the order made.
+                handle.await;
+            }
         }
         drop(slots_tx);
         if !writer_done {

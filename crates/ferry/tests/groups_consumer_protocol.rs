@@ -47,8 +47,6 @@ fn member(broker: &Broker, group: &str, topic: &str) -> BaseConsumer {
     config
         .set("group.id", group)
         .set("group.protocol", "consumer")
-        .set("debug", "cgrp,protocol")
-        .set("log_level", "7")
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
         .set("fetch.wait.max.ms", "100");
@@ -382,7 +380,10 @@ fn bad_heartbeats_get_kafka_errors_and_other_groups_carry_on() {
             .with_member_epoch(1)
             .with_topic_partitions(None),
     );
-    assert_eq!(r.error_code, GROUP_ID_NOT_FOUND);
+    assert_eq!(
+        r.error_code, UNKNOWN_MEMBER_ID,
+        "a heartbeat to a group that does not exist"
+    );
     let d = describe(&broker, "kip848-no-group");
     assert_eq!(d.groups[0].error_code, GROUP_ID_NOT_FOUND);
 

@@ -149,7 +149,10 @@ fn idempotent_producer_survives_kill9_with_every_acked_record_once_in_order() {
     );
 
     let acked = acked.lock().expect("lock").clone();
-    eprintln!("sent {sent} rounds of {PARTITIONS} records, {} acknowledged, {KILLS} SIGKILLs", acked.len());
+    eprintln!(
+        "sent {sent} rounds of {PARTITIONS} records, {} acknowledged, {KILLS} SIGKILLs",
+        acked.len()
+    );
     let mut want: BTreeMap<i32, Vec<usize>> = BTreeMap::new();
     for (p, seq) in acked {
         want.entry(p).or_default().push(seq);

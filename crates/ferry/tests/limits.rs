@@ -80,9 +80,15 @@ fn connections_are_limited_in_total_and_per_client_address() {
         assert!(served(s), "a connection within the limits is served");
     }
     let mut fourth = connect_from("127.0.0.1", &addr);
-    assert!(!served(&mut fourth), "a 4th connection from one address is refused");
+    assert!(
+        !served(&mut fourth),
+        "a 4th connection from one address is refused"
+    );
     let mut other = connect_from("127.0.0.2", &addr);
-    assert!(served(&mut other), "another address still gets a connection");
+    assert!(
+        served(&mut other),
+        "another address still gets a connection"
+    );
     let mut fifth = connect_from("127.0.0.3", &addr);
     assert!(!served(&mut fifth), "a 5th connection in total is refused");
     // Closing one frees its slot.
@@ -105,7 +111,10 @@ fn oversized_frames_close_the_connection() {
     let mut frame = 5000i32.to_be_bytes().to_vec();
     frame.extend_from_slice(&[0u8; 64]);
     let _ = s.write_all(&frame);
-    assert!(read_frame(&mut s).is_none(), "oversized frame closes the connection");
+    assert!(
+        read_frame(&mut s).is_none(),
+        "oversized frame closes the connection"
+    );
     let mut other = connect(&broker.addr);
     assert!(served(&mut other));
 }
@@ -131,7 +140,10 @@ fn a_client_that_never_reads_is_throttled_not_buffered() {
             break false;
         }
     };
-    assert!(blocked, "the broker kept reading {sent} requests nobody reads answers to");
+    assert!(
+        blocked,
+        "the broker kept reading {sent} requests nobody reads answers to"
+    );
     let rss = broker.rss_kib();
     eprintln!("never-reading client: {sent} requests written before back-pressure; RSS {rss_before} KiB -> {rss} KiB");
     assert!(rss < RSS_LIMIT_KIB, "RSS {rss} KiB");
@@ -167,7 +179,10 @@ fn slow_clients_do_not_starve_others_of_the_request_budget() {
         }
         let started = Instant::now();
         let code = produce_raw(&broker.addr, "slow", 0, record_batch("ok-", 10, 1000));
-        assert_eq!(code, 0, "produce while slow clients hold frames open (round {round})");
+        assert_eq!(
+            code, 0,
+            "produce while slow clients hold frames open (round {round})"
+        );
         assert!(
             started.elapsed() < Duration::from_secs(10),
             "a produce waited {:?} behind slow clients",
@@ -198,7 +213,11 @@ fn the_request_memory_budget_applies_back_pressure() {
             std::thread::spawn(move || {
                 for i in 0..5 {
                     let batch = record_batch(&format!("t{t}-{i}-"), 100, 5_000);
-                    assert_eq!(produce_raw(&addr, "budget", 0, batch), 0, "produce t{t} #{i}");
+                    assert_eq!(
+                        produce_raw(&addr, "budget", 0, batch),
+                        0,
+                        "produce t{t} #{i}"
+                    );
                 }
             })
         })

@@ -719,6 +719,12 @@ impl GroupManager {
         let interval_ms = i32::try_from(self.config.consumer_heartbeat_interval_ms).unwrap_or(5000);
         let joining = req.member_epoch == 0;
         let group_id = req.group_id.clone();
+        if !joining && !self.groups.contains_key(&group_id) {
+            // Kafka answers GROUP_ID_NOT_FOUND here, which librdkafka does not act
+            // on (it keeps heartbeating the lost epoch); UNKNOWN_MEMBER_ID makes
+            // any client rejoin, e.g. after group records were lost in a crash.
+            return Err(GroupError::UnknownMemberId);
+        }
         let group = self.consumer_group_mut(&group_id, joining, now_ms)?;
         let consumer = group.consumer.as_mut().ok_or(GroupError::GroupIdNotFound)?;
         let known = !req.member_id.is_empty() && consumer.members.contains_key(&req.member_id);
@@ -1367,10 +1373,10 @@ mod tests {
             m.consumer_heartbeat(r, &topics(1), 0),
             Err(GroupError::InvalidRequest(_))
         ));
-        // Heartbeat of a member that never joined.
+        // Heartbeat of a member that never joined, in a group that does not exist.
         assert_eq!(
             m.consumer_heartbeat(beat("x", 1, &Assignment::new()), &topics(1), 0),
-            Err(GroupError::GroupIdNotFound)
+            Err(GroupError::UnknownMemberId)
         );
         Client::join(&mut m, "a", 1, 0);
         assert_eq!(

@@ -835,7 +835,11 @@ impl GroupManager {
             Ok(g) => g,
             Err(e) => return Reply::Now(JoinResponse::error(member_id, e)),
         };
-        if group.consumer.as_ref().is_some_and(|c| c.members.is_empty()) {
+        if group
+            .consumer
+            .as_ref()
+            .is_some_and(|c| c.members.is_empty())
+        {
             // Kafka's online downgrade: an empty consumer group becomes classic again.
             tracing::info!(group = %group_id, "the group now uses the classic protocol");
             group.consumer = None;
@@ -963,7 +967,10 @@ impl GroupManager {
                 self.update_member_and_rebalance(group_id, req, now_ms)
             }
             GroupState::Stable => Reply::Now(group.join_response(&member_id, false)),
-            GroupState::Empty | GroupState::Dead | GroupState::Assigning | GroupState::Reconciling => {
+            GroupState::Empty
+            | GroupState::Dead
+            | GroupState::Assigning
+            | GroupState::Reconciling => {
                 Reply::Now(JoinResponse::error(member_id, GroupError::UnknownMemberId))
             }
         }
@@ -1114,7 +1121,10 @@ impl GroupManager {
                 self.emit(record);
                 Reply::Now(response)
             }
-            GroupState::Empty | GroupState::Dead | GroupState::Assigning | GroupState::Reconciling => Reply::Now(JoinResponse::error(
+            GroupState::Empty
+            | GroupState::Dead
+            | GroupState::Assigning
+            | GroupState::Reconciling => Reply::Now(JoinResponse::error(
                 new_member_id,
                 GroupError::UnknownMemberId,
             )),
@@ -1293,7 +1303,10 @@ impl GroupManager {
                 self.check_join(group_id, now_ms);
             }
             GroupState::PreparingRebalance => self.check_join(group_id, now_ms),
-            GroupState::Empty | GroupState::Dead | GroupState::Assigning | GroupState::Reconciling => {}
+            GroupState::Empty
+            | GroupState::Dead
+            | GroupState::Assigning
+            | GroupState::Reconciling => {}
         }
     }
 
@@ -1338,7 +1351,10 @@ impl GroupManager {
             return Reply::Now(SyncResponse::error(GroupError::InconsistentGroupProtocol));
         }
         match group.state {
-            GroupState::Empty | GroupState::Dead | GroupState::Assigning | GroupState::Reconciling => {
+            GroupState::Empty
+            | GroupState::Dead
+            | GroupState::Assigning
+            | GroupState::Reconciling => {
                 Reply::Now(SyncResponse::error(GroupError::UnknownMemberId))
             }
             GroupState::PreparingRebalance => {
@@ -1446,7 +1462,10 @@ impl GroupManager {
             return Err(GroupError::IllegalGeneration);
         }
         match group.state {
-            GroupState::Empty | GroupState::Dead | GroupState::Assigning | GroupState::Reconciling => Err(GroupError::UnknownMemberId),
+            GroupState::Empty
+            | GroupState::Dead
+            | GroupState::Assigning
+            | GroupState::Reconciling => Err(GroupError::UnknownMemberId),
             GroupState::CompletingRebalance | GroupState::Stable => {
                 group.touch_member(member_id, now_ms);
                 Ok(())
@@ -1752,7 +1771,9 @@ fn load_group(g: &mut ClassicGroup, value: GroupMetadataValue, now_ms: i64) {
 fn accept_joining_member(group: &ClassicGroup, member_id: &str, config: &GroupConfig) -> bool {
     let max = config.max_members();
     match group.state {
-        GroupState::Empty | GroupState::Dead | GroupState::Assigning | GroupState::Reconciling => true,
+        GroupState::Empty | GroupState::Dead | GroupState::Assigning | GroupState::Reconciling => {
+            true
+        }
         GroupState::PreparingRebalance => {
             group
                 .members

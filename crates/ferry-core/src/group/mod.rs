@@ -1,5 +1,6 @@
-//! Consumer groups: the classic rebalance protocol and committed offsets, made
-//! durable in the compacted internal topic `__consumer_offsets`.
+//! Consumer groups: the classic rebalance protocol, the consumer protocol of
+//! KIP-848 (`consumer.rs`, server-side assignors in `assignor.rs`) and committed
+//! offsets, made durable in the compacted internal topic `__consumer_offsets`.
 //!
 //! ```text
 //!  frontend ──► GroupCoordinator (lock, clock) ──► GroupManager (coordinator.rs, offsets.rs)
@@ -37,15 +38,15 @@ use std::time::Duration;
 use bytes::Bytes;
 use parking_lot::Mutex;
 
-pub use coordinator::{
-    GroupConfig, GroupError, GroupManager, GroupOverview, GroupRecord, GroupState, GroupSummary,
-    GroupType, JoinRequest, JoinResponse, JoinedMember, MemberSummary, Reply, SyncRequest,
-    SyncResponse,
-};
 pub use assignor::Assignment;
 pub use consumer::{
     ConsumerGroupSummary, ConsumerHeartbeat, ConsumerHeartbeatResponse, ConsumerMember,
     ConsumerMemberSummary, MemberState, TopicInfo,
+};
+pub use coordinator::{
+    GroupConfig, GroupError, GroupManager, GroupOverview, GroupRecord, GroupState, GroupSummary,
+    GroupType, JoinRequest, JoinResponse, JoinedMember, MemberSummary, Reply, SyncRequest,
+    SyncResponse,
 };
 pub use offsets::{
     subscribed_topics, CommitRequest, CommittedOffset, OffsetCommit, PartitionResults,

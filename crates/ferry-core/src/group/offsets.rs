@@ -192,8 +192,9 @@ impl GroupManager {
             // KIP-848 groups check the member epoch instead of a generation.
             consumer.validate_offset_commit(&req.member_id, req.generation_id)?;
         } else {
-            let as_member =
-                req.generation_id >= 0 || !req.member_id.is_empty() || req.group_instance_id.is_some();
+            let as_member = req.generation_id >= 0
+                || !req.member_id.is_empty()
+                || req.group_instance_id.is_some();
             if as_member {
                 if let Some(instance) = &req.group_instance_id {
                     match group.static_members.get(instance) {

@@ -22,7 +22,8 @@ use super::records::{OffsetCommitValue, RecordError, RecordKey};
 use crate::partition::TopicPartition;
 
 /// Pending transactional offsets: producer id → group → partition → offset.
-pub type PendingTxnOffsets = BTreeMap<i64, BTreeMap<String, BTreeMap<TopicPartition, CommittedOffset>>>;
+pub type PendingTxnOffsets =
+    BTreeMap<i64, BTreeMap<String, BTreeMap<TopicPartition, CommittedOffset>>>;
 
 /// A TxnOffsetCommit, in domain terms.
 #[derive(Debug, Clone)]
@@ -41,7 +42,11 @@ pub struct TxnCommitRequest {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoredEntry {
     /// `producer_id` is set for records of a transactional batch.
-    Record { key: Bytes, value: Option<Bytes>, producer_id: Option<i64> },
+    Record {
+        key: Bytes,
+        value: Option<Bytes>,
+        producer_id: Option<i64>,
+    },
     /// A commit or abort marker of a producer's transaction.
     Marker { producer_id: i64, commit: bool },
 }
@@ -54,7 +59,14 @@ impl GroupManager {
         &mut self,
         req: &TxnCommitRequest,
         now_ms: i64,
-    ) -> Result<(PartitionResults, Vec<GroupRecord>, Vec<(TopicPartition, CommittedOffset)>), GroupError> {
+    ) -> Result<
+        (
+            PartitionResults,
+            Vec<GroupRecord>,
+            Vec<(TopicPartition, CommittedOffset)>,
+        ),
+        GroupError,
+    > {
         if !self.groups.contains_key(&req.group_id) {
             if req.generation_id >= 0 {
                 return Err(GroupError::IllegalGeneration);
@@ -62,7 +74,10 @@ impl GroupManager {
             self.get_or_create(&req.group_id, now_ms)?;
         }
         let max_metadata = self.config.offset_metadata_max_bytes;
-        let group = self.groups.get_mut(&req.group_id).ok_or(GroupError::GroupIdNotFound)?;
+        let group = self
+            .groups
+            .get_mut(&req.group_id)
+            .ok_or(GroupError::GroupIdNotFound)?;
         if group.state == GroupState::Dead {
             return Err(GroupError::CoordinatorNotAvailable);
         }
@@ -70,7 +85,9 @@ impl GroupManager {
         if !req.member_id.is_empty() || req.generation_id >= 0 {
             if let Some(instance) = &req.group_instance_id {
                 match group.static_members.get(instance) {
-                    Some(current) if *current != req.member_id => return Err(GroupError::FencedInstanceId),
+                    Some(current) if *current != req.member_id => {
+                        return Err(GroupError::FencedInstanceId)
+                    }
                     Some(_) => {}
                     None => return Err(GroupError::UnknownMemberId),
                 }
@@ -105,8 +122,18 @@ impl GroupManager {
     }
 
     /// Holds appended transactional offsets until their marker.
-    pub fn stage_txn_offsets(&mut self, producer_id: i64, group_id: &str, offsets: Vec<(TopicPartition, CommittedOffset)>) {
-        let pending = self.pending_txn_offsets.entry(producer_id).or_default().entry(group_id.to_string()).or_default();
+    pub fn stage_txn_offsets(
+        &mut self,
+        producer_id: i64,
+        group_id: &str,
+        offsets: Vec<(TopicPartition, CommittedOffset)>,
+    ) {
+        let pending = self
+            .pending_txn_offsets
+            .entry(producer_id)
+            .or_default()
+            .entry(group_id.to_string())
+            .or_default();
         for (tp, c) in offsets {
             pending.insert(tp, c);
         }
@@ -137,7 +164,9 @@ impl GroupManager {
     /// Whether an open transaction holds an offset of `tp` for the group
     /// (OffsetFetch answers UNSTABLE_OFFSET_COMMIT to clients that require stable offsets).
     pub fn has_pending_txn_offset(&self, group_id: &str, tp: &TopicPartition) -> bool {
-        self.pending_txn_offsets.values().any(|g| g.get(group_id).is_some_and(|o| o.contains_key(tp)))
+        self.pending_txn_offsets
+            .values()
+            .any(|g| g.get(group_id).is_some_and(|o| o.contains_key(tp)))
     }
 
     /// Replays one partition's entries at startup. Returns the records seen.
@@ -146,17 +175,28 @@ impl GroupManager {
         let mut count = 0;
         for entry in entries {
             match entry {
-                StoredEntry::Record { key, value, producer_id: None } => {
+                StoredEntry::Record {
+                    key,
+                    value,
+                    producer_id: None,
+                } => {
                     count += 1;
                     if let Err(e) = self.replay(&key, value.as_deref(), now_ms) {
                         tracing::warn!(error = %e, "skipping a record of __consumer_offsets");
                     }
                 }
-                StoredEntry::Record { key, value, producer_id: Some(pid) } => {
+                StoredEntry::Record {
+                    key,
+                    value,
+                    producer_id: Some(pid),
+                } => {
                     count += 1;
                     open.entry(pid).or_default().push((key, value));
                 }
-                StoredEntry::Marker { producer_id, commit } => {
+                StoredEntry::Marker {
+                    producer_id,
+                    commit,
+                } => {
                     let records = open.remove(&producer_id).unwrap_or_default();
                     if commit {
                         for (key, value) in records {
@@ -178,8 +218,18 @@ impl GroupManager {
         count
     }
 
-    fn stage_replayed(&mut self, producer_id: i64, key: &[u8], value: Option<&[u8]>) -> Result<(), RecordError> {
-        let RecordKey::Offset { group, topic, partition } = RecordKey::decode(key)? else {
+    fn stage_replayed(
+        &mut self,
+        producer_id: i64,
+        key: &[u8],
+        value: Option<&[u8]>,
+    ) -> Result<(), RecordError> {
+        let RecordKey::Offset {
+            group,
+            topic,
+            partition,
+        } = RecordKey::decode(key)?
+        else {
             return Ok(());
         };
         let Some(value) = value else {
@@ -196,7 +246,11 @@ impl GroupManager {
         if !self.groups.contains_key(&group) {
             let _ = self.get_or_create(&group, v.commit_timestamp_ms);
         }
-        self.stage_txn_offsets(producer_id, &group, vec![(TopicPartition::new(topic, partition), committed)]);
+        self.stage_txn_offsets(
+            producer_id,
+            &group,
+            vec![(TopicPartition::new(topic, partition), committed)],
+        );
         Ok(())
     }
 }
@@ -204,7 +258,12 @@ impl GroupManager {
 fn offset_record(group_id: &str, tp: &TopicPartition, c: &CommittedOffset) -> GroupRecord {
     GroupRecord {
         group_id: group_id.to_string(),
-        key: RecordKey::Offset { group: group_id.to_string(), topic: tp.topic.clone(), partition: tp.partition }.encode(),
+        key: RecordKey::Offset {
+            group: group_id.to_string(),
+            topic: tp.topic.clone(),
+            partition: tp.partition,
+        }
+        .encode(),
         value: Some(
             OffsetCommitValue {
                 offset: c.offset,
@@ -224,7 +283,9 @@ mod tests {
     use crate::group::GroupConfig;
 
     fn manager() -> GroupManager {
-        GroupManager::new(GroupConfig::from_broker(&crate::config::BrokerConfig::default()))
+        GroupManager::new(GroupConfig::from_broker(
+            &crate::config::BrokerConfig::default(),
+        ))
     }
 
     fn req(pid: i64, offset: i64) -> TxnCommitRequest {
@@ -235,7 +296,14 @@ mod tests {
             generation_id: -1,
             member_id: String::new(),
             group_instance_id: None,
-            offsets: vec![(TopicPartition::new("in", 0), OffsetCommit { offset, leader_epoch: -1, metadata: None })],
+            offsets: vec![(
+                TopicPartition::new("in", 0),
+                OffsetCommit {
+                    offset,
+                    leader_epoch: -1,
+                    metadata: None,
+                },
+            )],
         }
     }
 
@@ -250,11 +318,23 @@ mod tests {
         assert_eq!(m.fetch_offsets("g", Some(&[tp.clone()]))[0].1, None);
         assert!(m.has_pending_txn_offset("g", &tp));
         assert_eq!(m.complete_txn_offsets(7, true), 1);
-        assert_eq!(m.fetch_offsets("g", Some(&[tp.clone()]))[0].1.as_ref().map(|c| c.offset), Some(10));
+        assert_eq!(
+            m.fetch_offsets("g", Some(&[tp.clone()]))[0]
+                .1
+                .as_ref()
+                .map(|c| c.offset),
+            Some(10)
+        );
         let (_, _, staged) = m.txn_commit_offsets(&req(7, 20), 1_000).expect("commit");
         m.stage_txn_offsets(7, "g", staged);
         m.complete_txn_offsets(7, false);
-        assert_eq!(m.fetch_offsets("g", Some(&[tp]))[0].1.as_ref().map(|c| c.offset), Some(10));
+        assert_eq!(
+            m.fetch_offsets("g", Some(&[tp]))[0]
+                .1
+                .as_ref()
+                .map(|c| c.offset),
+            Some(10)
+        );
     }
 
     #[test]
@@ -263,20 +343,42 @@ mod tests {
         let (_, committed, _) = m.txn_commit_offsets(&req(1, 5), 1_000).expect("commit");
         let (_, aborted, _) = m.txn_commit_offsets(&req(2, 6), 1_000).expect("commit");
         let (_, open, _) = m.txn_commit_offsets(&req(3, 7), 1_000).expect("commit");
-        let rec = |r: &GroupRecord, pid| StoredEntry::Record { key: r.key.clone(), value: r.value.clone(), producer_id: Some(pid) };
+        let rec = |r: &GroupRecord, pid| StoredEntry::Record {
+            key: r.key.clone(),
+            value: r.value.clone(),
+            producer_id: Some(pid),
+        };
         let entries = vec![
             rec(&committed[0], 1),
             rec(&aborted[0], 2),
             rec(&open[0], 3),
-            StoredEntry::Marker { producer_id: 2, commit: false },
-            StoredEntry::Marker { producer_id: 1, commit: true },
+            StoredEntry::Marker {
+                producer_id: 2,
+                commit: false,
+            },
+            StoredEntry::Marker {
+                producer_id: 1,
+                commit: true,
+            },
         ];
         let mut fresh = manager();
         fresh.replay_entries(entries, 1_000);
         let tp = TopicPartition::new("in", 0);
-        assert_eq!(fresh.fetch_offsets("g", Some(&[tp.clone()]))[0].1.as_ref().map(|c| c.offset), Some(5));
+        assert_eq!(
+            fresh.fetch_offsets("g", Some(&[tp.clone()]))[0]
+                .1
+                .as_ref()
+                .map(|c| c.offset),
+            Some(5)
+        );
         assert!(fresh.has_pending_txn_offset("g", &tp));
         fresh.complete_txn_offsets(3, true);
-        assert_eq!(fresh.fetch_offsets("g", Some(&[tp]))[0].1.as_ref().map(|c| c.offset), Some(7));
+        assert_eq!(
+            fresh.fetch_offsets("g", Some(&[tp]))[0]
+                .1
+                .as_ref()
+                .map(|c| c.offset),
+            Some(7)
+        );
     }
 }

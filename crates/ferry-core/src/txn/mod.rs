@@ -57,7 +57,13 @@ const REPLAY_READ_BYTES: usize = 1 << 20;
 /// data, and make an `append` durable by the time its [`Durability`] resolves.
 pub trait TxnStorage: Send + Sync {
     fn partition_count(&self) -> i32;
-    fn append(&self, partition: i32, key: Bytes, value: Option<Bytes>, now_ms: i64) -> Result<Durability, CoreError>;
+    fn append(
+        &self,
+        partition: i32,
+        key: Bytes,
+        value: Option<Bytes>,
+        now_ms: i64,
+    ) -> Result<Durability, CoreError>;
     fn read_all(&self, partition: i32) -> Result<Vec<(Bytes, Option<Bytes>)>, CoreError>;
 }
 
@@ -89,7 +95,8 @@ pub struct TransactionCoordinator {
 
 impl std::fmt::Debug for TransactionCoordinator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TransactionCoordinator").finish_non_exhaustive()
+        f.debug_struct("TransactionCoordinator")
+            .finish_non_exhaustive()
     }
 }
 
@@ -131,12 +138,18 @@ impl TransactionCoordinator {
                 };
                 match value.map(|v| records::decode_value(&id, &v)).transpose() {
                     Ok(m) => state.replay(id, m),
-                    Err(e) => tracing::warn!(partition = p, error = %e, "skipping a record of {TRANSACTION_STATE_TOPIC}"),
+                    Err(e) => {
+                        tracing::warn!(partition = p, error = %e, "skipping a record of {TRANSACTION_STATE_TOPIC}")
+                    }
                 }
             }
         }
         if count > 0 {
-            tracing::info!(records = count, pending = state.pending_completions().len(), "loaded transaction state");
+            tracing::info!(
+                records = count,
+                pending = state.pending_completions().len(),
+                "loaded transaction state"
+            );
         }
         Ok(())
     }
@@ -146,9 +159,17 @@ impl TransactionCoordinator {
     }
 
     fn persist(&self, m: &TxnMetadata, now_ms: i64) -> Result<Durability, TxnError> {
-        let partition = crate::group::records::partition_for(&m.transactional_id, self.storage.partition_count());
+        let partition = crate::group::records::partition_for(
+            &m.transactional_id,
+            self.storage.partition_count(),
+        );
         self.storage
-            .append(partition, records::encode_key(&m.transactional_id), Some(records::encode_value(m)), now_ms)
+            .append(
+                partition,
+                records::encode_key(&m.transactional_id),
+                Some(records::encode_value(m)),
+                now_ms,
+            )
             .map_err(storage_error)
     }
 
@@ -239,13 +260,23 @@ impl TransactionCoordinator {
         producer_epoch: i16,
         partitions: Vec<TopicPartition>,
     ) -> Result<Vec<(TopicPartition, Result<(), TxnError>)>, TxnError> {
-        let unknown: HashSet<TopicPartition> = partitions.iter().filter(|tp| !self.host.partition_exists(tp)).cloned().collect();
+        let unknown: HashSet<TopicPartition> = partitions
+            .iter()
+            .filter(|tp| !self.host.partition_exists(tp))
+            .cloned()
+            .collect();
         if !unknown.is_empty() {
-            self.state.lock().verify(transactional_id, producer_id, producer_epoch)?;
+            self.state
+                .lock()
+                .verify(transactional_id, producer_id, producer_epoch)?;
             return Ok(partitions
                 .into_iter()
                 .map(|tp| {
-                    let e = if unknown.contains(&tp) { TxnError::UnknownTopicOrPartition } else { TxnError::OperationNotAttempted };
+                    let e = if unknown.contains(&tp) {
+                        TxnError::UnknownTopicOrPartition
+                    } else {
+                        TxnError::OperationNotAttempted
+                    };
                     (tp, Err(e))
                 })
                 .collect());
@@ -256,7 +287,13 @@ impl TransactionCoordinator {
             if self.in_flight.lock().contains(transactional_id) {
                 return Err(TxnError::ConcurrentTransactions);
             }
-            match state.add_partitions(transactional_id, producer_id, producer_epoch, &partitions, now)? {
+            match state.add_partitions(
+                transactional_id,
+                producer_id,
+                producer_epoch,
+                &partitions,
+                now,
+            )? {
                 Some(m) => Some(self.persist(&m, now)),
                 None => None,
             }
@@ -268,25 +305,52 @@ impl TransactionCoordinator {
     }
 
     /// AddOffsetsToTxn: adds the group's `__consumer_offsets` partition.
-    pub async fn add_offsets(&self, transactional_id: &str, producer_id: i64, producer_epoch: i16, group_id: &str) -> Result<(), TxnError> {
-        let tp = self.host.offsets_partition(group_id).map_err(storage_error)?;
-        let results = self.add_partitions(transactional_id, producer_id, producer_epoch, vec![tp]).await?;
+    pub async fn add_offsets(
+        &self,
+        transactional_id: &str,
+        producer_id: i64,
+        producer_epoch: i16,
+        group_id: &str,
+    ) -> Result<(), TxnError> {
+        let tp = self
+            .host
+            .offsets_partition(group_id)
+            .map_err(storage_error)?;
+        let results = self
+            .add_partitions(transactional_id, producer_id, producer_epoch, vec![tp])
+            .await?;
         results.into_iter().try_for_each(|(_, r)| r)
     }
 
     /// Checks that a TxnOffsetCommit comes from the transaction's current producer.
-    pub fn verify(&self, transactional_id: &str, producer_id: i64, producer_epoch: i16) -> Result<(), TxnError> {
+    pub fn verify(
+        &self,
+        transactional_id: &str,
+        producer_id: i64,
+        producer_epoch: i16,
+    ) -> Result<(), TxnError> {
         let state = self.state.lock();
         let m = state.verify(transactional_id, producer_id, producer_epoch)?;
         match m.state {
             TxnState::Ongoing => Ok(()),
-            TxnState::PrepareCommit | TxnState::PrepareAbort | TxnState::PrepareEpochFence => Err(TxnError::ConcurrentTransactions),
-            s => Err(TxnError::InvalidTxnState(format!("offset commit in state {}", s.name()))),
+            TxnState::PrepareCommit | TxnState::PrepareAbort | TxnState::PrepareEpochFence => {
+                Err(TxnError::ConcurrentTransactions)
+            }
+            s => Err(TxnError::InvalidTxnState(format!(
+                "offset commit in state {}",
+                s.name()
+            ))),
         }
     }
 
     /// EndTxn: persists the Prepare state, writes the markers, completes.
-    pub async fn end_txn(&self, transactional_id: &str, producer_id: i64, producer_epoch: i16, commit: bool) -> Result<(), TxnError> {
+    pub async fn end_txn(
+        &self,
+        transactional_id: &str,
+        producer_id: i64,
+        producer_epoch: i16,
+        commit: bool,
+    ) -> Result<(), TxnError> {
         let now = self.clock.now_ms();
         let (step, durable) = {
             let mut state = self.state.lock();
@@ -323,14 +387,19 @@ impl TransactionCoordinator {
             let mut state = self.state.lock();
             let in_flight = self.in_flight.lock().clone();
             if now >= self.next_timeout_check_ms.load(Ordering::Relaxed) {
-                self.next_timeout_check_ms.store(now + check_interval_ms.max(1), Ordering::Relaxed);
+                self.next_timeout_check_ms
+                    .store(now + check_interval_ms.max(1), Ordering::Relaxed);
                 for m in state.time_out(now, &|id| in_flight.contains(id)) {
                     let durable = self.persist(&m, now);
                     work.push((m, Some(durable)));
                 }
             }
             for m in state.pending_completions() {
-                if !in_flight.contains(&m.transactional_id) && !work.iter().any(|(w, _)| w.transactional_id == m.transactional_id) {
+                if !in_flight.contains(&m.transactional_id)
+                    && !work
+                        .iter()
+                        .any(|(w, _)| w.transactional_id == m.transactional_id)
+                {
                     work.push((m, None));
                 }
             }
@@ -361,14 +430,22 @@ impl TransactionCoordinator {
     }
 
     /// ListTransactions: every transactional id matching the filters (empty: any).
-    pub fn list(&self, states: &[String], producer_ids: &[i64], min_duration_ms: i64) -> Vec<TxnMetadata> {
+    pub fn list(
+        &self,
+        states: &[String],
+        producer_ids: &[i64],
+        min_duration_ms: i64,
+    ) -> Vec<TxnMetadata> {
         let now = self.clock.now_ms();
         self.state
             .lock()
             .all()
             .filter(|m| states.is_empty() || states.iter().any(|s| s == m.state.name()))
             .filter(|m| producer_ids.is_empty() || producer_ids.contains(&m.producer_id))
-            .filter(|m| min_duration_ms < 0 || (m.state == TxnState::Ongoing && now - m.start_ms >= min_duration_ms))
+            .filter(|m| {
+                min_duration_ms < 0
+                    || (m.state == TxnState::Ongoing && now - m.start_ms >= min_duration_ms)
+            })
             .cloned()
             .collect()
     }
@@ -383,11 +460,19 @@ impl TransactionCoordinator {
             }
             let config = broker.config();
             let txns = broker.txns();
-            txns.set_max_timeout_ms(config.long("transaction.max.timeout.ms").clamp(1, i64::from(i32::MAX)) as i32);
-            txns.tick(config.long("transaction.abort.timed.out.transaction.cleanup.interval.ms")).await;
+            txns.set_max_timeout_ms(
+                config
+                    .long("transaction.max.timeout.ms")
+                    .clamp(1, i64::from(i32::MAX)) as i32,
+            );
+            txns.tick(config.long("transaction.abort.timed.out.transaction.cleanup.interval.ms"))
+                .await;
             let now = broker.now_ms();
             if now >= next_expiry {
-                next_expiry = now + config.long("producer.id.expiration.check.interval.ms").max(1_000);
+                next_expiry = now
+                    + config
+                        .long("producer.id.expiration.check.interval.ms")
+                        .max(1_000);
                 let expiration = config.long("producer.id.expiration.ms");
                 for p in broker.partitions() {
                     p.expire_producers(now, expiration);
@@ -398,14 +483,24 @@ impl TransactionCoordinator {
 }
 
 /// Creates a compacted internal topic on first use.
-fn ensure_internal_topic(broker: &Broker, name: &str, partitions_config: &str) -> Result<(), CoreError> {
+fn ensure_internal_topic(
+    broker: &Broker,
+    name: &str,
+    partitions_config: &str,
+) -> Result<(), CoreError> {
     if broker.image().topic(name).is_some() {
         return Ok(());
     }
     let partitions = broker.config().long(partitions_config) as i32;
     let mut configs = BTreeMap::new();
     configs.insert("cleanup.policy".to_string(), "compact".to_string());
-    let topic = NewTopic { name: name.to_string(), num_partitions: partitions, replication_factor: -1, assignments: Vec::new(), configs };
+    let topic = NewTopic {
+        name: name.to_string(),
+        num_partitions: partitions,
+        replication_factor: -1,
+        assignments: Vec::new(),
+        configs,
+    };
     match broker.create_topic(topic, false) {
         Ok(_) => {
             tracing::info!(partitions, "created {name}");
@@ -442,21 +537,34 @@ impl TxnStorage for BrokerTxnHost {
         }
     }
 
-    fn append(&self, partition: i32, key: Bytes, value: Option<Bytes>, now_ms: i64) -> Result<Durability, CoreError> {
+    fn append(
+        &self,
+        partition: i32,
+        key: Bytes,
+        value: Option<Bytes>,
+        now_ms: i64,
+    ) -> Result<Durability, CoreError> {
         let broker = self.broker()?;
-        ensure_internal_topic(&broker, TRANSACTION_STATE_TOPIC, "transaction.state.log.num.partitions")?;
+        ensure_internal_topic(
+            &broker,
+            TRANSACTION_STATE_TOPIC,
+            "transaction.state.log.num.partitions",
+        )?;
         let p = broker
             .partition(&TopicPartition::new(TRANSACTION_STATE_TOPIC, partition))
             .ok_or(CoreError::UnknownTopicOrPartition)?;
         let mut builder = ferry_log::record::BatchBuilder::new(ferry_log::Compression::None);
         builder.append(now_ms, Some(key), value);
         let result = p.append(Bytes::from(builder.build()?), now_ms)?;
-        Ok(Box::pin(async move { p.flush_to(result.last_offset, now_ms).await }))
+        Ok(Box::pin(async move {
+            p.flush_to(result.last_offset, now_ms).await
+        }))
     }
 
     fn read_all(&self, partition: i32) -> Result<Vec<(Bytes, Option<Bytes>)>, CoreError> {
         let broker = self.broker()?;
-        let Some(p) = broker.partition(&TopicPartition::new(TRANSACTION_STATE_TOPIC, partition)) else {
+        let Some(p) = broker.partition(&TopicPartition::new(TRANSACTION_STATE_TOPIC, partition))
+        else {
             return Ok(Vec::new());
         };
         let mut out = Vec::new();
@@ -493,7 +601,10 @@ impl TxnHost for BrokerTxnHost {
     fn offsets_partition(&self, group_id: &str) -> Result<TopicPartition, CoreError> {
         let broker = self.broker()?;
         ensure_internal_topic(&broker, OFFSETS_TOPIC, "offsets.topic.num.partitions")?;
-        Ok(TopicPartition::new(OFFSETS_TOPIC, broker.groups().partition_for(group_id)))
+        Ok(TopicPartition::new(
+            OFFSETS_TOPIC,
+            broker.groups().partition_for(group_id),
+        ))
     }
 
     fn write_markers(
@@ -557,7 +668,11 @@ pub async fn txn_offset_commit(
         .txns()
         .verify(transactional_id, req.producer_id, req.producer_epoch)
         .map_err(TxnOffsetCommitError::Txn)?;
-    broker.groups().txn_commit_offsets(req).await.map_err(TxnOffsetCommitError::Group)
+    broker
+        .groups()
+        .txn_commit_offsets(req)
+        .await
+        .map_err(TxnOffsetCommitError::Group)
 }
 
 /// Why a TxnOffsetCommit failed as a whole.

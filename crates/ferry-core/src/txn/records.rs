@@ -75,7 +75,8 @@ pub fn decode_value(transactional_id: &str, bytes: &[u8]) -> Result<TxnMetadata,
     let producer_epoch = r.i16()?;
     let timeout_ms = r.i32()?;
     let status = r.take(1)?[0] as i8;
-    let state = TxnState::from_id(status).ok_or_else(|| TxnRecordError(format!("unknown status {status}")))?;
+    let state = TxnState::from_id(status)
+        .ok_or_else(|| TxnRecordError(format!("unknown status {status}")))?;
     let mut partitions = BTreeSet::new();
     let topics = r.i32()?;
     for _ in 0..topics.max(0) {
@@ -155,7 +156,13 @@ mod tests {
             producer_epoch: 3,
             timeout_ms: 60_000,
             state: TxnState::PrepareCommit,
-            partitions: [TopicPartition::new("a", 0), TopicPartition::new("a", 2), TopicPartition::new("b", 1)].into_iter().collect(),
+            partitions: [
+                TopicPartition::new("a", 0),
+                TopicPartition::new("a", 2),
+                TopicPartition::new("b", 1),
+            ]
+            .into_iter()
+            .collect(),
             start_ms: 100,
             last_update_ms: 200,
         };

@@ -74,7 +74,10 @@ impl TxnState {
     }
 
     fn is_prepare(self) -> bool {
-        matches!(self, TxnState::PrepareCommit | TxnState::PrepareAbort | TxnState::PrepareEpochFence)
+        matches!(
+            self,
+            TxnState::PrepareCommit | TxnState::PrepareAbort | TxnState::PrepareEpochFence
+        )
     }
 }
 
@@ -148,7 +151,10 @@ pub struct TxnManager {
 
 impl TxnManager {
     pub fn new(max_timeout_ms: i32) -> TxnManager {
-        TxnManager { txns: BTreeMap::new(), max_timeout_ms }
+        TxnManager {
+            txns: BTreeMap::new(),
+            max_timeout_ms,
+        }
     }
 
     pub fn get(&self, transactional_id: &str) -> Option<&TxnMetadata> {
@@ -221,8 +227,16 @@ impl TxnManager {
     }
 
     /// The transaction of a request, checked against the producer id and epoch.
-    pub fn verify(&self, transactional_id: &str, producer_id: i64, producer_epoch: i16) -> Result<&TxnMetadata, TxnError> {
-        let m = self.txns.get(transactional_id).ok_or(TxnError::InvalidProducerIdMapping)?;
+    pub fn verify(
+        &self,
+        transactional_id: &str,
+        producer_id: i64,
+        producer_epoch: i16,
+    ) -> Result<&TxnMetadata, TxnError> {
+        let m = self
+            .txns
+            .get(transactional_id)
+            .ok_or(TxnError::InvalidProducerIdMapping)?;
         if m.producer_id != producer_id {
             return Err(TxnError::InvalidProducerIdMapping);
         }
@@ -241,14 +255,21 @@ impl TxnManager {
         partitions: &[TopicPartition],
         now_ms: i64,
     ) -> Result<Option<TxnMetadata>, TxnError> {
-        let state = self.verify(transactional_id, producer_id, producer_epoch)?.state;
+        let state = self
+            .verify(transactional_id, producer_id, producer_epoch)?
+            .state;
         if state.is_prepare() {
             return Err(TxnError::ConcurrentTransactions);
         }
         if state == TxnState::Dead {
-            return Err(TxnError::InvalidTxnState("the transactional id is dead".into()));
+            return Err(TxnError::InvalidTxnState(
+                "the transactional id is dead".into(),
+            ));
         }
-        let m = self.txns.get_mut(transactional_id).ok_or(TxnError::InvalidProducerIdMapping)?;
+        let m = self
+            .txns
+            .get_mut(transactional_id)
+            .ok_or(TxnError::InvalidProducerIdMapping)?;
         if m.state == TxnState::Ongoing && partitions.iter().all(|tp| m.partitions.contains(tp)) {
             return Ok(None);
         }
@@ -271,17 +292,36 @@ impl TxnManager {
         commit: bool,
         now_ms: i64,
     ) -> Result<EndStep, TxnError> {
-        let state = self.verify(transactional_id, producer_id, producer_epoch)?.state;
-        let wrong = |s: TxnState| TxnError::InvalidTxnState(format!("{} in state {}", if commit { "commit" } else { "abort" }, s.name()));
+        let state = self
+            .verify(transactional_id, producer_id, producer_epoch)?
+            .state;
+        let wrong = |s: TxnState| {
+            TxnError::InvalidTxnState(format!(
+                "{} in state {}",
+                if commit { "commit" } else { "abort" },
+                s.name()
+            ))
+        };
         match (state, commit) {
             (TxnState::Ongoing, _) => {
-                let m = self.txns.get_mut(transactional_id).ok_or(TxnError::InvalidProducerIdMapping)?;
-                m.state = if commit { TxnState::PrepareCommit } else { TxnState::PrepareAbort };
+                let m = self
+                    .txns
+                    .get_mut(transactional_id)
+                    .ok_or(TxnError::InvalidProducerIdMapping)?;
+                m.state = if commit {
+                    TxnState::PrepareCommit
+                } else {
+                    TxnState::PrepareAbort
+                };
                 m.last_update_ms = now_ms;
                 Ok(EndStep::Prepared(m.clone()))
             }
-            (TxnState::CompleteCommit, true) | (TxnState::CompleteAbort, false) => Ok(EndStep::AlreadyDone),
-            (TxnState::PrepareCommit, true) | (TxnState::PrepareAbort, false) => Err(TxnError::ConcurrentTransactions),
+            (TxnState::CompleteCommit, true) | (TxnState::CompleteAbort, false) => {
+                Ok(EndStep::AlreadyDone)
+            }
+            (TxnState::PrepareCommit, true) | (TxnState::PrepareAbort, false) => {
+                Err(TxnError::ConcurrentTransactions)
+            }
             (s, _) => Err(wrong(s)),
         }
     }
@@ -321,7 +361,11 @@ impl TxnManager {
 
     /// Transactions in a Prepare state (after a restart: their markers may be missing).
     pub fn pending_completions(&self) -> Vec<TxnMetadata> {
-        self.txns.values().filter(|m| m.state.is_prepare()).cloned().collect()
+        self.txns
+            .values()
+            .filter(|m| m.state.is_prepare())
+            .cloned()
+            .collect()
     }
 
     /// Applies one record read back from `__transaction_state` (`None`: tombstone).
@@ -360,52 +404,128 @@ mod tests {
     fn init_allocates_then_bumps_the_epoch_and_fences_the_old_producer() {
         let mut alloc = ids();
         let mut t = TxnManager::new(900_000);
-        let a = ready(t.init_producer_id("tx", 60_000, None, &mut alloc, 1_000).expect("init"));
-        assert_eq!((a.producer_id, a.producer_epoch, a.state), (101, 0, TxnState::Empty));
-        let b = ready(t.init_producer_id("tx", 60_000, None, &mut alloc, 2_000).expect("init"));
+        let a = ready(
+            t.init_producer_id("tx", 60_000, None, &mut alloc, 1_000)
+                .expect("init"),
+        );
+        assert_eq!(
+            (a.producer_id, a.producer_epoch, a.state),
+            (101, 0, TxnState::Empty)
+        );
+        let b = ready(
+            t.init_producer_id("tx", 60_000, None, &mut alloc, 2_000)
+                .expect("init"),
+        );
         assert_eq!((b.producer_id, b.producer_epoch), (101, 1));
-        assert_eq!(t.add_partitions("tx", 101, 0, &[TopicPartition::new("t", 0)], 3_000), Err(TxnError::ProducerFenced));
-        assert_eq!(t.end_txn("tx", 101, 0, true, 3_000), Err(TxnError::ProducerFenced));
-        assert_eq!(t.end_txn("tx", 7, 1, true, 3_000), Err(TxnError::InvalidProducerIdMapping));
-        assert_eq!(t.init_producer_id("tx", 60_000, Some((101, 0)), &mut alloc, 3_000), Err(TxnError::ProducerFenced));
-        assert_eq!(t.init_producer_id("tx", 1_000_000, None, &mut alloc, 3_000), Err(TxnError::InvalidTransactionTimeout));
+        assert_eq!(
+            t.add_partitions("tx", 101, 0, &[TopicPartition::new("t", 0)], 3_000),
+            Err(TxnError::ProducerFenced)
+        );
+        assert_eq!(
+            t.end_txn("tx", 101, 0, true, 3_000),
+            Err(TxnError::ProducerFenced)
+        );
+        assert_eq!(
+            t.end_txn("tx", 7, 1, true, 3_000),
+            Err(TxnError::InvalidProducerIdMapping)
+        );
+        assert_eq!(
+            t.init_producer_id("tx", 60_000, Some((101, 0)), &mut alloc, 3_000),
+            Err(TxnError::ProducerFenced)
+        );
+        assert_eq!(
+            t.init_producer_id("tx", 1_000_000, None, &mut alloc, 3_000),
+            Err(TxnError::InvalidTransactionTimeout)
+        );
     }
 
     #[test]
     fn commit_goes_through_prepare_and_retries_are_answered() {
         let mut alloc = ids();
         let mut t = TxnManager::new(900_000);
-        let m = ready(t.init_producer_id("tx", 60_000, None, &mut alloc, 1_000).expect("init"));
-        assert_eq!(t.end_txn("tx", m.producer_id, 0, true, 1_000), Err(TxnError::InvalidTxnState("commit in state Empty".into())));
+        let m = ready(
+            t.init_producer_id("tx", 60_000, None, &mut alloc, 1_000)
+                .expect("init"),
+        );
+        assert_eq!(
+            t.end_txn("tx", m.producer_id, 0, true, 1_000),
+            Err(TxnError::InvalidTxnState("commit in state Empty".into()))
+        );
         let tp = TopicPartition::new("t", 0);
-        let added = t.add_partitions("tx", m.producer_id, 0, &[tp.clone()], 2_000).expect("add").expect("changed");
+        let added = t
+            .add_partitions("tx", m.producer_id, 0, &[tp.clone()], 2_000)
+            .expect("add")
+            .expect("changed");
         assert_eq!((added.state, added.start_ms), (TxnState::Ongoing, 2_000));
-        assert_eq!(t.add_partitions("tx", m.producer_id, 0, &[tp.clone()], 2_500), Ok(None));
-        let EndStep::Prepared(p) = t.end_txn("tx", m.producer_id, 0, true, 3_000).expect("end") else { panic!("not prepared") };
+        assert_eq!(
+            t.add_partitions("tx", m.producer_id, 0, &[tp.clone()], 2_500),
+            Ok(None)
+        );
+        let EndStep::Prepared(p) = t.end_txn("tx", m.producer_id, 0, true, 3_000).expect("end")
+        else {
+            panic!("not prepared")
+        };
         assert_eq!(p.state, TxnState::PrepareCommit);
         assert!(p.partitions.contains(&tp));
-        assert_eq!(t.end_txn("tx", m.producer_id, 0, true, 3_000), Err(TxnError::ConcurrentTransactions));
-        assert_eq!(t.add_partitions("tx", m.producer_id, 0, &[tp.clone()], 3_000), Err(TxnError::ConcurrentTransactions));
+        assert_eq!(
+            t.end_txn("tx", m.producer_id, 0, true, 3_000),
+            Err(TxnError::ConcurrentTransactions)
+        );
+        assert_eq!(
+            t.add_partitions("tx", m.producer_id, 0, &[tp.clone()], 3_000),
+            Err(TxnError::ConcurrentTransactions)
+        );
         assert_eq!(t.pending_completions().len(), 1);
         let done = t.complete("tx", 4_000).expect("complete");
-        assert_eq!((done.state, done.partitions.len()), (TxnState::CompleteCommit, 0));
-        assert_eq!(t.end_txn("tx", m.producer_id, 0, true, 5_000), Ok(EndStep::AlreadyDone));
-        assert!(matches!(t.end_txn("tx", m.producer_id, 0, false, 5_000), Err(TxnError::InvalidTxnState(_))));
+        assert_eq!(
+            (done.state, done.partitions.len()),
+            (TxnState::CompleteCommit, 0)
+        );
+        assert_eq!(
+            t.end_txn("tx", m.producer_id, 0, true, 5_000),
+            Ok(EndStep::AlreadyDone)
+        );
+        assert!(matches!(
+            t.end_txn("tx", m.producer_id, 0, false, 5_000),
+            Err(TxnError::InvalidTxnState(_))
+        ));
     }
 
     #[test]
     fn init_during_an_open_transaction_fences_and_aborts_it_first() {
         let mut alloc = ids();
         let mut t = TxnManager::new(900_000);
-        let m = ready(t.init_producer_id("tx", 60_000, None, &mut alloc, 1_000).expect("init"));
-        t.add_partitions("tx", m.producer_id, 0, &[TopicPartition::new("t", 1)], 2_000).expect("add");
-        let InitStep::AbortFirst(abort) = t.init_producer_id("tx", 60_000, None, &mut alloc, 3_000).expect("init") else {
+        let m = ready(
+            t.init_producer_id("tx", 60_000, None, &mut alloc, 1_000)
+                .expect("init"),
+        );
+        t.add_partitions(
+            "tx",
+            m.producer_id,
+            0,
+            &[TopicPartition::new("t", 1)],
+            2_000,
+        )
+        .expect("add");
+        let InitStep::AbortFirst(abort) = t
+            .init_producer_id("tx", 60_000, None, &mut alloc, 3_000)
+            .expect("init")
+        else {
             panic!("expected AbortFirst")
         };
-        assert_eq!((abort.state, abort.producer_epoch, abort.partitions.len()), (TxnState::PrepareAbort, 1, 1));
-        assert_eq!(t.init_producer_id("tx", 60_000, None, &mut alloc, 3_000), Err(TxnError::ConcurrentTransactions));
+        assert_eq!(
+            (abort.state, abort.producer_epoch, abort.partitions.len()),
+            (TxnState::PrepareAbort, 1, 1)
+        );
+        assert_eq!(
+            t.init_producer_id("tx", 60_000, None, &mut alloc, 3_000),
+            Err(TxnError::ConcurrentTransactions)
+        );
         t.complete("tx", 3_100).expect("complete");
-        let next = ready(t.init_producer_id("tx", 60_000, None, &mut alloc, 3_200).expect("init"));
+        let next = ready(
+            t.init_producer_id("tx", 60_000, None, &mut alloc, 3_200)
+                .expect("init"),
+        );
         assert_eq!((next.producer_id, next.producer_epoch), (m.producer_id, 2));
     }
 
@@ -413,24 +533,46 @@ mod tests {
     fn transactions_past_their_timeout_are_fenced_and_aborted() {
         let mut alloc = ids();
         let mut t = TxnManager::new(900_000);
-        let m = ready(t.init_producer_id("tx", 10_000, None, &mut alloc, 1_000).expect("init"));
-        t.add_partitions("tx", m.producer_id, 0, &[TopicPartition::new("t", 0)], 2_000).expect("add");
+        let m = ready(
+            t.init_producer_id("tx", 10_000, None, &mut alloc, 1_000)
+                .expect("init"),
+        );
+        t.add_partitions(
+            "tx",
+            m.producer_id,
+            0,
+            &[TopicPartition::new("t", 0)],
+            2_000,
+        )
+        .expect("add");
         assert!(t.time_out(12_000, &|_| false).is_empty());
         assert!(t.time_out(12_001, &|_| true).is_empty());
         let aborted = t.time_out(12_001, &|_| false);
         assert_eq!(aborted.len(), 1);
-        assert_eq!((aborted[0].state, aborted[0].producer_epoch), (TxnState::PrepareAbort, 1));
-        assert_eq!(t.end_txn("tx", m.producer_id, 0, true, 12_002), Err(TxnError::ProducerFenced));
+        assert_eq!(
+            (aborted[0].state, aborted[0].producer_epoch),
+            (TxnState::PrepareAbort, 1)
+        );
+        assert_eq!(
+            t.end_txn("tx", m.producer_id, 0, true, 12_002),
+            Err(TxnError::ProducerFenced)
+        );
     }
 
     #[test]
     fn the_epoch_never_overflows_a_new_producer_id_takes_over() {
         let mut alloc = ids();
         let mut t = TxnManager::new(900_000);
-        let mut m = ready(t.init_producer_id("tx", 10_000, None, &mut alloc, 1_000).expect("init"));
+        let mut m = ready(
+            t.init_producer_id("tx", 10_000, None, &mut alloc, 1_000)
+                .expect("init"),
+        );
         m.producer_epoch = EPOCH_MAX - 1;
         t.replay("tx".into(), Some(m));
-        let next = ready(t.init_producer_id("tx", 10_000, None, &mut alloc, 2_000).expect("init"));
+        let next = ready(
+            t.init_producer_id("tx", 10_000, None, &mut alloc, 2_000)
+                .expect("init"),
+        );
         assert_eq!((next.producer_id, next.producer_epoch), (102, 0));
     }
 }

@@ -6,11 +6,20 @@ use kafka_protocol::messages::{AddOffsetsToTxnRequest, AddOffsetsToTxnResponse};
 use crate::dispatch::RequestContext;
 use crate::errors::txn_error;
 
-pub async fn handle(ctx: &RequestContext, version: i16, req: AddOffsetsToTxnRequest) -> AddOffsetsToTxnResponse {
+pub async fn handle(
+    ctx: &RequestContext,
+    version: i16,
+    req: AddOffsetsToTxnRequest,
+) -> AddOffsetsToTxnResponse {
     let result = ctx
         .broker
         .txns()
-        .add_offsets(req.transactional_id.0.as_str(), req.producer_id.0, req.producer_epoch, req.group_id.0.as_str())
+        .add_offsets(
+            req.transactional_id.0.as_str(),
+            req.producer_id.0,
+            req.producer_epoch,
+            req.group_id.0.as_str(),
+        )
         .await;
     match result {
         Ok(()) => AddOffsetsToTxnResponse::default(),

@@ -1,13 +1,19 @@
 //! DescribeTransactions: state, producer, timeout and partitions of transactional ids.
 
 use kafka_protocol::messages::describe_transactions_response::{TopicData, TransactionState};
-use kafka_protocol::messages::{DescribeTransactionsRequest, DescribeTransactionsResponse, ProducerId, TopicName};
+use kafka_protocol::messages::{
+    DescribeTransactionsRequest, DescribeTransactionsResponse, ProducerId, TopicName,
+};
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 
 use crate::dispatch::RequestContext;
 
-pub async fn handle(ctx: &RequestContext, _version: i16, req: DescribeTransactionsRequest) -> DescribeTransactionsResponse {
+pub async fn handle(
+    ctx: &RequestContext,
+    _version: i16,
+    req: DescribeTransactionsRequest,
+) -> DescribeTransactionsResponse {
     let states = req
         .transactional_ids
         .into_iter()
@@ -23,7 +29,9 @@ pub async fn handle(ctx: &RequestContext, _version: i16, req: DescribeTransactio
                 let mut topics: Vec<TopicData> = Vec::new();
                 for tp in &m.partitions {
                     match topics.last_mut() {
-                        Some(t) if t.topic.0.as_str() == tp.topic => t.partitions.push(tp.partition),
+                        Some(t) if t.topic.0.as_str() == tp.topic => {
+                            t.partitions.push(tp.partition)
+                        }
                         _ => topics.push(
                             TopicData::default()
                                 .with_topic(TopicName(StrBytes::from_string(tp.topic.clone())))

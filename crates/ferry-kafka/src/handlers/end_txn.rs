@@ -11,9 +11,16 @@ pub async fn handle(ctx: &RequestContext, version: i16, req: EndTxnRequest) -> E
     let result = ctx
         .broker
         .txns()
-        .end_txn(req.transactional_id.0.as_str(), req.producer_id.0, req.producer_epoch, req.committed)
+        .end_txn(
+            req.transactional_id.0.as_str(),
+            req.producer_id.0,
+            req.producer_epoch,
+            req.committed,
+        )
         .await;
-    let response = EndTxnResponse::default().with_producer_id(ProducerId(-1)).with_producer_epoch(-1);
+    let response = EndTxnResponse::default()
+        .with_producer_id(ProducerId(-1))
+        .with_producer_epoch(-1);
     match result {
         Ok(()) => response,
         Err(e) => {
