@@ -316,13 +316,18 @@ fn run_produce(
     for id in 0..args.producers {
         let mut config = producer_config(args);
         if args.transactional {
-            config.set("transactional.id", format!("ferry-bench-{}-{id}", std::process::id()));
+            config.set(
+                "transactional.id",
+                format!("ferry-bench-{}-{id}", std::process::id()),
+            );
         }
         let producer: BaseProducer<AckContext> = config.create_with_context(AckContext {
             stats: stats.clone(),
         })?;
         if args.transactional {
-            producer.init_transactions(Duration::from_secs(30)).context("init_transactions")?;
+            producer
+                .init_transactions(Duration::from_secs(30))
+                .context("init_transactions")?;
             producer.begin_transaction().context("begin_transaction")?;
         }
         let args = args.clone();
@@ -369,13 +374,17 @@ fn run_produce(
                 }
                 mine += 1;
                 producer.poll(Duration::ZERO);
-                if args.transactional && mine % args.txn_records.max(1) == 0 {
-                    producer.commit_transaction(Duration::from_secs(30)).context("commit_transaction")?;
+                if args.transactional && mine.is_multiple_of(args.txn_records.max(1)) {
+                    producer
+                        .commit_transaction(Duration::from_secs(30))
+                        .context("commit_transaction")?;
                     producer.begin_transaction().context("begin_transaction")?;
                 }
             }
             if args.transactional {
-                producer.commit_transaction(Duration::from_secs(30)).context("commit_transaction")?;
+                producer
+                    .commit_transaction(Duration::from_secs(30))
+                    .context("commit_transaction")?;
             }
             producer
                 .flush(Duration::from_secs(30))

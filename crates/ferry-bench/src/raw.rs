@@ -66,10 +66,16 @@ pub struct RawConsumeArgs {
     pub json: bool,
 }
 
-async fn leader_connection(brokers: &str, topic: &str) -> anyhow::Result<(Client, Arc<Connection>)> {
+async fn leader_connection(
+    brokers: &str,
+    topic: &str,
+) -> anyhow::Result<(Client, Arc<Connection>)> {
     let client = Client::connect(ClientConfig::new(brokers.split(',').map(str::to_string))).await?;
     client.refresh_metadata(Some(&[topic])).await?;
-    let leader = client.leader(topic, 0).await.with_context(|| format!("leader of {topic}-0"))?;
+    let leader = client
+        .leader(topic, 0)
+        .await
+        .with_context(|| format!("leader of {topic}-0"))?;
     let conn = client.connection(leader).await?;
     Ok((client, conn))
 }
@@ -83,16 +89,21 @@ pub async fn produce(args: RawProduceArgs) -> anyhow::Result<Summary> {
         builder.append(now, None, Some(value.clone()));
     }
     let batch = Bytes::from(builder.build()?);
-    let request = ProduceRequest::default().with_acks(args.acks).with_timeout_ms(30_000).with_topic_data(vec![
-        TopicProduceData::default()
+    let request = ProduceRequest::default()
+        .with_acks(args.acks)
+        .with_timeout_ms(30_000)
+        .with_topic_data(vec![TopicProduceData::default()
             .with_name(TopicName(StrBytes::from_string(args.topic.clone())))
-            .with_partition_data(vec![PartitionProduceData::default().with_index(0).with_records(Some(batch.clone()))]),
-    ]);
+            .with_partition_data(vec![PartitionProduceData::default()
+                .with_index(0)
+                .with_records(Some(batch.clone()))])]);
     let request = Arc::new(request);
     let sent = Arc::new(AtomicU64::new(0));
     let records = Arc::new(AtomicU64::new(0));
     let deadline = Instant::now() + Duration::from_secs(args.duration);
-    let latency = Arc::new(std::sync::Mutex::new(Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?));
+    let latency = Arc::new(std::sync::Mutex::new(Histogram::<u64>::new_with_bounds(
+        1, 60_000_000, 3,
+    )?));
     let start = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));
     let r = records.clone();
@@ -103,10 +114,22 @@ pub async fn produce(args: RawProduceArgs) -> anyhow::Result<Summary> {
     });
     let mut tasks = Vec::new();
     for _ in 0..args.inflight.max(1) {
-        let (conn, request, sent, records, latency) = (conn.clone(), request.clone(), sent.clone(), records.clone(), latency.clone());
-        let (total, batch_len, batch_records, acks) = (args.total_bytes, batch.len() as u64, args.batch_records as u64, args.acks);
+        let (conn, request, sent, records, latency) = (
+            conn.clone(),
+            request.clone(),
+            sent.clone(),
+            records.clone(),
+            latency.clone(),
+        );
+        let (total, batch_len, batch_records, acks) = (
+            args.total_bytes,
+            batch.len() as u64,
+            args.batch_records as u64,
+            args.acks,
+        );
         tasks.push(tokio::spawn(async move {
-            while sent.fetch_add(batch_len, Ordering::Relaxed) < total && Instant::now() < deadline {
+            while sent.fetch_add(batch_len, Ordering::Relaxed) < total && Instant::now() < deadline
+            {
                 let t = Instant::now();
                 if acks == 0 {
                     let version = conn.version_for::<ProduceRequest>(None)?;
@@ -185,5 +208,12 @@ pub async fn consume(args: RawConsumeArgs) -> anyhow::Result<Summary> {
             }
         }
     }
-    Ok(Summary { name: "raw-consume", records, bytes, errors: 0, seconds: start.elapsed().as_secs_f64(), latency: None })
+    Ok(Summary {
+        name: "raw-consume",
+        records,
+        bytes,
+        errors: 0,
+        seconds: start.elapsed().as_secs_f64(),
+        latency: None,
+    })
 }

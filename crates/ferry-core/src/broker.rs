@@ -128,7 +128,9 @@ impl Broker {
                 Arc::new(BrokerTxnHost::new(me.clone())),
                 Arc::new(BrokerTxnHost::new(me.clone())),
                 clock.clone(),
-                static_config.long("transaction.max.timeout.ms").clamp(1, i64::from(i32::MAX)) as i32,
+                static_config
+                    .long("transaction.max.timeout.ms")
+                    .clamp(1, i64::from(i32::MAX)) as i32,
             ),
             clock,
             static_config,
@@ -671,7 +673,10 @@ impl Broker {
         mut shutdown: tokio::sync::watch::Receiver<bool>,
     ) {
         tokio::spawn(GroupCoordinator::run_ticks(self.clone(), shutdown.clone()));
-        tokio::spawn(TransactionCoordinator::run_ticks(self.clone(), shutdown.clone()));
+        tokio::spawn(TransactionCoordinator::run_ticks(
+            self.clone(),
+            shutdown.clone(),
+        ));
         let mut next_retention = 0i64;
         let mut next_compaction = 0i64;
         loop {
@@ -750,9 +755,13 @@ impl Broker {
 
 fn lock_data_dir(data_dir: &Path) -> Result<std::fs::File, CoreError> {
     let path = data_dir.join(".lock");
-    let file = std::fs::File::create(&path).map_err(|e| CoreError::Storage(format!("{}: {e}", path.display())))?;
+    let file = std::fs::File::create(&path)
+        .map_err(|e| CoreError::Storage(format!("{}: {e}", path.display())))?;
     file.try_lock().map_err(|_| {
-        CoreError::Storage(format!("{} is in use by another ferry process", data_dir.display()))
+        CoreError::Storage(format!(
+            "{} is in use by another ferry process",
+            data_dir.display()
+        ))
     })?;
     Ok(file)
 }

@@ -346,13 +346,16 @@ pub fn count_records(batches: &[u8]) -> u64 {
         .sum()
 }
 
+/// A per-partition gauge: metric name, help text, how to read it.
+type PartitionGauge = (&'static str, &'static str, fn(&crate::Partition) -> i64);
+
 /// The whole scrape: the registry, then gauges read from `broker`'s state.
 pub fn render(broker: &Broker) -> String {
     let mut out = String::with_capacity(16 * 1024);
     metrics().render(&mut out);
     let mut partitions = broker.partitions();
     partitions.sort_by(|a, b| a.tp.cmp(&b.tp));
-    let gauges: [(&str, &str, fn(&crate::Partition) -> i64); 4] = [
+    let gauges: [PartitionGauge; 4] = [
         (
             "ferry_partition_log_start_offset",
             "First offset still in a partition's log.",

@@ -230,12 +230,23 @@ impl Partition {
         builder.append(now_ms, Some(Bytes::from(key)), Some(Bytes::from(value)));
         let mut buf = BytesMut::from(&builder.build().map_err(batch_error)?[..]);
         let state = self.state.lock();
-        self.producers.lock().check_marker(producer_id, producer_epoch)?;
+        self.producers
+            .lock()
+            .check_marker(producer_id, producer_epoch)?;
         let info = self.log.append(&mut buf, state.leader_epoch, now_ms)?;
         let mut producers = self.producers.lock();
-        producers.apply_marker(producer_id, producer_epoch, coordinator_epoch, commit, info.first_offset, now_ms);
-        self.first_unstable_offset
-            .store(producers.first_unstable_offset().unwrap_or(i64::MAX), Ordering::Release);
+        producers.apply_marker(
+            producer_id,
+            producer_epoch,
+            coordinator_epoch,
+            commit,
+            info.first_offset,
+            now_ms,
+        );
+        self.first_unstable_offset.store(
+            producers.first_unstable_offset().unwrap_or(i64::MAX),
+            Ordering::Release,
+        );
         drop(producers);
         drop(state);
         self.advance_high_watermark();
@@ -244,7 +255,11 @@ impl Partition {
 
     /// Appends batches written by a coordinator (transactional offset commits):
     /// producer fields are recorded but sequences are not checked.
-    pub fn append_from_coordinator(&self, records: Bytes, now_ms: i64) -> Result<AppendResult, CoreError> {
+    pub fn append_from_coordinator(
+        &self,
+        records: Bytes,
+        now_ms: i64,
+    ) -> Result<AppendResult, CoreError> {
         self.append_inner(records, now_ms, false)
     }
 
@@ -266,7 +281,12 @@ impl Partition {
         self.append_inner(records, now_ms, true)
     }
 
-    fn append_inner(&self, records: Bytes, now_ms: i64, check_sequences: bool) -> Result<AppendResult, CoreError> {
+    fn append_inner(
+        &self,
+        records: Bytes,
+        now_ms: i64,
+        check_sequences: bool,
+    ) -> Result<AppendResult, CoreError> {
         let headers = batch::validate_batches(&records).map_err(batch_error)?;
         if headers.is_empty() {
             return Err(CoreError::InvalidRecord(
@@ -317,7 +337,9 @@ impl Partition {
                     && a.producer_id == b.producer_id
                     && b.base_sequence != producer_state::last_sequence(a).wrapping_add(1)
                 {
-                    return Err(CoreError::OutOfOrderSequence("batches of one request are not consecutive".into()));
+                    return Err(CoreError::OutOfOrderSequence(
+                        "batches of one request are not consecutive".into(),
+                    ));
                 }
             }
         }
@@ -328,13 +350,20 @@ impl Partition {
                 (buf, headers)
             }
             // The request buffer is usually ours alone: take it instead of copying.
-            _ => (records.try_into_mut().unwrap_or_else(|shared| BytesMut::from(&shared[..])), headers),
+            _ => (
+                records
+                    .try_into_mut()
+                    .unwrap_or_else(|shared| BytesMut::from(&shared[..])),
+                headers,
+            ),
         };
         let log_append_time = if state.config.log_append_time {
             let mut pos = 0;
             for h in headers.iter_mut() {
                 let end = pos + h.total_size();
-                let bytes = buf.get_mut(pos..end).ok_or_else(|| CoreError::CorruptMessage("batch sizes changed".into()))?;
+                let bytes = buf
+                    .get_mut(pos..end)
+                    .ok_or_else(|| CoreError::CorruptMessage("batch sizes changed".into()))?;
                 batch::set_log_append_time(bytes, now_ms).map_err(batch_error)?;
                 *h = BatchHeader::parse(bytes).map_err(batch_error)?;
                 pos = end;
@@ -345,7 +374,9 @@ impl Partition {
         };
         let epoch = state.leader_epoch;
         let from_producers = headers.iter().any(|h| h.has_producer_id());
-        let info = self.log.append_validated(&mut buf, headers, epoch, now_ms)?;
+        let info = self
+            .log
+            .append_validated(&mut buf, headers, epoch, now_ms)?;
         if from_producers {
             self.apply_appended(&buf, info.first_offset, now_ms);
         }
@@ -377,8 +408,10 @@ impl Partition {
             base = h.last_offset() + 1;
             producers.apply_batch(&h, now_ms);
         }
-        self.first_unstable_offset
-            .store(producers.first_unstable_offset().unwrap_or(i64::MAX), Ordering::Release);
+        self.first_unstable_offset.store(
+            producers.first_unstable_offset().unwrap_or(i64::MAX),
+            Ordering::Release,
+        );
     }
 
     /// On one node the ISR is this replica, so the high watermark is the log end.
@@ -414,7 +447,9 @@ impl Partition {
         tokio::task::spawn_blocking(move || log.flush())
             .await
             .map_err(|e| CoreError::Storage(e.to_string()))??;
-        crate::metrics::metrics().fsync_duration.observe(started.elapsed());
+        crate::metrics::metrics()
+            .fsync_duration
+            .observe(started.elapsed());
         let mut state = self.state.lock();
         state.unflushed_records = (state.unflushed_records - unflushed_before).max(0);
         state.last_flush_ms = now_ms;
@@ -426,7 +461,8 @@ impl Partition {
             && self.log.flushed_offset() >= self.log.log_end_offset()
         {
             self.write_producer_snapshot();
-            self.snapshot_segment_base.store(active_base, Ordering::Relaxed);
+            self.snapshot_segment_base
+                .store(active_base, Ordering::Relaxed);
         }
         drop(state);
         Ok(())
@@ -548,7 +584,14 @@ fn recover_producer_state(log: &Log, dir: &Path) -> Result<ProducerStateManager,
                     .filter(|v| v.len() >= 6)
                     .map(|v| i32::from_be_bytes([v[2], v[3], v[4], v[5]]))
                     .unwrap_or(-1);
-                state.apply_marker(h.producer_id, h.producer_epoch, coordinator_epoch, commit, h.base_offset, h.max_timestamp);
+                state.apply_marker(
+                    h.producer_id,
+                    h.producer_epoch,
+                    coordinator_epoch,
+                    commit,
+                    h.base_offset,
+                    h.max_timestamp,
+                );
             } else {
                 state.apply_batch(&h, h.max_timestamp);
             }
@@ -586,7 +629,9 @@ fn recompress(records: &[u8], codec: Compression) -> Result<BytesMut, CoreError>
             out.extend_from_slice(batch);
             continue;
         }
-        let mut builder = BatchBuilder::from_header(&header).map_err(batch_error)?.compression(codec);
+        let mut builder = BatchBuilder::from_header(&header)
+            .map_err(batch_error)?
+            .compression(codec);
         for r in decoded {
             builder.push(r).map_err(batch_error)?;
         }
@@ -662,45 +707,83 @@ mod tests {
     use std::collections::BTreeMap;
 
     fn config(overrides: &[(&str, &str)]) -> TopicConfig {
-        let overrides: BTreeMap<String, String> = overrides.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let overrides: BTreeMap<String, String> = overrides
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         BrokerConfig::default().topic_config(&overrides)
     }
 
     fn batch(codec: Compression, values: &[&str]) -> Bytes {
         let mut b = BatchBuilder::new(codec);
         for (i, v) in values.iter().enumerate() {
-            b.append(1_000 + i as i64, Some(Bytes::from(format!("k{i}"))), Some(Bytes::from(v.to_string())));
+            b.append(
+                1_000 + i as i64,
+                Some(Bytes::from(format!("k{i}"))),
+                Some(Bytes::from(v.to_string())),
+            );
         }
         Bytes::from(b.build().expect("build"))
     }
 
     fn open(dir: &Path, config: TopicConfig) -> Partition {
-        Partition::open(TopicPartition::new("t", 0), Uuid::new_v4(), dir, config, 0, 5_000).expect("open")
+        Partition::open(
+            TopicPartition::new("t", 0),
+            Uuid::new_v4(),
+            dir,
+            config,
+            0,
+            5_000,
+        )
+        .expect("open")
     }
 
     #[test]
     fn append_assigns_offsets_and_moves_the_high_watermark() {
         let dir = tempfile::tempdir().expect("tempdir");
         let p = open(dir.path(), config(&[]));
-        let a = p.append(batch(Compression::None, &["a", "b"]), 5_000).expect("append");
-        let b = p.append(batch(Compression::Lz4, &["c"]), 5_000).expect("append");
+        let a = p
+            .append(batch(Compression::None, &["a", "b"]), 5_000)
+            .expect("append");
+        let b = p
+            .append(batch(Compression::Lz4, &["c"]), 5_000)
+            .expect("append");
         assert_eq!((a.base_offset, a.last_offset, b.base_offset), (0, 1, 2));
         assert_eq!(a.log_append_time, -1);
         assert_eq!(p.high_watermark(), 3);
-        let read = p.read(0, 1 << 20, Isolation::ReadUncommitted).expect("read");
-        let values: Vec<_> = record::decode_records(&read.bytes).expect("decode").into_iter().filter_map(|r| r.value).collect();
-        assert_eq!(values, vec![Bytes::from("a"), Bytes::from("b"), Bytes::from("c")]);
+        let read = p
+            .read(0, 1 << 20, Isolation::ReadUncommitted)
+            .expect("read");
+        let values: Vec<_> = record::decode_records(&read.bytes)
+            .expect("decode")
+            .into_iter()
+            .filter_map(|r| r.value)
+            .collect();
+        assert_eq!(
+            values,
+            vec![Bytes::from("a"), Bytes::from("b"), Bytes::from("c")]
+        );
     }
 
     #[test]
     fn log_append_time_topics_stamp_broker_time() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let p = open(dir.path(), config(&[("message.timestamp.type", "LogAppendTime")]));
-        let r = p.append(batch(Compression::Gzip, &["a", "b"]), 77_777).expect("append");
+        let p = open(
+            dir.path(),
+            config(&[("message.timestamp.type", "LogAppendTime")]),
+        );
+        let r = p
+            .append(batch(Compression::Gzip, &["a", "b"]), 77_777)
+            .expect("append");
         assert_eq!(r.log_append_time, 77_777);
-        let read = p.read(0, 1 << 20, Isolation::ReadUncommitted).expect("read");
+        let read = p
+            .read(0, 1 << 20, Isolation::ReadUncommitted)
+            .expect("read");
         let header = batch::validate_batches(&read.bytes).expect("valid")[0];
-        assert_eq!(header.timestamp_type(), ferry_log::TimestampType::LogAppendTime);
+        assert_eq!(
+            header.timestamp_type(),
+            ferry_log::TimestampType::LogAppendTime
+        );
         assert_eq!(header.max_timestamp, 77_777);
     }
 
@@ -708,12 +791,22 @@ mod tests {
     fn compression_type_recompresses_and_keeps_records() {
         let dir = tempfile::tempdir().expect("tempdir");
         let p = open(dir.path(), config(&[("compression.type", "zstd")]));
-        p.append(batch(Compression::None, &["x", "y", "z"]), 5_000).expect("append");
-        let read = p.read(0, 1 << 20, Isolation::ReadUncommitted).expect("read");
+        p.append(batch(Compression::None, &["x", "y", "z"]), 5_000)
+            .expect("append");
+        let read = p
+            .read(0, 1 << 20, Isolation::ReadUncommitted)
+            .expect("read");
         let header = batch::validate_batches(&read.bytes).expect("valid")[0];
         assert_eq!(header.compression().expect("codec"), Compression::Zstd);
-        let values: Vec<_> = record::decode_records(&read.bytes).expect("decode").into_iter().filter_map(|r| r.value).collect();
-        assert_eq!(values, vec![Bytes::from("x"), Bytes::from("y"), Bytes::from("z")]);
+        let values: Vec<_> = record::decode_records(&read.bytes)
+            .expect("decode")
+            .into_iter()
+            .filter_map(|r| r.value)
+            .collect();
+        assert_eq!(
+            values,
+            vec![Bytes::from("x"), Bytes::from("y"), Bytes::from("z")]
+        );
     }
 
     #[test]
@@ -721,11 +814,17 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let p = open(dir.path(), config(&[("max.message.bytes", "100")]));
         let big = batch(Compression::None, &[&"v".repeat(200)]);
-        assert!(matches!(p.append(big, 5_000), Err(CoreError::MessageTooLarge { .. })));
+        assert!(matches!(
+            p.append(big, 5_000),
+            Err(CoreError::MessageTooLarge { .. })
+        ));
         let mut corrupt = batch(Compression::None, &["a"]).to_vec();
         let last = corrupt.len() - 1;
         corrupt[last] ^= 0xff;
-        assert!(matches!(p.append(Bytes::from(corrupt), 5_000), Err(CoreError::CorruptMessage(_))));
+        assert!(matches!(
+            p.append(Bytes::from(corrupt), 5_000),
+            Err(CoreError::CorruptMessage(_))
+        ));
         assert_eq!(p.log_end_offset(), 0);
     }
 
@@ -735,9 +834,13 @@ mod tests {
         let p = Arc::new(open(dir.path(), config(&[])));
         let mut waiters = Vec::new();
         for _ in 0..8 {
-            let r = p.append(batch(Compression::None, &["a"]), 5_000).expect("append");
+            let r = p
+                .append(batch(Compression::None, &["a"]), 5_000)
+                .expect("append");
             let p = p.clone();
-            waiters.push(tokio::spawn(async move { p.flush_to(r.last_offset, 5_000).await }));
+            waiters.push(tokio::spawn(async move {
+                p.flush_to(r.last_offset, 5_000).await
+            }));
         }
         for w in waiters {
             w.await.expect("join").expect("flush");
@@ -747,7 +850,9 @@ mod tests {
     }
 
     fn producer_batch(pid: i64, seq: i32, txn: bool, values: &[&str]) -> Bytes {
-        let mut b = BatchBuilder::new(Compression::None).producer(pid, 0, seq).transactional(txn);
+        let mut b = BatchBuilder::new(Compression::None)
+            .producer(pid, 0, seq)
+            .transactional(txn);
         for v in values {
             b.append(1_000, None, Some(Bytes::from(v.to_string())));
         }
@@ -759,18 +864,26 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         {
             let p = open(dir.path(), config(&[]));
-            p.append(producer_batch(7, 0, false, &["a", "b"]), 5_000).expect("append");
+            p.append(producer_batch(7, 0, false, &["a", "b"]), 5_000)
+                .expect("append");
             p.close().expect("close");
         }
         assert_eq!(producer_state::list_snapshots(dir.path()), vec![2]);
         {
             // Reopened from the snapshot: a retry is a duplicate, a gap is refused.
             let p = open(dir.path(), config(&[]));
-            let dup = p.append(producer_batch(7, 0, false, &["a", "b"]), 5_000).expect("dup");
+            let dup = p
+                .append(producer_batch(7, 0, false, &["a", "b"]), 5_000)
+                .expect("dup");
             assert_eq!((dup.base_offset, dup.last_offset), (0, 1));
-            assert!(matches!(p.append(producer_batch(7, 5, false, &["x"]), 5_000), Err(CoreError::OutOfOrderSequence(_))));
-            p.append(producer_batch(7, 2, false, &["c"]), 5_000).expect("append");
-            p.append(producer_batch(9, 0, true, &["t1"]), 5_000).expect("append");
+            assert!(matches!(
+                p.append(producer_batch(7, 5, false, &["x"]), 5_000),
+                Err(CoreError::OutOfOrderSequence(_))
+            ));
+            p.append(producer_batch(7, 2, false, &["c"]), 5_000)
+                .expect("append");
+            p.append(producer_batch(9, 0, true, &["t1"]), 5_000)
+                .expect("append");
             assert_eq!(p.last_stable_offset(), 3);
             // No close: like a SIGKILL after the OS has the bytes.
         }
@@ -779,7 +892,9 @@ mod tests {
             let p = open(dir.path(), config(&[]));
             assert_eq!(p.log_end_offset(), 4);
             assert_eq!(p.last_stable_offset(), 3);
-            let dup = p.append(producer_batch(7, 2, false, &["c"]), 5_000).expect("dup");
+            let dup = p
+                .append(producer_batch(7, 2, false, &["c"]), 5_000)
+                .expect("dup");
             assert_eq!(dup.base_offset, 2);
             let marker = p.append_marker(9, 0, 0, false, 5_000).expect("marker");
             assert_eq!(marker, 4);
@@ -789,7 +904,14 @@ mod tests {
         // A snapshot beyond the log end (its tail lost to recovery) is not used.
         std::fs::write(producer_state::snapshot_path(dir.path(), 99), b"bogus").expect("write");
         let p = open(dir.path(), config(&[]));
-        assert_eq!(p.aborted_transactions(0, 5), vec![producer_state::AbortedTxn { producer_id: 9, first_offset: 3, last_offset: 4 }]);
+        assert_eq!(
+            p.aborted_transactions(0, 5),
+            vec![producer_state::AbortedTxn {
+                producer_id: 9,
+                first_offset: 3,
+                last_offset: 4
+            }]
+        );
         assert!(!producer_state::list_snapshots(dir.path()).contains(&99));
         let read = p.read(0, 1 << 20, Isolation::ReadCommitted).expect("read");
         assert_eq!(read.next_offset, 5);
@@ -800,11 +922,21 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         {
             let p = open(dir.path(), config(&[]));
-            p.append(batch(Compression::None, &["a", "b"]), 5_000).expect("append");
+            p.append(batch(Compression::None, &["a", "b"]), 5_000)
+                .expect("append");
             p.close().expect("close");
         }
-        let p = Partition::open(TopicPartition::new("t", 0), Uuid::new_v4(), dir.path(), config(&[]), 3, 5_000).expect("reopen");
-        p.append(batch(Compression::None, &["c"]), 5_000).expect("append");
+        let p = Partition::open(
+            TopicPartition::new("t", 0),
+            Uuid::new_v4(),
+            dir.path(),
+            config(&[]),
+            3,
+            5_000,
+        )
+        .expect("reopen");
+        p.append(batch(Compression::None, &["c"]), 5_000)
+            .expect("append");
         assert_eq!(p.end_offset_for_epoch(0), (0, 2));
         assert_eq!(p.end_offset_for_epoch(1), (0, 2));
         assert_eq!(p.end_offset_for_epoch(3), (3, 3));

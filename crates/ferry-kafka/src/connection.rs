@@ -12,9 +12,9 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use ferry_core::Broker;
+use kafka_protocol::messages::ApiKey;
 use tokio::io::{AsyncWriteExt, BufWriter};
 use tokio::net::TcpStream;
-use kafka_protocol::messages::ApiKey;
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 
 use crate::dispatch::{self, RequestContext};

@@ -116,6 +116,8 @@ pub fn txn_error(e: &ferry_core::txn::TxnError, fenced_supported: bool) -> Respo
         TxnError::OperationNotAttempted => ResponseError::OperationNotAttempted,
         TxnError::InvalidRequest(_) => ResponseError::InvalidRequest,
         // The client finds the coordinator again and retries.
-        TxnError::CoordinatorNotAvailable | TxnError::Storage(_) => ResponseError::CoordinatorNotAvailable,
+        TxnError::CoordinatorNotAvailable | TxnError::Storage(_) => {
+            ResponseError::CoordinatorNotAvailable
+        }
     }
 }

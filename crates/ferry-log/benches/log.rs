@@ -22,7 +22,10 @@ fn batch(bytes: usize, timestamp: i64) -> Vec<u8> {
 }
 
 fn config() -> LogConfig {
-    LogConfig { segment_bytes: 256 << 20, ..LogConfig::default() }
+    LogConfig {
+        segment_bytes: 256 << 20,
+        ..LogConfig::default()
+    }
 }
 
 fn append(c: &mut Criterion) {
@@ -33,7 +36,11 @@ fn append(c: &mut Criterion) {
         group.bench_function(format!("{} KiB", size >> 10), |b| {
             let dir = tempfile::tempdir().expect("tempdir");
             let log = Log::open(dir.path(), config(), 0).expect("open");
-            b.iter_batched_ref(|| template.clone(), |bytes| log.append(bytes, 0, 0).expect("append"), BatchSize::SmallInput);
+            b.iter_batched_ref(
+                || template.clone(),
+                |bytes| log.append(bytes, 0, 0).expect("append"),
+                BatchSize::SmallInput,
+            );
         });
     }
     group.finish();

@@ -230,7 +230,9 @@ impl Log {
         for h in &headers {
             let parsed = batches.get(at..).map(BatchHeader::parse).transpose()?;
             if parsed.as_ref() != Some(h) {
-                return Err(BatchError::Invalid("headers do not describe these batches".into()).into());
+                return Err(
+                    BatchError::Invalid("headers do not describe these batches".into()).into(),
+                );
             }
             at += h.total_size();
         }

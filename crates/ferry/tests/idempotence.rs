@@ -102,7 +102,7 @@ fn idempotent_producer_survives_kill9_with_every_acked_record_once_in_order() {
                     }
                 }
                 sent += 1;
-                if sent % 50 == 0 {
+                if sent.is_multiple_of(50) {
                     std::thread::sleep(Duration::from_millis(2));
                 }
             }

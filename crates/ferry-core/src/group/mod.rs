@@ -108,7 +108,11 @@ pub trait GroupStorage: Send + Sync {
         Ok(self
             .read_all(partition)?
             .into_iter()
-            .map(|(key, value)| StoredEntry::Record { key, value, producer_id: None })
+            .map(|(key, value)| StoredEntry::Record {
+                key,
+                value,
+                producer_id: None,
+            })
             .collect())
     }
 }
@@ -338,7 +342,10 @@ impl GroupCoordinator {
     /// TxnOffsetCommit: appends the offsets as a transactional batch of the
     /// producer and answers once it is durable; they stay pending until the
     /// transaction's marker ([`GroupCoordinator::complete_txn`]).
-    pub async fn txn_commit_offsets(&self, req: TxnCommitRequest) -> Result<PartitionResults, GroupError> {
+    pub async fn txn_commit_offsets(
+        &self,
+        req: TxnCommitRequest,
+    ) -> Result<PartitionResults, GroupError> {
         let now = self.clock.now_ms();
         let durable = {
             let mut state = self.state.lock();
@@ -356,7 +363,9 @@ impl GroupCoordinator {
             (results, durable)
         };
         let (results, durable) = durable;
-        durable.await.map_err(|e| GroupError::Storage(e.to_string()))?;
+        durable
+            .await
+            .map_err(|e| GroupError::Storage(e.to_string()))?;
         Ok(results)
     }
 
@@ -364,7 +373,12 @@ impl GroupCoordinator {
     pub fn complete_txn(&self, producer_id: i64, commit: bool) {
         let n = self.state.lock().complete_txn_offsets(producer_id, commit);
         if n > 0 {
-            tracing::debug!(producer_id, commit, offsets = n, "completed transactional offsets");
+            tracing::debug!(
+                producer_id,
+                commit,
+                offsets = n,
+                "completed transactional offsets"
+            );
         }
     }
 
@@ -536,7 +550,10 @@ impl GroupStorage for BrokerGroupStorage {
                         .first()
                         .and_then(|r| r.key.as_ref())
                         .is_some_and(|k| k.len() >= 4 && i16::from_be_bytes([k[2], k[3]]) == 1);
-                    out.push(StoredEntry::Marker { producer_id: header.producer_id, commit });
+                    out.push(StoredEntry::Marker {
+                        producer_id: header.producer_id,
+                        commit,
+                    });
                     continue;
                 }
                 let producer_id = header.is_transactional().then_some(header.producer_id);
@@ -545,7 +562,11 @@ impl GroupStorage for BrokerGroupStorage {
                         continue;
                     }
                     if let Some(key) = r.key {
-                        out.push(StoredEntry::Record { key, value: r.value, producer_id });
+                        out.push(StoredEntry::Record {
+                            key,
+                            value: r.value,
+                            producer_id,
+                        });
                     }
                 }
             }

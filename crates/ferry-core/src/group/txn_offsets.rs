@@ -315,11 +315,14 @@ mod tests {
         assert_eq!(records.len(), 1);
         m.stage_txn_offsets(7, "g", staged);
         let tp = TopicPartition::new("in", 0);
-        assert_eq!(m.fetch_offsets("g", Some(&[tp.clone()]))[0].1, None);
+        assert_eq!(
+            m.fetch_offsets("g", Some(std::slice::from_ref(&tp)))[0].1,
+            None
+        );
         assert!(m.has_pending_txn_offset("g", &tp));
         assert_eq!(m.complete_txn_offsets(7, true), 1);
         assert_eq!(
-            m.fetch_offsets("g", Some(&[tp.clone()]))[0]
+            m.fetch_offsets("g", Some(std::slice::from_ref(&tp)))[0]
                 .1
                 .as_ref()
                 .map(|c| c.offset),
@@ -365,7 +368,7 @@ mod tests {
         fresh.replay_entries(entries, 1_000);
         let tp = TopicPartition::new("in", 0);
         assert_eq!(
-            fresh.fetch_offsets("g", Some(&[tp.clone()]))[0]
+            fresh.fetch_offsets("g", Some(std::slice::from_ref(&tp)))[0]
                 .1
                 .as_ref()
                 .map(|c| c.offset),

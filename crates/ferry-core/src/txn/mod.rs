@@ -239,10 +239,9 @@ impl TransactionCoordinator {
         let now = self.clock.now_ms();
         let durable = {
             let mut state = self.state.lock();
-            match state.complete(&m.transactional_id, now) {
-                Some(done) => Some(self.persist(&done, now)),
-                None => None,
-            }
+            state
+                .complete(&m.transactional_id, now)
+                .map(|done| self.persist(&done, now))
         };
         if let Some(durable) = durable {
             durable?.await.map_err(storage_error)?;
@@ -287,16 +286,15 @@ impl TransactionCoordinator {
             if self.in_flight.lock().contains(transactional_id) {
                 return Err(TxnError::ConcurrentTransactions);
             }
-            match state.add_partitions(
-                transactional_id,
-                producer_id,
-                producer_epoch,
-                &partitions,
-                now,
-            )? {
-                Some(m) => Some(self.persist(&m, now)),
-                None => None,
-            }
+            state
+                .add_partitions(
+                    transactional_id,
+                    producer_id,
+                    producer_epoch,
+                    &partitions,
+                    now,
+                )?
+                .map(|m| self.persist(&m, now))
         };
         if let Some(durable) = durable {
             durable?.await.map_err(storage_error)?;

@@ -453,12 +453,12 @@ mod tests {
         );
         let tp = TopicPartition::new("t", 0);
         let added = t
-            .add_partitions("tx", m.producer_id, 0, &[tp.clone()], 2_000)
+            .add_partitions("tx", m.producer_id, 0, std::slice::from_ref(&tp), 2_000)
             .expect("add")
             .expect("changed");
         assert_eq!((added.state, added.start_ms), (TxnState::Ongoing, 2_000));
         assert_eq!(
-            t.add_partitions("tx", m.producer_id, 0, &[tp.clone()], 2_500),
+            t.add_partitions("tx", m.producer_id, 0, std::slice::from_ref(&tp), 2_500),
             Ok(None)
         );
         let EndStep::Prepared(p) = t.end_txn("tx", m.producer_id, 0, true, 3_000).expect("end")
@@ -472,7 +472,7 @@ mod tests {
             Err(TxnError::ConcurrentTransactions)
         );
         assert_eq!(
-            t.add_partitions("tx", m.producer_id, 0, &[tp.clone()], 3_000),
+            t.add_partitions("tx", m.producer_id, 0, std::slice::from_ref(&tp), 3_000),
             Err(TxnError::ConcurrentTransactions)
         );
         assert_eq!(t.pending_completions().len(), 1);

@@ -12,9 +12,12 @@ use parking_lot::Mutex;
 use super::*;
 use crate::clock::ManualClock;
 
+/// A stored record: key and (None for a tombstone) value.
+type Entry = (Bytes, Option<Bytes>);
+
 #[derive(Default)]
 struct MemoryStorage {
-    partitions: Mutex<BTreeMap<i32, Vec<(Bytes, Option<Bytes>)>>>,
+    partitions: Mutex<BTreeMap<i32, Vec<Entry>>>,
 }
 
 impl TxnStorage for MemoryStorage {

@@ -12,7 +12,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use ferry_core::{CoreError, Isolation, TopicPartition};
 use futures_util::future::select_all;
-use kafka_protocol::messages::fetch_response::{AbortedTransaction, FetchableTopicResponse, PartitionData};
+use kafka_protocol::messages::fetch_response::{
+    AbortedTransaction, FetchableTopicResponse, PartitionData,
+};
 use kafka_protocol::messages::{BrokerId, FetchRequest, FetchResponse, ProducerId, TopicName};
 use kafka_protocol::ResponseError;
 
@@ -178,10 +180,18 @@ fn read_one(
     // read_committed clients drop the records of aborted transactions that
     // overlap what they got (the data ends below the last stable offset).
     let aborted = if isolation == Isolation::ReadCommitted {
-        let list = if records.is_empty() { Vec::new() } else { p.aborted_transactions(w.offset, next_offset) };
+        let list = if records.is_empty() {
+            Vec::new()
+        } else {
+            p.aborted_transactions(w.offset, next_offset)
+        };
         Some(
             list.into_iter()
-                .map(|a| AbortedTransaction::default().with_producer_id(ProducerId(a.producer_id)).with_first_offset(a.first_offset))
+                .map(|a| {
+                    AbortedTransaction::default()
+                        .with_producer_id(ProducerId(a.producer_id))
+                        .with_first_offset(a.first_offset)
+                })
                 .collect(),
         )
     } else {
@@ -198,8 +208,15 @@ fn read_one(
 }
 
 fn build_response(version: i16, results: Vec<(TopicPartition, PartitionData)>) -> FetchResponse {
-    for (tp, records) in results.iter().filter_map(|(tp, d)| Some((tp, d.records.as_ref()?))) {
-        ferry_core::metrics::metrics().fetched(&tp.topic, records.len() as u64, ferry_core::metrics::count_records(records));
+    for (tp, records) in results
+        .iter()
+        .filter_map(|(tp, d)| Some((tp, d.records.as_ref()?)))
+    {
+        ferry_core::metrics::metrics().fetched(
+            &tp.topic,
+            records.len() as u64,
+            ferry_core::metrics::count_records(records),
+        );
     }
     let mut topics: Vec<FetchableTopicResponse> = Vec::new();
     for (tp, data) in results {

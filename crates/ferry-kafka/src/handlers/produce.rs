@@ -36,7 +36,10 @@ pub async fn handle(
                     (Some(e), _) => Err(e),
                     (None, None) => Err(CoreError::InvalidRecord("produce without records".into())),
                     (None, Some(records)) => {
-                        let (bytes, count) = (records.len() as u64, ferry_core::metrics::count_records(&records));
+                        let (bytes, count) = (
+                            records.len() as u64,
+                            ferry_core::metrics::count_records(&records),
+                        );
                         let result = broker.produce(&tp, records, acks).await;
                         if result.is_ok() {
                             ferry_core::metrics::metrics().produced(&tp.topic, bytes, count);

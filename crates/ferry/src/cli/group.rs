@@ -171,7 +171,15 @@ async fn describe(client: &Client, json: bool, group: &str) -> anyhow::Result<()
     } else {
         kafka::list_offsets(client, &tps, kafka::LATEST, 0).await?
     };
-    let rows: Vec<(Tp, Option<i64>, Option<i64>, Option<i64>, Option<&String>)> = tps
+    // (partition, committed, log end, lag, owning member)
+    type Row<'a> = (
+        Tp,
+        Option<i64>,
+        Option<i64>,
+        Option<i64>,
+        Option<&'a String>,
+    );
+    let rows: Vec<Row> = tps
         .iter()
         .map(|tp| {
             let c = committed.get(tp).copied();

@@ -254,6 +254,29 @@ pub fn text(b: &Option<Bytes>) -> Option<String> {
     b.as_ref().map(|b| String::from_utf8_lossy(b).into_owned())
 }
 
+/// `Err` for a non-zero error code, with the broker's message when it sent one.
+pub fn check(
+    code: i16,
+    message: Option<&StrBytes>,
+    context: impl FnOnce() -> String,
+) -> anyhow::Result<()> {
+    let Some(e) = ClientError::from_code(code, context()) else {
+        return Ok(());
+    };
+    match message.map(|m| m.as_str()).filter(|m| !m.is_empty()) {
+        Some(m) => Err(anyhow::anyhow!("{e} ({m})")),
+        None => Err(e.into()),
+    }
+}
+
+/// `key=value` → (key, value).
+pub fn key_value(s: &str) -> anyhow::Result<(String, String)> {
+    let (k, v) = s
+        .split_once('=')
+        .with_context(|| format!("expected KEY=VALUE, got {s:?}"))?;
+    Ok((k.trim().to_string(), v.to_string()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -288,27 +311,4 @@ mod tests {
         assert_eq!(values, ["b", "c"]);
         assert_eq!(out.next_offset, 4);
     }
-}
-
-/// `Err` for a non-zero error code, with the broker's message when it sent one.
-pub fn check(
-    code: i16,
-    message: Option<&StrBytes>,
-    context: impl FnOnce() -> String,
-) -> anyhow::Result<()> {
-    let Some(e) = ClientError::from_code(code, context()) else {
-        return Ok(());
-    };
-    match message.map(|m| m.as_str()).filter(|m| !m.is_empty()) {
-        Some(m) => Err(anyhow::anyhow!("{e} ({m})")),
-        None => Err(e.into()),
-    }
-}
-
-/// `key=value` → (key, value).
-pub fn key_value(s: &str) -> anyhow::Result<(String, String)> {
-    let (k, v) = s
-        .split_once('=')
-        .with_context(|| format!("expected KEY=VALUE, got {s:?}"))?;
-    Ok((k.trim().to_string(), v.to_string()))
 }
