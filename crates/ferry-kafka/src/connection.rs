@@ -96,6 +96,7 @@ impl Connection {
             let (frame, permit) = match frame {
                 Ok(Some((f, permit))) => (f.freeze(), permit),
                 Ok(None) | Err(FrameError::Closed) => break,
+                Err(FrameError::Io(e)) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
                 Err(e) => {
                     tracing::warn!(%peer, client_id = %client_id, error = %e, "closing connection: bad frame");
                     break;

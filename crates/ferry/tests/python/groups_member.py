@@ -2,9 +2,10 @@
 
     python groups_member.py BOOTSTRAP TOPIC GROUP SECONDS
 
-Subscribes TOPIC in GROUP, and for each record commits synchronously and only
-then prints "committed <value>", so the test knows exactly which records were
-committed before it kills this process. Exits after SECONDS.
+Subscribes TOPIC in GROUP, and for each record prints "consumed <value>",
+commits synchronously and only then prints "committed <value>", so the test
+knows which records were surely committed before it kills this process (and
+which ones may have been: consumed, commit maybe done). Exits after SECONDS.
 """
 
 import sys
@@ -31,6 +32,7 @@ def main():
     while time.time() < end:
         for records in consumer.poll(timeout_ms=100).values():
             for record in records:
+                print("consumed", record.value.decode(), flush=True)
                 consumer.commit()
                 print("committed", record.value.decode(), flush=True)
                 # Slow enough that the test kills it with records left over.
