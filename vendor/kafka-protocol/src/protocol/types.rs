@@ -985,9 +985,10 @@ impl<T, E: Decoder<T>> Decoder<Option<Vec<T>>> for Array<E> {
         match Int32.decode(buf)? {
             -1 => Ok(None),
             n if n >= 0 => {
-                // ferry: the declared length comes from the peer; every element takes at
-                // least one byte, so never reserve more than the bytes that are left.
-                let mut result = Vec::with_capacity((n as usize).min(buf.remaining()));
+                // ferry: the declared length comes from the peer: reserve no more than
+                // the bytes left (every element takes at least one) and a small bound,
+                // and let the vector grow with the elements actually decoded.
+                let mut result = Vec::with_capacity((n as usize).min(buf.remaining()).min(1024));
                 for _ in 0..n {
                     result.push(self.0.decode(buf)?);
                 }
@@ -1095,8 +1096,8 @@ impl<T, E: Decoder<T>> Decoder<Option<Vec<T>>> for CompactArray<E> {
         match UnsignedVarInt.decode(buf)? {
             0 => Ok(None),
             n => {
-                // ferry: as above, bounded by the bytes left.
-                let mut result = Vec::with_capacity(((n - 1) as usize).min(buf.remaining()));
+                // ferry: as above, bounded by the bytes left and a small bound.
+                let mut result = Vec::with_capacity(((n - 1) as usize).min(buf.remaining()).min(1024));
                 for _ in 1..n {
                     result.push(self.0.decode(buf)?);
                 }
