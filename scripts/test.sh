@@ -70,3 +70,5 @@ log "cargo test"
 # The end-to-end tests mostly wait on the network and on brokers in child
 # processes, so run more of them at once than there are cores.
 cargo test --workspace -- --test-threads="${RUST_TEST_THREADS:-4}"
+log "fuzzing (each target for ${FUZZ_SECONDS:-10}s)"
+bash scripts/fuzz.sh "${FUZZ_SECONDS:-10}"
