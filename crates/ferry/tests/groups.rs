@@ -445,3 +445,94 @@ fn killed_member_partitions_move_and_only_uncommitted_records_are_redelivered() 
     );
     assert!(got[0].len() >= expected);
 }
+
+/// A kcat (librdkafka 2.0.2) balanced consumer with auto commit is killed without
+/// leaving; an rdkafka member takes its partitions after the session timeout and
+/// resumes exactly at the committed offsets: nothing committed comes back,
+/// nothing after the commits is lost (at-least-once), including records produced
+/// after the kill.
+#[test]
+fn killed_kcat_member_partitions_move_and_resume_at_committed_offsets() {
+    let broker = start_broker();
+    let topic = unique_topic("groups-kcat-kill");
+    let group = "kcat-kill";
+    create_topic(&broker, &topic, 4, &[]);
+    produce_values(&broker, &topic, 4, 400, "v");
+    let mut victim = Command::new(kcat())
+        .args([
+            "-b",
+            &broker.bootstrap(),
+            "-G",
+            group,
+            &topic,
+            "-q",
+            "-f",
+            "%p %o\n",
+        ])
+        .args([
+            "-X",
+            "auto.offset.reset=earliest",
+            "-X",
+            "session.timeout.ms=6000",
+        ])
+        .args([
+            "-X",
+            "heartbeat.interval.ms=300",
+            "-X",
+            "enable.auto.commit=true",
+        ])
+        .args(["-X", "auto.commit.interval.ms=100"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start kcat");
+    // An observer that never joins the group reads its committed offsets.
+    let observer: BaseConsumer = client_config(&broker)
+        .set("group.id", group)
+        .create()
+        .expect("observer");
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..4 {
+        tpl.add_partition(&topic, p);
+    }
+    let committed = |tpl: &TopicPartitionList| -> BTreeMap<i32, i64> {
+        observer
+            .committed_offsets(tpl.clone(), Duration::from_secs(10))
+            .map(|c| {
+                c.elements()
+                    .iter()
+                    .map(|e| (e.partition(), e.offset().to_raw().unwrap_or(-1).max(0)))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let progressed = wait_until(GROUP_DEADLINE, || {
+        committed(&tpl).values().sum::<i64>() >= 40
+    });
+    assert!(progressed, "kcat consumed and auto-committed");
+    victim.kill().expect("SIGKILL kcat");
+    let _ = victim.wait();
+    let at_kill = committed(&tpl);
+    // More records after the kill: the survivor must read them too.
+    produce_values(&broker, &topic, 4, 400, "w");
+
+    let (c, _) = group_consumer(&broker, group, &topic, &[]);
+    let got = poll_all(&[&c], Duration::from_secs(60), |g| {
+        (0..4).all(|p| {
+            let from = at_kill.get(&p).copied().unwrap_or(0);
+            let seen: BTreeSet<i64> = g[0]
+                .iter()
+                .filter(|(q, _, _)| *q == p)
+                .map(|(_, o, _)| *o)
+                .collect();
+            (from..200).all(|o| seen.contains(&o))
+        })
+    });
+    for (p, o, v) in &got[0] {
+        let from = at_kill.get(p).copied().unwrap_or(0);
+        assert!(
+            *o >= from,
+            "record {v} at {p}/{o} was committed (at {from}) yet came back"
+        );
+    }
+}
