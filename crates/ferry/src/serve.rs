@@ -26,15 +26,13 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         .with_context(|| format!("binding the Kafka listener to {}", settings.kafka_addr))?;
     // Bound before recovery so /healthz answers (and /readyz says "not yet")
     // while a large data directory is recovered.
-    // A busy HTTP port does not stop the broker (parallel test brokers share the
-    // default); it is logged and the endpoints are off.
-    let http_listener = match TcpListener::bind(&settings.http_addr).await {
-        Ok(l) => Some(l),
-        Err(e) => {
-            tracing::error!(addr = %settings.http_addr, error = %e, "could not bind the HTTP listener; /metrics, /healthz and /readyz are off");
-            None
-        }
-    };
+    // A busy HTTP port stops the broker like a busy Kafka port: a broker without
+    // /readyz would look dead to whatever watches it.
+    let http_listener = Some(
+        TcpListener::bind(&settings.http_addr)
+            .await
+            .with_context(|| format!("binding the HTTP listener to {}", settings.http_addr))?,
+    );
     let http_bound = http_listener.as_ref().and_then(|l| l.local_addr().ok());
     let bound = listener.local_addr()?;
     let (host, port) = match &settings.advertised_kafka_addr {

@@ -78,6 +78,8 @@ impl Proc {
             .arg(&self.data_dir)
             .arg("--kafka-addr")
             .arg(&addr)
+            .arg("--http-addr")
+            .arg("127.0.0.1:0")
             .args(&self.args)
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
