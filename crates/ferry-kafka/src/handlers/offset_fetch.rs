@@ -45,11 +45,24 @@ fn values(c: &Option<CommittedOffset>) -> (i64, i32, StrBytes) {
     }
 }
 
+/// With `require_stable` (v7+), a partition whose offset is part of an open
+/// transaction answers UNSTABLE_OFFSET_COMMIT instead of the last stable offset,
+/// so a read_committed consumer retries rather than starting from stale ground.
+fn unstable(
+    ctx: &RequestContext,
+    require_stable: bool,
+    group_id: &str,
+    tp: &TopicPartition,
+) -> bool {
+    require_stable && ctx.broker.groups().has_pending_txn_offset(group_id, tp)
+}
+
 pub async fn handle(
     ctx: &RequestContext,
     version: i16,
     req: OffsetFetchRequest,
 ) -> OffsetFetchResponse {
+    let require_stable = version >= 7 && req.require_stable;
     if version >= 8 {
         let groups = req
             .groups
@@ -65,11 +78,18 @@ pub async fn handle(
                 let mut out: Vec<OffsetFetchResponseTopics> = Vec::new();
                 for (tp, c) in fetched {
                     let (offset, epoch, metadata) = values(&c);
-                    let p = OffsetFetchResponsePartitions::default()
-                        .with_partition_index(tp.partition)
-                        .with_committed_offset(offset)
-                        .with_committed_leader_epoch(epoch)
-                        .with_metadata(Some(metadata));
+                    let p = if unstable(ctx, require_stable, g.group_id.0.as_str(), &tp) {
+                        OffsetFetchResponsePartitions::default()
+                            .with_partition_index(tp.partition)
+                            .with_committed_offset(-1)
+                            .with_error_code(ResponseError::UnstableOffsetCommit.code())
+                    } else {
+                        OffsetFetchResponsePartitions::default()
+                            .with_partition_index(tp.partition)
+                            .with_committed_offset(offset)
+                            .with_committed_leader_epoch(epoch)
+                            .with_metadata(Some(metadata))
+                    };
                     match out.iter_mut().find(|t| t.name.0.as_str() == tp.topic) {
                         Some(t) => t.partitions.push(p),
                         None => out.push(
@@ -103,11 +123,18 @@ pub async fn handle(
     let mut out: Vec<OffsetFetchResponseTopic> = Vec::new();
     for (tp, c) in fetched {
         let (offset, epoch, metadata) = values(&c);
-        let p = OffsetFetchResponsePartition::default()
-            .with_partition_index(tp.partition)
-            .with_committed_offset(offset)
-            .with_committed_leader_epoch(epoch)
-            .with_metadata(Some(metadata));
+        let p = if unstable(ctx, require_stable, req.group_id.0.as_str(), &tp) {
+            OffsetFetchResponsePartition::default()
+                .with_partition_index(tp.partition)
+                .with_committed_offset(-1)
+                .with_error_code(ResponseError::UnstableOffsetCommit.code())
+        } else {
+            OffsetFetchResponsePartition::default()
+                .with_partition_index(tp.partition)
+                .with_committed_offset(offset)
+                .with_committed_leader_epoch(epoch)
+                .with_metadata(Some(metadata))
+        };
         match out.iter_mut().find(|t| t.name.0.as_str() == tp.topic) {
             Some(t) => t.partitions.push(p),
             None => out.push(
