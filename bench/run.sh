@@ -16,7 +16,7 @@ scale="${SCALE:-1}"
 bytes_total=$(python3 -c "print(int(2_000_000_000 * $scale))")
 records=$((bytes_total / 1024))
 work="$(mktemp -d)"
-trap 'kill "${pid:-}" 2>/dev/null || true; rm -rf "$work"' EXIT
+trap 'if [ -n "${pid:-}" ]; then kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null; fi; rm -rf "$work"' EXIT
 
 cargo build --release -q -p ferry -p ferry-bench
 bench=target/release/ferry-bench
