@@ -72,6 +72,9 @@ pub enum Isolation {
     ReadCommitted,
 }
 
+/// Bytes read per step by [`Partition::replay`].
+const REPLAY_READ_BYTES: usize = 1 << 20;
+
 const EPOCH_CHECKPOINT: &str = "leader-epoch-checkpoint";
 
 struct ReplicaState {
@@ -497,6 +500,51 @@ impl Partition {
             });
         }
         Ok(self.log.read(offset, max_bytes, upper)?)
+    }
+
+    /// Replays the partition from its log start to the high watermark, batch by
+    /// batch with the records decoded: how coordinators rebuild their state from an
+    /// internal topic at startup. Records of a data batch below the position read
+    /// from (a log start inside a batch) are left out.
+    pub fn replay(
+        &self,
+        mut visit: impl FnMut(&BatchHeader, Vec<record::Record>) -> Result<(), CoreError>,
+    ) -> Result<(), CoreError> {
+        let mut offset = self.log_start_offset();
+        let end = self.high_watermark();
+        while offset < end {
+            let read = self.read(offset, REPLAY_READ_BYTES, Isolation::ReadUncommitted)?;
+            if read.bytes.is_empty() || read.next_offset <= offset {
+                break;
+            }
+            for item in batch::batches(&read.bytes) {
+                let (header, bytes) = item?;
+                let (_, mut records) = record::decode_batch(bytes)?;
+                if !header.is_control() {
+                    records.retain(|r| r.offset >= offset);
+                }
+                visit(&header, records)?;
+            }
+            offset = read.next_offset;
+        }
+        Ok(())
+    }
+
+    /// Key and value of every keyed data record, in log order: the content of a
+    /// compacted internal topic.
+    pub fn read_keyed(&self) -> Result<Vec<(Bytes, Option<Bytes>)>, CoreError> {
+        let mut out = Vec::new();
+        self.replay(|header, records| {
+            if !header.is_control() {
+                out.extend(
+                    records
+                        .into_iter()
+                        .filter_map(|r| r.key.map(|k| (k, r.value))),
+                );
+            }
+            Ok(())
+        })?;
+        Ok(out)
     }
 
     /// OffsetForLeaderEpoch: the epoch `<= requested` the log knows and the offset

@@ -57,14 +57,12 @@ use crate::broker::{Broker, NewTopic};
 use crate::clock::Clock;
 use crate::config::BrokerConfig;
 use crate::error::CoreError;
-use crate::partition::{Isolation, TopicPartition};
+use crate::partition::TopicPartition;
 
 /// The internal topic of committed offsets and group metadata.
 pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
 /// How often timeouts are checked.
 pub const TICK_INTERVAL_MS: u64 = 100;
-/// Bytes read per step while replaying a partition at startup.
-const REPLAY_READ_BYTES: usize = 1 << 20;
 
 /// Waits until appended records are durable.
 pub type Durability = Pin<Box<dyn Future<Output = Result<(), CoreError>> + Send>>;
@@ -535,69 +533,36 @@ impl GroupStorage for BrokerGroupStorage {
             return Ok(Vec::new());
         };
         let mut out = Vec::new();
-        let mut offset = p.log_start_offset();
-        let end = p.high_watermark();
-        while offset < end {
-            let read = p.read(offset, REPLAY_READ_BYTES, Isolation::ReadUncommitted)?;
-            if read.bytes.is_empty() || read.next_offset <= offset {
-                break;
+        p.replay(|header, records| {
+            if header.is_control() {
+                let commit = records
+                    .first()
+                    .and_then(|r| r.key.as_ref())
+                    .is_some_and(|k| k.len() >= 4 && i16::from_be_bytes([k[2], k[3]]) == 1);
+                out.push(StoredEntry::Marker {
+                    producer_id: header.producer_id,
+                    commit,
+                });
+                return Ok(());
             }
-            for item in ferry_log::batch::batches(&read.bytes) {
-                let (header, bytes) = item?;
-                let (_, records) = ferry_log::record::decode_batch(bytes)?;
-                if header.is_control() {
-                    let commit = records
-                        .first()
-                        .and_then(|r| r.key.as_ref())
-                        .is_some_and(|k| k.len() >= 4 && i16::from_be_bytes([k[2], k[3]]) == 1);
-                    out.push(StoredEntry::Marker {
-                        producer_id: header.producer_id,
-                        commit,
-                    });
-                    continue;
-                }
-                let producer_id = header.is_transactional().then_some(header.producer_id);
-                for r in records {
-                    if r.offset < offset {
-                        continue;
-                    }
-                    if let Some(key) = r.key {
-                        out.push(StoredEntry::Record {
-                            key,
-                            value: r.value,
-                            producer_id,
-                        });
-                    }
-                }
-            }
-            offset = read.next_offset;
-        }
+            let producer_id = header.is_transactional().then_some(header.producer_id);
+            out.extend(records.into_iter().filter_map(|r| {
+                r.key.map(|key| StoredEntry::Record {
+                    key,
+                    value: r.value,
+                    producer_id,
+                })
+            }));
+            Ok(())
+        })?;
         Ok(out)
     }
 
     fn read_all(&self, partition: i32) -> Result<Vec<(Bytes, Option<Bytes>)>, CoreError> {
         let broker = self.broker()?;
-        let Some(p) = broker.partition(&TopicPartition::new(OFFSETS_TOPIC, partition)) else {
-            return Ok(Vec::new());
-        };
-        let mut out = Vec::new();
-        let mut offset = p.log_start_offset();
-        let end = p.high_watermark();
-        while offset < end {
-            let read = p.read(offset, REPLAY_READ_BYTES, Isolation::ReadUncommitted)?;
-            if read.bytes.is_empty() || read.next_offset <= offset {
-                break;
-            }
-            for r in ferry_log::record::decode_records(&read.bytes)? {
-                if r.offset < offset {
-                    continue;
-                }
-                if let Some(key) = r.key {
-                    out.push((key, r.value));
-                }
-            }
-            offset = read.next_offset;
+        match broker.partition(&TopicPartition::new(OFFSETS_TOPIC, partition)) {
+            Some(p) => p.read_keyed(),
+            None => Ok(Vec::new()),
         }
-        Ok(out)
     }
 }

@@ -38,7 +38,7 @@ use crate::broker::{Broker, NewTopic};
 use crate::clock::Clock;
 use crate::error::CoreError;
 use crate::group::{Durability, TxnCommitRequest, OFFSETS_TOPIC};
-use crate::partition::{Isolation, TopicPartition};
+use crate::partition::TopicPartition;
 
 /// The internal topic of transaction state.
 pub const TRANSACTION_STATE_TOPIC: &str = "__transaction_state";
@@ -46,8 +46,6 @@ pub const TRANSACTION_STATE_TOPIC: &str = "__transaction_state";
 pub const COORDINATOR_EPOCH: i32 = 0;
 /// How often the coordinator looks for work (timeouts, unfinished completions).
 const TICK_INTERVAL_MS: u64 = 500;
-/// Bytes read per step while replaying at startup.
-const REPLAY_READ_BYTES: usize = 1 << 20;
 
 /// Where transaction records live.
 ///
@@ -561,29 +559,10 @@ impl TxnStorage for BrokerTxnHost {
 
     fn read_all(&self, partition: i32) -> Result<Vec<(Bytes, Option<Bytes>)>, CoreError> {
         let broker = self.broker()?;
-        let Some(p) = broker.partition(&TopicPartition::new(TRANSACTION_STATE_TOPIC, partition))
-        else {
-            return Ok(Vec::new());
-        };
-        let mut out = Vec::new();
-        let mut offset = p.log_start_offset();
-        let end = p.high_watermark();
-        while offset < end {
-            let read = p.read(offset, REPLAY_READ_BYTES, Isolation::ReadUncommitted)?;
-            if read.bytes.is_empty() || read.next_offset <= offset {
-                break;
-            }
-            for r in ferry_log::record::decode_records(&read.bytes)? {
-                if r.offset < offset {
-                    continue;
-                }
-                if let Some(key) = r.key {
-                    out.push((key, r.value));
-                }
-            }
-            offset = read.next_offset;
+        match broker.partition(&TopicPartition::new(TRANSACTION_STATE_TOPIC, partition)) {
+            Some(p) => p.read_keyed(),
+            None => Ok(Vec::new()),
         }
-        Ok(out)
     }
 }
 
