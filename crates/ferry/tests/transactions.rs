@@ -386,3 +386,98 @@ fn consume_transform_produce_is_exactly_once_across_crashes() {
         );
     }
 }
+
+/// What operators see of a transaction while it is open and after it commits:
+/// ListTransactions, DescribeTransactions and DescribeProducers (the APIs behind
+/// `kafka-transactions.sh`), asked with ferry's own Kafka client; the
+/// transaction itself is librdkafka's.
+#[test]
+fn operators_list_and_describe_transactions_and_producers() {
+    use ferry_client::kafka_protocol::messages::describe_producers_request::TopicRequest;
+    use ferry_client::kafka_protocol::messages::{
+        DescribeProducersRequest, DescribeTransactionsRequest, ListTransactionsRequest, TopicName,
+        TransactionalId,
+    };
+    use ferry_client::kafka_protocol::protocol::StrBytes;
+
+    let broker = Broker::start();
+    let topic = unique_topic("txn-ops");
+    create_topic(&broker, &topic, 1, &[]);
+    let producer = txn_producer(&broker.bootstrap(), "ops-tx");
+    producer
+        .init_transactions(TXN_TIMEOUT)
+        .expect("init_transactions");
+    producer.begin_transaction().expect("begin");
+    send(&producer, &topic, 0, "x1");
+    producer.flush(TXN_TIMEOUT).expect("flush");
+
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let client = rt
+        .block_on(ferry_client::Client::connect(
+            ferry_client::ClientConfig::new([broker.bootstrap()]),
+        ))
+        .expect("connect");
+    let conn = rt.block_on(client.any_connection()).expect("connection");
+    let list = |states: &[&str]| {
+        let req = ListTransactionsRequest::default().with_state_filters(
+            states
+                .iter()
+                .map(|s| StrBytes::from_string(s.to_string()))
+                .collect(),
+        );
+        let resp = rt.block_on(conn.send(&req)).expect("ListTransactions");
+        assert_eq!(resp.error_code, 0);
+        resp.transaction_states
+            .iter()
+            .map(|t| {
+                (
+                    t.transactional_id.0.to_string(),
+                    t.transaction_state.to_string(),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        list(&[]),
+        vec![("ops-tx".to_string(), "Ongoing".to_string())]
+    );
+    assert!(list(&["CompleteCommit"]).is_empty());
+
+    let describe = DescribeTransactionsRequest::default()
+        .with_transactional_ids(vec![TransactionalId(StrBytes::from_static_str("ops-tx"))]);
+    let resp = rt
+        .block_on(conn.send(&describe))
+        .expect("DescribeTransactions");
+    let state = &resp.transaction_states[0];
+    assert_eq!(state.error_code, 0);
+    assert_eq!(state.transaction_state.as_str(), "Ongoing");
+    let topics: Vec<String> = state.topics.iter().map(|t| t.topic.0.to_string()).collect();
+    assert_eq!(topics, vec![topic.clone()]);
+    let producer_id = i64::from(state.producer_id);
+
+    let producers = DescribeProducersRequest::default().with_topics(vec![TopicRequest::default()
+        .with_name(TopicName(StrBytes::from_string(topic.clone())))
+        .with_partition_indexes(vec![0])]);
+    let resp = rt
+        .block_on(conn.send(&producers))
+        .expect("DescribeProducers");
+    let partition = &resp.topics[0].partitions[0];
+    assert_eq!(partition.error_code, 0);
+    let active: Vec<(i64, i64)> = partition
+        .active_producers
+        .iter()
+        .map(|p| (i64::from(p.producer_id), p.current_txn_start_offset))
+        .collect();
+    assert_eq!(
+        active,
+        vec![(producer_id, 0)],
+        "the open transaction starts at offset 0"
+    );
+
+    producer.commit_transaction(TXN_TIMEOUT).expect("commit");
+    assert_eq!(
+        list(&["CompleteCommit"]),
+        vec![("ops-tx".to_string(), "CompleteCommit".to_string())]
+    );
+    assert!(list(&["Ongoing"]).is_empty());
+}
