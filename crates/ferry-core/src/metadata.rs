@@ -422,3 +422,87 @@ mod tests {
         assert_eq!(image.topic_by_id(&id).map(|t| t.name.as_str()), Some("t"));
     }
 }
+
+#[cfg(test)]
+mod round_trips {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn name() -> impl Strategy<Value = String> {
+        "[a-zA-Z0-9._-]{1,30}"
+    }
+
+    fn record() -> impl Strategy<Value = MetadataRecord> {
+        let id = any::<u128>().prop_map(Uuid::from_u128);
+        let configs = proptest::collection::btree_map(name(), name(), 0..4);
+        let ids = proptest::collection::vec(any::<i32>(), 0..4);
+        prop_oneof![
+            (
+                any::<i32>(),
+                name(),
+                any::<i32>(),
+                proptest::option::of(name())
+            )
+                .prop_map(|(node_id, host, port, rack)| {
+                    MetadataRecord::BrokerRegistered {
+                        node_id,
+                        host,
+                        port,
+                        rack,
+                    }
+                }),
+            (name(), id.clone(), configs).prop_map(|(name, topic_id, configs)| {
+                MetadataRecord::TopicCreated {
+                    name,
+                    topic_id,
+                    configs,
+                }
+            }),
+            (
+                id.clone(),
+                any::<i32>(),
+                ids.clone(),
+                ids,
+                any::<i32>(),
+                any::<i32>()
+            )
+                .prop_map(
+                    |(topic_id, partition, replicas, isr, leader, leader_epoch)| {
+                        MetadataRecord::PartitionCreated {
+                            topic_id,
+                            partition,
+                            replicas,
+                            isr,
+                            leader,
+                            leader_epoch,
+                        }
+                    }
+                ),
+            (id.clone(), name(), proptest::option::of(name())).prop_map(
+                |(topic_id, name, value)| MetadataRecord::TopicConfigChanged {
+                    topic_id,
+                    name,
+                    value
+                }
+            ),
+            (name(), proptest::option::of(name()))
+                .prop_map(|(name, value)| MetadataRecord::BrokerConfigChanged { name, value }),
+            id.prop_map(|topic_id| MetadataRecord::TopicDeleted { topic_id }),
+            any::<i64>().prop_map(|end| MetadataRecord::ProducerIdsAllocated { end }),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        #[test]
+        fn records_round_trip_through_the_log(records in proptest::collection::vec(record(), 0..20)) {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let (mut log, existing) = MetadataLog::open(dir.path()).expect("open");
+            prop_assert!(existing.is_empty());
+            log.append(&records).expect("append");
+            drop(log);
+            let (_, replayed) = MetadataLog::open(dir.path()).expect("reopen");
+            prop_assert_eq!(replayed, records);
+        }
+    }
+}

@@ -488,3 +488,80 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod round_trips {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn text() -> impl Strategy<Value = String> {
+        "[a-zA-Z0-9._-]{0,40}"
+    }
+
+    fn member() -> impl Strategy<Value = MemberMetadataValue> {
+        (
+            (text(), proptest::option::of(text()), text(), text()),
+            (any::<i32>(), any::<i32>()),
+            (
+                proptest::collection::vec(any::<u8>(), 0..64),
+                proptest::collection::vec(any::<u8>(), 0..64),
+            ),
+        )
+            .prop_map(
+                |(
+                    (member_id, group_instance_id, client_id, client_host),
+                    (rebalance, session),
+                    (s, a),
+                )| {
+                    MemberMetadataValue {
+                        member_id,
+                        group_instance_id,
+                        client_id,
+                        client_host,
+                        rebalance_timeout_ms: rebalance,
+                        session_timeout_ms: session,
+                        subscription: Bytes::from(s),
+                        assignment: Bytes::from(a),
+                    }
+                },
+            )
+    }
+
+    proptest! {
+        #[test]
+        fn keys_round_trip(group in text(), topic in text(), partition in any::<i32>(), kind in 0..3u8) {
+            let key = match kind {
+                0 => RecordKey::Offset { group, topic, partition },
+                1 => RecordKey::GroupMetadata { group },
+                _ => RecordKey::ConsumerGroup { group },
+            };
+            prop_assert_eq!(RecordKey::decode(&key.encode()).expect("decode"), key);
+        }
+
+        #[test]
+        fn offset_values_round_trip(offset in any::<i64>(), leader_epoch in any::<i32>(), metadata in text(), ts in any::<i64>()) {
+            let value = OffsetCommitValue { offset, leader_epoch, metadata, commit_timestamp_ms: ts, expire_timestamp_ms: None };
+            prop_assert_eq!(OffsetCommitValue::decode(&value.encode()).expect("decode"), value);
+        }
+
+        #[test]
+        fn group_values_round_trip(
+            protocol_type in text(),
+            generation in any::<i32>(),
+            protocol in proptest::option::of(text()),
+            leader in proptest::option::of(text()),
+            ts in any::<i64>(),
+            members in proptest::collection::vec(member(), 0..5),
+        ) {
+            let value = GroupMetadataValue { protocol_type, generation, protocol, leader, current_state_timestamp_ms: ts, members };
+            prop_assert_eq!(GroupMetadataValue::decode(&value.encode()).expect("decode"), value);
+        }
+
+        #[test]
+        fn garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..128)) {
+            let _ = RecordKey::decode(&bytes);
+            let _ = OffsetCommitValue::decode(&bytes);
+            let _ = GroupMetadataValue::decode(&bytes);
+        }
+    }
+}
