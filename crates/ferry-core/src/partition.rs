@@ -14,7 +14,7 @@
 //! end offset.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicI64, Ordering};
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
@@ -79,7 +79,6 @@ const EPOCH_CHECKPOINT: &str = "leader-epoch-checkpoint";
 
 struct ReplicaState {
     config: TopicConfig,
-    leader_epoch: i32,
     /// (epoch, first offset written in it), ascending.
     epoch_cache: Vec<(i32, i64)>,
     unflushed_records: i64,
@@ -93,6 +92,9 @@ pub struct Partition {
     log: Arc<Log>,
     state: Mutex<ReplicaState>,
     high_watermark: AtomicI64,
+    /// Read on every fetch, so kept outside `state` (the append lock); it changes
+    /// only with leadership.
+    leader_epoch: AtomicI32,
     /// Woken whenever the high watermark moves.
     hw_notify: Notify,
     /// Held while an fsync runs: waiters queue here and find their offset flushed.
@@ -139,9 +141,9 @@ impl Partition {
             dir: dir.to_path_buf(),
             high_watermark: AtomicI64::new(leo),
             log: Arc::new(log),
+            leader_epoch: AtomicI32::new(leader_epoch),
             state: Mutex::new(ReplicaState {
                 config,
-                leader_epoch,
                 epoch_cache,
                 unflushed_records: 0,
                 last_flush_ms: now_ms,
@@ -173,7 +175,7 @@ impl Partition {
     }
 
     pub fn leader_epoch(&self) -> i32 {
-        self.state.lock().leader_epoch
+        self.leader_epoch.load(Ordering::Acquire)
     }
 
     pub fn high_watermark(&self) -> i64 {
@@ -236,7 +238,7 @@ impl Partition {
         self.producers
             .lock()
             .check_marker(producer_id, producer_epoch)?;
-        let info = self.log.append(&mut buf, state.leader_epoch, now_ms)?;
+        let info = self.log.append(&mut buf, self.leader_epoch(), now_ms)?;
         let mut producers = self.producers.lock();
         producers.apply_marker(
             producer_id,
@@ -375,7 +377,7 @@ impl Partition {
         } else {
             -1
         };
-        let epoch = state.leader_epoch;
+        let epoch = self.leader_epoch();
         let from_producers = headers.iter().any(|h| h.has_producer_id());
         let info = self
             .log
@@ -551,7 +553,7 @@ impl Partition {
     /// where it ended (the log end offset for the current epoch).
     pub fn end_offset_for_epoch(&self, requested: i32) -> (i32, i64) {
         let state = self.state.lock();
-        if requested == state.leader_epoch {
+        if requested == self.leader_epoch() {
             return (requested, self.log.log_end_offset());
         }
         if requested < 0 {

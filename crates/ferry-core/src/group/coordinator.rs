@@ -430,6 +430,30 @@ pub struct ClassicGroup {
 }
 
 impl ClassicGroup {
+    /// The member checks of OffsetCommit and TxnOffsetCommit: a static member must
+    /// hold its instance id, a dynamic one must be known, and the generation must
+    /// be the group's.
+    pub(super) fn check_committer(
+        &self,
+        member_id: &str,
+        group_instance_id: Option<&String>,
+        generation_id: i32,
+    ) -> Result<(), GroupError> {
+        if let Some(instance) = group_instance_id {
+            match self.static_members.get(instance) {
+                Some(current) if current != member_id => return Err(GroupError::FencedInstanceId),
+                Some(_) => {}
+                None => return Err(GroupError::UnknownMemberId),
+            }
+        } else if !self.members.contains_key(member_id) {
+            return Err(GroupError::UnknownMemberId);
+        }
+        if generation_id != self.generation_id {
+            return Err(GroupError::IllegalGeneration);
+        }
+        Ok(())
+    }
+
     pub(super) fn new(group_id: String, now_ms: i64) -> ClassicGroup {
         ClassicGroup {
             group_id,

@@ -196,20 +196,11 @@ impl GroupManager {
                 || !req.member_id.is_empty()
                 || req.group_instance_id.is_some();
             if as_member {
-                if let Some(instance) = &req.group_instance_id {
-                    match group.static_members.get(instance) {
-                        Some(current) if *current != req.member_id => {
-                            return Err(GroupError::FencedInstanceId)
-                        }
-                        Some(_) => {}
-                        None => return Err(GroupError::UnknownMemberId),
-                    }
-                } else if !group.members.contains_key(&req.member_id) {
-                    return Err(GroupError::UnknownMemberId);
-                }
-                if req.generation_id != group.generation_id {
-                    return Err(GroupError::IllegalGeneration);
-                }
+                group.check_committer(
+                    &req.member_id,
+                    req.group_instance_id.as_ref(),
+                    req.generation_id,
+                )?;
             } else if group.state != GroupState::Empty {
                 // Only members may commit while the group has members.
                 return Err(GroupError::UnknownMemberId);

@@ -83,20 +83,11 @@ impl GroupManager {
         }
         // Kafka validates the member only when the client sent one (v3+).
         if !req.member_id.is_empty() || req.generation_id >= 0 {
-            if let Some(instance) = &req.group_instance_id {
-                match group.static_members.get(instance) {
-                    Some(current) if *current != req.member_id => {
-                        return Err(GroupError::FencedInstanceId)
-                    }
-                    Some(_) => {}
-                    None => return Err(GroupError::UnknownMemberId),
-                }
-            } else if !group.members.contains_key(&req.member_id) {
-                return Err(GroupError::UnknownMemberId);
-            }
-            if req.generation_id != group.generation_id {
-                return Err(GroupError::IllegalGeneration);
-            }
+            group.check_committer(
+                &req.member_id,
+                req.group_instance_id.as_ref(),
+                req.generation_id,
+            )?;
         }
         let mut results = Vec::with_capacity(req.offsets.len());
         let mut records = Vec::new();
