@@ -288,6 +288,22 @@ pub const BROKER_CONFIGS: &[ConfigDef] = &[
         1024,
         &[],
         "Request bytes held in memory over all connections; when full the broker stops reading requests (back-pressure). At least socket.request.max.bytes is used.",
+    ),
+    def(
+        "queued.max.response.bytes",
+        ConfigType::Long,
+        "104857600",
+        1024,
+        &[],
+        "ferry: fetch response bytes held in memory over all connections, from the read until the client has taken them; a fetch waits for room. A connection runs one fetch at a time until its response is written.",
+    ),
+    def(
+        "response.send.timeout.ms",
+        ConfigType::Long,
+        "30000",
+        1,
+        &[],
+        "ferry: a connection whose client takes longer than this to read a response is closed, giving back the memory its responses held.",
     ),    def(
         "group.initial.rebalance.delay.ms",
         ConfigType::Int,

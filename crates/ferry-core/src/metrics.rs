@@ -59,6 +59,10 @@ impl Gauge {
         self.0.fetch_sub(1, Ordering::Relaxed);
     }
 
+    pub fn add(&self, n: i64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+
     pub fn get(&self) -> i64 {
         self.0.load(Ordering::Relaxed)
     }
@@ -235,6 +239,8 @@ pub struct Metrics {
     pub connections_open: Gauge,
     pub connections_accepted: Counter,
     pub connections_rejected: Counter,
+    /// Fetch response bytes reserved from `queued.max.response.bytes`.
+    pub response_bytes_held: Gauge,
     pub fsync_duration: Histogram,
 }
 
@@ -251,6 +257,7 @@ impl Metrics {
             connections_open: Gauge::default(),
             connections_accepted: Counter::default(),
             connections_rejected: Counter::default(),
+            response_bytes_held: Gauge::default(),
             fsync_duration: latency(),
         }
     }
@@ -319,6 +326,17 @@ impl Metrics {
             out,
             "ferry_kafka_connections_rejected_total {}",
             self.connections_rejected.get()
+        );
+        header(
+            out,
+            "ferry_kafka_response_bytes_held",
+            "Fetch response bytes held in memory until written, out of queued.max.response.bytes.",
+            "gauge",
+        );
+        let _ = writeln!(
+            out,
+            "ferry_kafka_response_bytes_held {}",
+            self.response_bytes_held.get()
         );
         header(
             out,

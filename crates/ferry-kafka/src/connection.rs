@@ -15,8 +15,9 @@ use ferry_core::Broker;
 use kafka_protocol::messages::ApiKey;
 use tokio::io::{AsyncWriteExt, BufWriter};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot, watch, Semaphore};
+use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
 
+use crate::budget::{Reservation, ResponseBudget};
 use crate::dispatch::{self, RequestContext};
 use crate::frame::{self, FrameError};
 use crate::server::KafkaListenerConfig;
@@ -29,11 +30,22 @@ pub struct Connection {
     /// Broker-wide budget of request bytes in memory; a frame's bytes are taken
     /// before it is read and given back when its handler has finished.
     memory: Arc<Semaphore>,
+    /// The broker-wide fetch response budget.
+    responses: ResponseBudget,
 }
 
 /// A response slot: `None` when the request gets no response (produce with acks=0)
 /// or when the connection must close after the responses before it.
-type Slot = oneshot::Receiver<dispatch::Outcome>;
+/// What rides along with a response until it is written, and is given back then.
+type Slot = oneshot::Receiver<(dispatch::Outcome, Held)>;
+
+#[derive(Default)]
+struct Held {
+    /// The response's share of the response memory budget.
+    _reservation: Option<Reservation>,
+    /// A fetch's turn: the connection's next fetch waits for it.
+    _fetch_turn: Option<OwnedSemaphorePermit>,
+}
 
 impl Connection {
     pub fn new(
@@ -42,6 +54,7 @@ impl Connection {
         broker: Arc<Broker>,
         config: KafkaListenerConfig,
         memory: Arc<Semaphore>,
+        responses: ResponseBudget,
     ) -> Connection {
         Connection {
             stream,
@@ -49,6 +62,7 @@ impl Connection {
             broker,
             config,
             memory,
+            responses,
         }
     }
 
@@ -59,23 +73,45 @@ impl Connection {
             broker,
             config,
             memory,
+            responses,
         } = self;
+        let send_timeout = config.response_send_timeout;
+        // One fetch at a time until its response is written: a client that
+        // never reads pins at most one response.
+        let fetch_turns = Arc::new(Semaphore::new(1));
         let (mut reader, writer) = stream.into_split();
         let (slots_tx, mut slots_rx) = mpsc::channel::<Slot>(config.inflight_requests_max);
         let mut writer_task = tokio::spawn(async move {
             let mut writer = BufWriter::with_capacity(64 * 1024, writer);
             while let Some(slot) = slots_rx.recv().await {
                 match slot.await {
-                    Ok(dispatch::Outcome::Respond(bytes)) => {
-                        if write(&mut writer, &bytes).await.is_err() {
+                    Ok((dispatch::Outcome::Respond(bytes), held)) => {
+                        // A client that does not take its responses is closed
+                        // rather than let it pin their memory.
+                        let sent = tokio::time::timeout(send_timeout, async {
+                            write(&mut writer, &bytes).await?;
+                            if slots_rx.is_empty() {
+                                writer.flush().await?;
+                            }
+                            Ok::<_, std::io::Error>(())
+                        })
+                        .await;
+                        drop(held);
+                        match sent {
+                            Ok(Ok(())) => {}
+                            Ok(Err(_)) => return,
+                            Err(_) => {
+                                tracing::warn!(%peer, timeout_ms = send_timeout.as_millis() as u64, "closing connection: the client does not read its responses");
+                                return;
+                            }
+                        }
+                    }
+                    Ok((dispatch::Outcome::NoResponse, _)) => {
+                        if slots_rx.is_empty() && writer.flush().await.is_err() {
                             return;
                         }
                     }
-                    Ok(dispatch::Outcome::NoResponse) => {}
-                    Ok(dispatch::Outcome::Close) | Err(_) => break,
-                }
-                if slots_rx.is_empty() && writer.flush().await.is_err() {
-                    return;
+                    Ok((dispatch::Outcome::Close, _)) | Err(_) => break,
                 }
             }
             let _ = writer.flush().await;
@@ -111,7 +147,7 @@ impl Connection {
                 Ok(p) => p,
                 Err(e) => {
                     tracing::warn!(%peer, client_id = %client_id, error = %e, "closing connection: bad request header");
-                    let _ = tx.send(dispatch::Outcome::Close);
+                    let _ = tx.send((dispatch::Outcome::Close, Held::default()));
                     break;
                 }
             };
@@ -121,10 +157,18 @@ impl Connection {
                     client_id = id.as_str().to_string();
                 }
             }
-            let ctx = RequestContext {
-                broker: broker.clone(),
-                peer,
-                client_id: client_id.clone(),
+            let ctx =
+                RequestContext::new(broker.clone(), peer, client_id.clone(), responses.clone());
+            let reservation = ctx.reservation.clone();
+            let fetch_turn = if api_key == ApiKey::Fetch {
+                // The previous fetch's response is written (or the writer gave up
+                // and the connection is closing).
+                tokio::select! {
+                    turn = fetch_turns.clone().acquire_owned() => turn.ok(),
+                    _ = shutdown.changed() => break,
+                }
+            } else {
+                None
             };
             // A request that cannot be answered yields Outcome::Close: the writer
             // sends the responses before it, then the connection closes.
@@ -133,7 +177,11 @@ impl Connection {
                 let outcome = dispatch::handle(ctx, parsed, body).await;
                 crate::errors::observe_request(api, started.elapsed(), &outcome);
                 drop(permit);
-                let _ = tx.send(outcome);
+                let held = Held {
+                    _reservation: reservation.lock().take(),
+                    _fetch_turn: fetch_turn,
+                };
+                let _ = tx.send((outcome, held));
             };
             if api_key == ApiKey::Fetch {
                 // A fetch only reads and may wait for data: let the next requests

@@ -8,7 +8,9 @@ use std::sync::Arc;
 use bytes::Bytes;
 use ferry_core::Broker;
 use kafka_protocol::messages::*;
+use parking_lot::Mutex;
 
+use crate::budget::{Reservation, ResponseBudget};
 use crate::frame::{self, ParsedHeader};
 use crate::handlers;
 
@@ -28,6 +30,33 @@ pub struct RequestContext {
     pub broker: Arc<Broker>,
     pub peer: SocketAddr,
     pub client_id: String,
+    /// The connection's share of the response memory budget.
+    pub responses: ResponseBudget,
+    /// Budget held by this request's response, set by its handler; the
+    /// connection gives it back once the response is written.
+    pub reservation: Arc<Mutex<Option<Reservation>>>,
+}
+
+impl RequestContext {
+    pub fn new(
+        broker: Arc<Broker>,
+        peer: SocketAddr,
+        client_id: String,
+        responses: ResponseBudget,
+    ) -> RequestContext {
+        RequestContext {
+            broker,
+            peer,
+            client_id,
+            responses,
+            reservation: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    /// Keeps `reservation` until this request's response is written.
+    pub fn hold(&self, reservation: Reservation) {
+        *self.reservation.lock() = Some(reservation);
+    }
 }
 
 /// The APIs and versions ferry implements: (key, min version, max version).

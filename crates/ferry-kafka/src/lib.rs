@@ -11,6 +11,7 @@
 //! version negotiation, one handler module per API and the error-code mapping
 //! (errors.rs). Stored record batches go into Fetch responses as stored bytes.
 
+pub mod budget;
 pub mod connection;
 pub mod dispatch;
 pub mod errors;

@@ -10,6 +10,7 @@ use parking_lot::Mutex;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 
+use crate::budget::ResponseBudget;
 use crate::connection::Connection;
 
 /// Limits of the listener, from the broker settings of the same Kafka names.
@@ -25,6 +26,11 @@ pub struct KafkaListenerConfig {
     pub connections_per_ip_max: usize,
     /// `queued.max.request.bytes`: request bytes held at once over all connections.
     pub request_bytes_max: usize,
+    /// `queued.max.response.bytes`: fetch response bytes held at once over all
+    /// connections.
+    pub response_bytes_max: usize,
+    /// `response.send.timeout.ms`.
+    pub response_send_timeout: std::time::Duration,
 }
 
 impl KafkaListenerConfig {
@@ -36,6 +42,10 @@ impl KafkaListenerConfig {
             connections_max: c.long("max.connections").max(1) as usize,
             connections_per_ip_max: c.long("max.connections.per.ip").max(1) as usize,
             request_bytes_max: c.long("queued.max.request.bytes").max(1024) as usize,
+            response_bytes_max: c.long("queued.max.response.bytes").max(1024) as usize,
+            response_send_timeout: std::time::Duration::from_millis(
+                c.long("response.send.timeout.ms").max(1) as u64,
+            ),
         }
     }
 }
@@ -54,6 +64,7 @@ pub async fn serve(
         .max(config.frame_bytes_max)
         .min(Semaphore::MAX_PERMITS);
     let memory = Arc::new(Semaphore::new(pool_bytes));
+    let responses = ResponseBudget::new(config.response_bytes_max);
     let per_ip = Arc::new(Mutex::new(HashMap::<IpAddr, usize>::new()));
     loop {
         let accepted = tokio::select! {
@@ -81,7 +92,14 @@ pub async fn serve(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let conn = Connection::new(stream, peer, broker.clone(), config.clone(), memory.clone());
+        let conn = Connection::new(
+            stream,
+            peer,
+            broker.clone(),
+            config.clone(),
+            memory.clone(),
+            responses.clone(),
+        );
         let shutdown = shutdown.clone();
         let metrics = ferry_core::metrics::metrics();
         metrics.connections_accepted.inc();

@@ -7,14 +7,18 @@
 
 mod reliability;
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use kafka_protocol::messages::api_versions_response::ApiVersionsResponse;
-use kafka_protocol::messages::{ApiKey, ApiVersionsRequest, MetadataRequest, ResponseHeader};
-use kafka_protocol::protocol::Decodable;
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use kafka_protocol::messages::{
+    ApiKey, ApiVersionsRequest, BrokerId, FetchRequest, FetchResponse, MetadataRequest,
+    ResponseHeader, TopicName,
+};
+use kafka_protocol::protocol::{Decodable, HeaderVersion, StrBytes};
 use reliability::*;
 
 const RSS_LIMIT_KIB: u64 = 1024 * 1024;
@@ -256,4 +260,101 @@ fn connection_churn_does_not_leak() {
     assert!(rss < RSS_LIMIT_KIB);
     let mut other = connect(&broker.addr);
     assert!(served(&mut other));
+}
+
+/// A client that pipelines fetches of megabytes and never reads the responses:
+/// its connection runs one fetch at a time until that response is written, so it
+/// pins one response, not a hundred; others are served meanwhile; and once a
+/// response has waited `response.send.timeout.ms` the connection is closed.
+#[test]
+fn a_client_that_never_reads_its_fetches_pins_one_response() {
+    let (_dir, broker) = start(&["--set", "response.send.timeout.ms=4000"]);
+    create_topic(&broker.addr, "unread", 1, &[]);
+    for i in 0..8 {
+        let batch = record_batch(&format!("b{i}-"), 100, 9_000);
+        assert_eq!(produce_raw(&broker.addr, "unread", 0, batch), 0);
+    }
+    let fetch = |correlation_id: i32| {
+        let request = FetchRequest::default()
+            .with_replica_id(BrokerId(-1))
+            .with_max_wait_ms(0)
+            .with_min_bytes(1)
+            .with_max_bytes(8 << 20)
+            .with_topics(vec![FetchTopic::default()
+                .with_topic(TopicName(StrBytes::from_static_str("unread")))
+                .with_partitions(vec![FetchPartition::default()
+                    .with_partition(0)
+                    .with_fetch_offset(0)
+                    .with_partition_max_bytes(8 << 20)])]);
+        encode_request(ApiKey::Fetch, 12, correlation_id, &request)
+    };
+    let rss_before = broker.rss_kib();
+    let mut hog = connect(&broker.addr);
+    let fetches = 100;
+    for i in 0..fetches {
+        hog.write_all(&fetch(i)).expect("pipeline a fetch");
+    }
+    // Unbounded, the broker would hold ~100 responses of ~7 MiB here.
+    let mut peak = rss_before;
+    for _ in 0..10 {
+        std::thread::sleep(Duration::from_millis(100));
+        peak = peak.max(broker.rss_kib());
+    }
+    let mut other = connect(&broker.addr);
+    other.write_all(&fetch(1)).expect("send fetch");
+    let frame = read_frame(&mut other).expect("another client's fetch is answered");
+    let mut buf = Bytes::from(frame);
+    ResponseHeader::decode(&mut buf, FetchResponse::header_version(12)).expect("header");
+    let response = FetchResponse::decode(&mut buf, 12).expect("fetch response");
+    let records = response.responses[0].partitions[0]
+        .records
+        .as_ref()
+        .map_or(0, |r| r.len());
+    assert!(records > 0, "another client got records");
+    drop(other);
+    // The hog is cut off (checked without reading, which would let the broker go
+    // on); what it reads now ends with the end of the stream.
+    let local = hog.local_addr().expect("local addr");
+    let started = std::time::Instant::now();
+    while established(local) {
+        assert!(
+            started.elapsed() < DEADLINE,
+            "the connection of a client that does not read stays open"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut received = 0usize;
+    let mut chunk = vec![0u8; 1 << 20];
+    loop {
+        match hog.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => received += n,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+            Err(e) => panic!("reading the closed connection: {e}"),
+        }
+    }
+    eprintln!(
+        "never-reading fetcher: RSS {rss_before} KiB -> peak {peak} KiB; it got {received} bytes of {fetches} responses before being closed"
+    );
+    assert!(
+        peak < rss_before + 256 * 1024,
+        "RSS grew from {rss_before} KiB to {peak} KiB for responses nobody reads"
+    );
+    assert!(
+        received < fetches as usize * records,
+        "the connection was closed before all responses were sent"
+    );
+    let mut third = connect(&broker.addr);
+    assert!(served(&mut third));
+}
+
+/// Whether the loopback connection with local address `local` is still
+/// established, from the kernel's table (`/proc/net/tcp`).
+fn established(local: SocketAddr) -> bool {
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
+    let wanted = format!(":{:04X}", local.port());
+    table.lines().skip(1).any(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        fields.len() > 3 && fields[1].ends_with(&wanted) && fields[3] == "01"
+    })
 }

@@ -252,11 +252,12 @@ pub(crate) mod test_support {
             configs,
         };
         let broker = Broker::open(options, Arc::new(SystemClock)).expect("broker opens");
-        RequestContext {
+        RequestContext::new(
             broker,
-            peer: "127.0.0.1:50000".parse().expect("addr"),
-            client_id: "test".into(),
-        }
+            "127.0.0.1:50000".parse().expect("addr"),
+            "test".into(),
+            crate::budget::ResponseBudget::unlimited(),
+        )
     }
 
     pub fn s(v: &str) -> StrBytes {

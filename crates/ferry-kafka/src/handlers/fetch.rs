@@ -5,7 +5,8 @@
 //! high watermark of any of its partitions to move (a notification, not a sleep),
 //! then reads again. Byte limits are per partition and per response, and the
 //! first batch is always returned whole so a consumer can make progress past a
-//! batch larger than its limits.
+//! batch larger than its limits. The bytes read are reserved from the response
+//! memory budget (budget.rs) until the response is written.
 
 use std::time::Duration;
 
@@ -89,18 +90,27 @@ pub async fn handle(ctx: &RequestContext, version: i16, req: FetchRequest) -> Fe
         for w in waits.iter_mut() {
             w.as_mut().enable();
         }
-        let (results, bytes, errors) = read_all(ctx, &wanted, isolation, response_max);
+        // The response's bytes come out of the response memory budget; a fetch
+        // that waits for data gives its reservation back meanwhile.
+        let mut reservation = ctx.responses.reserve(response_max).await;
+        let (results, bytes, errors) = read_all(ctx, &wanted, isolation, reservation.bytes());
         if bytes >= min_bytes
             || errors
             || waits.is_empty()
             || tokio::time::Instant::now() >= deadline
         {
+            reservation.shrink_to(bytes);
+            ctx.hold(reservation);
             return build_response(version, results);
         }
+        drop((results, reservation));
         tokio::select! {
             _ = select_all(waits) => {}
             _ = tokio::time::sleep_until(deadline) => {
-                let (results, _, _) = read_all(ctx, &wanted, isolation, response_max);
+                let mut reservation = ctx.responses.reserve(response_max).await;
+                let (results, bytes, _) = read_all(ctx, &wanted, isolation, reservation.bytes());
+                reservation.shrink_to(bytes);
+                ctx.hold(reservation);
                 return build_response(version, results);
             }
         }
