@@ -21,6 +21,7 @@ use parking_lot::{Mutex, RwLock};
 use uuid::Uuid;
 
 use crate::clock::Clock;
+use crate::cluster::{ControllerLink, LocalMetadataStore, MetadataStore};
 use crate::config::{validate_broker_configs, validate_topic_configs, BrokerConfig, TopicConfig};
 use crate::error::CoreError;
 use crate::group::{BrokerGroupStorage, GroupConfig, GroupCoordinator};
@@ -33,6 +34,9 @@ pub const METADATA_DIR: &str = "__cluster_metadata-0";
 
 /// Producer ids reserved per metadata record.
 const PRODUCER_ID_BLOCK: i64 = 1000;
+
+/// Longest an `acks=all` produce waits for the in-sync replicas.
+const PRODUCE_TIMEOUT_MS_MAX: i32 = 300_000;
 
 /// Largest partition count of one topic; more is refused, never allocated.
 pub const PARTITIONS_PER_TOPIC_MAX: i32 = 10_000;
@@ -82,8 +86,12 @@ pub struct Broker {
     clock: Arc<dyn Clock>,
     static_config: BrokerConfig,
     image: RwLock<Arc<MetadataImage>>,
-    /// Serializes metadata changes: append to the log, then apply.
-    metadata_log: Mutex<MetadataLog>,
+    /// Where metadata changes become durable: the local log, or the quorum.
+    store: Arc<dyn MetadataStore>,
+    /// Serializes this broker's metadata changes and the reconciling of images.
+    metadata_lock: Mutex<()>,
+    /// Requests to the active controller (a cluster only).
+    controller: std::sync::OnceLock<Arc<dyn ControllerLink>>,
     partitions: RwLock<HashMap<TopicPartition, Arc<Partition>>>,
     /// Consumer groups and committed offsets, stored in `__consumer_offsets`.
     groups: GroupCoordinator,
@@ -105,16 +113,66 @@ impl Broker {
     /// Opens the data directory: replays the metadata log and opens (recovering) the
     /// log of every partition this node holds.
     pub fn open(options: BrokerOptions, clock: Arc<dyn Clock>) -> Result<Arc<Broker>, CoreError> {
-        let static_config = BrokerConfig::new(options.configs.clone())?;
         std::fs::create_dir_all(&options.data_dir)
             .map_err(|e| CoreError::Storage(e.to_string()))?;
         let dir_lock = lock_data_dir(&options.data_dir)?;
-        let cluster_id = load_or_create_cluster_id(&options.data_dir, options.node_id)?;
         let (metadata_log, records) = MetadataLog::open(&options.data_dir.join(METADATA_DIR))?;
         let mut image = MetadataImage::default();
         for r in &records {
             image.apply(r);
         }
+        let store = Arc::new(LocalMetadataStore::new(metadata_log));
+        let broker = Broker::open_with(options, clock, dir_lock, store, Arc::new(image))?;
+        let me = MetadataRecord::BrokerRegistered {
+            node_id: broker.options.node_id,
+            host: broker.options.advertised_host.clone(),
+            port: broker.options.advertised_port,
+            rack: broker.options.rack.clone(),
+        };
+        if !broker.is_registered_as_itself() {
+            broker.commit(vec![me])?;
+        }
+        Ok(broker)
+    }
+
+    /// Opens a broker of a cluster: `store` is the metadata quorum and `image`
+    /// what it has applied so far. Registration is the cluster layer's job.
+    pub fn open_clustered(
+        options: BrokerOptions,
+        clock: Arc<dyn Clock>,
+        store: Arc<dyn MetadataStore>,
+        image: Arc<MetadataImage>,
+    ) -> Result<Arc<Broker>, CoreError> {
+        std::fs::create_dir_all(&options.data_dir)
+            .map_err(|e| CoreError::Storage(e.to_string()))?;
+        let dir_lock = lock_data_dir(&options.data_dir)?;
+        Broker::open_with(options, clock, dir_lock, store, image)
+    }
+
+    /// Whether the image has this broker registered with its current address.
+    pub fn is_registered_as_itself(&self) -> bool {
+        self.image()
+            .brokers
+            .get(&self.options.node_id)
+            .is_some_and(|b| {
+                (&b.host, b.port, &b.rack)
+                    == (
+                        &self.options.advertised_host,
+                        self.options.advertised_port,
+                        &self.options.rack,
+                    )
+            })
+    }
+
+    fn open_with(
+        options: BrokerOptions,
+        clock: Arc<dyn Clock>,
+        dir_lock: std::fs::File,
+        store: Arc<dyn MetadataStore>,
+        image: Arc<MetadataImage>,
+    ) -> Result<Arc<Broker>, CoreError> {
+        let static_config = BrokerConfig::new(options.configs.clone())?;
+        let cluster_id = load_or_create_cluster_id(&options.data_dir, options.node_id)?;
         let group_config = GroupConfig::from_broker(&static_config);
         let broker = Arc::new_cyclic(|me| Broker {
             options,
@@ -134,40 +192,17 @@ impl Broker {
             ),
             clock,
             static_config,
-            image: RwLock::new(Arc::new(image)),
-            metadata_log: Mutex::new(metadata_log),
+            image: RwLock::new(Arc::new(MetadataImage::default())),
+            store,
+            metadata_lock: Mutex::new(()),
+            controller: std::sync::OnceLock::new(),
             partitions: RwLock::new(HashMap::new()),
             producer_ids: Mutex::new((0, 0)),
             _dir_lock: dir_lock,
         });
-        let me = MetadataRecord::BrokerRegistered {
-            node_id: broker.options.node_id,
-            host: broker.options.advertised_host.clone(),
-            port: broker.options.advertised_port,
-            rack: broker.options.rack.clone(),
-        };
-        let registered = broker
-            .image()
-            .brokers
-            .get(&broker.options.node_id)
-            .map(|b| {
-                (b.host.clone(), b.port, b.rack.clone())
-                    == (
-                        broker.options.advertised_host.clone(),
-                        broker.options.advertised_port,
-                        broker.options.rack.clone(),
-                    )
-            });
-        if registered != Some(true) {
-            broker.commit(vec![me])?;
-        }
-        let image = broker.image();
-        for topic in image.topics.values() {
-            for p in &topic.partitions {
-                if p.replicas.contains(&broker.options.node_id) {
-                    broker.open_partition(topic, p.partition, p.leader_epoch)?;
-                }
-            }
+        {
+            let _guard = broker.metadata_lock.lock();
+            broker.reconcile(image.clone())?;
         }
         broker.remove_orphan_dirs(&image);
         broker.groups.load()?;
@@ -241,17 +276,148 @@ impl Broker {
         Ok(id)
     }
 
-    /// Makes records durable in the metadata log, then applies them to the image.
+    /// Makes records durable in the metadata store, then applies the image that
+    /// follows them.
     fn commit(&self, records: Vec<MetadataRecord>) -> Result<Arc<MetadataImage>, CoreError> {
-        let mut log = self.metadata_log.lock();
-        log.append(&records)?;
-        let mut image = (*self.image()).clone();
-        for r in &records {
-            image.apply(r);
+        let _guard = self.metadata_lock.lock();
+        let image = self.store.commit(records, &self.image())?;
+        self.reconcile(image.clone())?;
+        Ok(self.image())
+    }
+
+    /// Connects the broker to the active controller (a cluster only).
+    pub fn set_controller_link(&self, link: Arc<dyn ControllerLink>) {
+        let _ = self.controller.set(link);
+    }
+
+    /// The active controller's node id (this node on a single node; -1 while a
+    /// cluster has none).
+    pub fn controller_id(&self) -> i32 {
+        match self.controller.get() {
+            Some(link) => link.controller_id().unwrap_or(-1),
+            None => self.options.node_id,
         }
-        let image = Arc::new(image);
+    }
+
+    /// Sends a leader's ISR change to the controller; on one node there is no
+    /// controller and no follower, so the change is dropped.
+    pub fn propose_isr(&self, partition: &Arc<Partition>, isr: Vec<i32>) {
+        match self.controller.get() {
+            Some(link) => link.alter_isr(partition.clone(), partition.leader_epoch(), isr),
+            None => partition.abort_isr_change(),
+        }
+    }
+
+    /// Applies a committed metadata image (a cluster's every change arrives here).
+    /// Images older than the current one are ignored.
+    pub fn apply_image(&self, image: Arc<MetadataImage>) -> Result<(), CoreError> {
+        let _guard = self.metadata_lock.lock();
+        self.reconcile(image)
+    }
+
+    /// Makes this broker's replicas match `image`: opens the partitions assigned
+    /// to it, gives each its role (leader or follower, epoch, ISR), applies
+    /// config changes, and removes the replicas of deleted or moved partitions.
+    /// Caller holds `metadata_lock`.
+    fn reconcile(&self, image: Arc<MetadataImage>) -> Result<(), CoreError> {
+        let old = self.image();
+        if image.offset < old.offset {
+            return Ok(());
+        }
         *self.image.write() = image.clone();
-        Ok(image)
+        let me = self.options.node_id;
+        // Topics deleted: their replicas and files go.
+        for (id, name) in &old.topic_names {
+            if !image.topic_names.contains_key(id) {
+                if let Some(topic) = old.topic(name) {
+                    for p in &topic.partitions {
+                        self.remove_replica(&TopicPartition::new(name.clone(), p.partition), *id);
+                    }
+                }
+            }
+        }
+        let configs_changed = old.broker_configs != image.broker_configs;
+        let now = self.now_ms();
+        let mut first_error = None;
+        for topic in image.topics.values() {
+            let before = old.topic_by_id(&topic.topic_id);
+            if before == Some(topic) && !configs_changed {
+                continue;
+            }
+            let config = self.topic_config(topic);
+            for p in &topic.partitions {
+                let tp = TopicPartition::new(topic.name.clone(), p.partition);
+                if !p.replicas.contains(&me) {
+                    if self.partitions.read().contains_key(&tp) {
+                        self.remove_replica(&tp, topic.topic_id);
+                    }
+                    continue;
+                }
+                let before_p =
+                    before.and_then(|t| t.partitions.iter().find(|x| x.partition == p.partition));
+                let partition = match self.partition(&tp) {
+                    Some(existing) => {
+                        existing.set_config(config.clone());
+                        if before_p == Some(p) {
+                            continue;
+                        }
+                        existing
+                    }
+                    None => match self.open_partition(topic, p.partition, p.leader_epoch) {
+                        Ok(opened) => opened,
+                        Err(e) => {
+                            tracing::error!(partition = %tp, error = %e, "could not open a replica");
+                            first_error.get_or_insert(e);
+                            continue;
+                        }
+                    },
+                };
+                let role = if p.leader == me {
+                    partition.become_leader(
+                        me,
+                        p.leader_epoch,
+                        p.replicas.clone(),
+                        p.isr.clone(),
+                        now,
+                    )
+                } else {
+                    partition.become_follower(p.leader_epoch, p.leader)
+                };
+                if let Err(e) = role {
+                    tracing::warn!(partition = %tp, leader = p.leader, leader_epoch = p.leader_epoch, error = %e, "could not take the role the metadata gives");
+                }
+            }
+        }
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Closes a replica this broker no longer holds and removes its files.
+    fn remove_replica(&self, tp: &TopicPartition, topic_id: Uuid) {
+        let removed = self.partitions.write().remove(tp);
+        if let Some(partition) = removed {
+            if let Err(e) = partition.close() {
+                tracing::warn!(partition = %tp, error = %e, "closing a removed replica");
+            }
+        }
+        let dir = self.partition_dir(tp);
+        if dir.exists() {
+            // Rename first so a crash in the middle of the removal is finished at startup.
+            let doomed = self.options.data_dir.join(format!(
+                "{}.{}-delete",
+                tp.dir_name(),
+                topic_id.simple()
+            ));
+            let target = match std::fs::rename(&dir, &doomed) {
+                Ok(()) => doomed,
+                Err(_) => dir,
+            };
+            if let Err(e) = std::fs::remove_dir_all(&target) {
+                tracing::warn!(dir = %target.display(), error = %e, "could not remove a replica's files");
+            }
+        }
     }
 
     fn partition_dir(&self, tp: &TopicPartition) -> PathBuf {
@@ -323,7 +489,7 @@ impl Broker {
             )));
         }
         validate_topic_configs(&new.configs)?;
-        let live: Vec<i32> = image.brokers.keys().copied().collect();
+        let live: Vec<i32> = image.live_brokers().map(|b| b.node_id).collect();
         let assignments = if !new.assignments.is_empty() {
             if new.num_partitions != -1 || new.replication_factor != -1 {
                 return Err(CoreError::InvalidRequest(
@@ -398,11 +564,6 @@ impl Broker {
             .topic(&new.name)
             .cloned()
             .ok_or(CoreError::UnknownTopicOrPartition)?;
-        for p in &topic.partitions {
-            if p.replicas.contains(&self.options.node_id) {
-                self.open_partition(&topic, p.partition, p.leader_epoch)?;
-            }
-        }
         tracing::info!(topic = %topic.name, partitions = topic.partitions.len(), "created topic");
         Ok(topic)
     }
@@ -437,32 +598,8 @@ impl Broker {
             .topic_by_id(&topic_id)
             .cloned()
             .ok_or(CoreError::UnknownTopicOrPartition)?;
+        // The replicas and their files go as the image without the topic is applied.
         self.commit(vec![MetadataRecord::TopicDeleted { topic_id }])?;
-        for p in &topic.partitions {
-            let tp = TopicPartition::new(topic.name.clone(), p.partition);
-            let removed = self.partitions.write().remove(&tp);
-            if let Some(partition) = removed {
-                if let Err(e) = partition.close() {
-                    tracing::warn!(partition = %tp, error = %e, "closing a deleted partition");
-                }
-            }
-            let dir = self.partition_dir(&tp);
-            if dir.exists() {
-                // Rename first so a crash in the middle of the removal is finished at startup.
-                let doomed = self.options.data_dir.join(format!(
-                    "{}.{}-delete",
-                    tp.dir_name(),
-                    topic_id.simple()
-                ));
-                let target = match std::fs::rename(&dir, &doomed) {
-                    Ok(()) => doomed,
-                    Err(_) => dir,
-                };
-                if let Err(e) = std::fs::remove_dir_all(&target) {
-                    tracing::warn!(dir = %target.display(), error = %e, "could not remove a deleted partition's files");
-                }
-            }
-        }
         tracing::info!(topic = %topic.name, "deleted topic");
         Ok(topic.name)
     }
@@ -491,7 +628,7 @@ impl Broker {
                 "at most {PARTITIONS_PER_TOPIC_MAX} partitions"
             )));
         }
-        let live: Vec<i32> = image.brokers.keys().copied().collect();
+        let live: Vec<i32> = image.live_brokers().map(|b| b.node_id).collect();
         let rf = topic
             .partitions
             .first()
@@ -530,16 +667,7 @@ impl Broker {
                 leader_epoch: 0,
             })
             .collect();
-        let image = self.commit(records)?;
-        let topic = image
-            .topic(name)
-            .cloned()
-            .ok_or(CoreError::UnknownTopicOrPartition)?;
-        for p in topic.partitions.iter().filter(|p| p.partition >= current) {
-            if p.replicas.contains(&self.options.node_id) {
-                self.open_partition(&topic, p.partition, p.leader_epoch)?;
-            }
-        }
+        self.commit(records)?;
         Ok(())
     }
 
@@ -580,10 +708,7 @@ impl Broker {
         if records.is_empty() {
             return Ok(());
         }
-        let image = self.commit(records)?;
-        if let Some(topic) = image.topic(name) {
-            self.reconfigure(topic);
-        }
+        self.commit(records)?;
         Ok(())
     }
 
@@ -614,22 +739,8 @@ impl Broker {
         if records.is_empty() {
             return Ok(());
         }
-        let image = self.commit(records)?;
-        for topic in image.topics.values() {
-            self.reconfigure(topic);
-        }
+        self.commit(records)?;
         Ok(())
-    }
-
-    fn reconfigure(&self, topic: &TopicMetadata) {
-        let config = self.topic_config(topic);
-        for p in &topic.partitions {
-            if let Some(partition) =
-                self.partition(&TopicPartition::new(topic.name.clone(), p.partition))
-            {
-                partition.set_config(config.clone());
-            }
-        }
     }
 
     /// Appends a produce request's batches to a partition; with `acks == -1` answers
@@ -639,6 +750,7 @@ impl Broker {
         tp: &TopicPartition,
         records: Bytes,
         acks: i16,
+        timeout_ms: i32,
     ) -> Result<AppendResult, CoreError> {
         let partition = self
             .partition(tp)
@@ -648,21 +760,23 @@ impl Broker {
                 "acks must be -1, 0 or 1, not {acks}"
             )));
         }
-        if acks == -1 {
-            // On one node the in-sync replicas are the partition's ISR in the image.
-            let isr = self
-                .image()
-                .topic(&tp.topic)
-                .and_then(|t| t.partitions.iter().find(|p| p.partition == tp.partition))
-                .map_or(0, |p| p.isr.len() as i64);
-            if isr < partition.config().min_insync_replicas {
-                return Err(CoreError::NotEnoughReplicas);
-            }
+        if acks == -1 && (partition.in_sync_count() as i64) < partition.config().min_insync_replicas
+        {
+            return Err(CoreError::NotEnoughReplicas);
         }
         let now = self.now_ms();
         let result = partition.append(records, now)?;
         if acks == -1 || partition.flush_due(now) {
             partition.flush_to(result.last_offset, now).await?;
+        }
+        if acks == -1 {
+            // Every in-sync replica has the records once the high watermark passes
+            // them (at once on a replica of one).
+            let deadline = tokio::time::Instant::now()
+                + Duration::from_millis(timeout_ms.clamp(1, PRODUCE_TIMEOUT_MS_MAX) as u64);
+            partition
+                .wait_replicated(result.last_offset, deadline)
+                .await?;
         }
         Ok(result)
     }

@@ -33,6 +33,16 @@ pub enum CoreError {
     Storage(String),
     #[error("not enough in-sync replicas")]
     NotEnoughReplicas,
+    /// The records were written and replicated, but the ISR shrank below
+    /// `min.insync.replicas` meanwhile (Kafka's NOT_ENOUGH_REPLICAS_AFTER_APPEND).
+    #[error("the records were written but the in-sync replicas fell below min.insync.replicas")]
+    NotEnoughReplicasAfterAppend,
+    /// This replica does not lead the partition (it follows, or leads no more).
+    #[error("this broker is not the leader of the partition")]
+    NotLeaderOrFollower,
+    /// The in-sync replicas did not all get the records before the deadline.
+    #[error("the records were not replicated before the deadline")]
+    RequestTimedOut,
     #[error("the leader epoch in the request is older than the partition's")]
     FencedLeaderEpoch,
     #[error("the leader epoch in the request is newer than the partition's")]

@@ -7,6 +7,7 @@
 //!  Broker ── metadata log + image (topics, partitions, configs)
 //!    ├── GroupCoordinator (consumer groups, committed offsets ── __consumer_offsets)
 //!    └── Partition (replica state: leader epoch, high watermark, log start) ── ferry-log
+//!          └── ReplicaTracker (while leader: followers' positions, ISR, HW rule)
 //! ```
 //!
 //! Time comes from a [`clock::Clock`]; storage from `ferry-log`. Errors are
@@ -14,6 +15,7 @@
 
 pub mod broker;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod error;
 pub mod group;
@@ -21,9 +23,13 @@ pub mod metadata;
 pub mod metrics;
 pub mod partition;
 pub mod producer_state;
+pub mod replica;
 pub mod txn;
 
 pub use broker::{Broker, BrokerOptions, ConfigChange, NewTopic};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::CoreError;
-pub use partition::{AppendResult, Isolation, Partition, TopicPartition};
+pub use partition::{
+    AppendResult, FollowerAppend, FollowerFetchOutcome, Isolation, Partition, TopicPartition,
+};
+pub use replica::ReplicaTracker;

@@ -60,6 +60,23 @@ pub enum MetadataRecord {
     ProducerIdsAllocated {
         end: i64,
     },
+    /// The controller stopped hearing from a broker: it leads nothing and is left
+    /// out of new placements until it is unfenced.
+    BrokerFenced {
+        node_id: i32,
+    },
+    /// A fenced broker is heard from again.
+    BrokerUnfenced {
+        node_id: i32,
+    },
+    /// A new leader or in-sync replica set (a new leader comes with a new epoch).
+    PartitionChanged {
+        topic_id: Uuid,
+        partition: i32,
+        leader: i32,
+        isr: Vec<i32>,
+        leader_epoch: i32,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -100,6 +117,8 @@ pub struct MetadataImage {
     pub topics: BTreeMap<String, TopicMetadata>,
     pub topic_names: BTreeMap<Uuid, String>,
     pub broker_configs: BTreeMap<String, String>,
+    /// Registered brokers the controller has fenced.
+    pub fenced_brokers: std::collections::BTreeSet<i32>,
     /// End of the last reserved block of producer ids.
     pub producer_ids_end: i64,
     /// Records applied so far.
@@ -115,6 +134,22 @@ impl MetadataImage {
         self.topic_names.get(id).and_then(|n| self.topics.get(n))
     }
 
+    /// Registered brokers that are not fenced, in node id order.
+    pub fn live_brokers(&self) -> impl Iterator<Item = &BrokerMetadata> {
+        self.brokers
+            .values()
+            .filter(|b| !self.fenced_brokers.contains(&b.node_id))
+    }
+
+    fn partition_mut(&mut self, topic_id: &Uuid, partition: i32) -> Option<&mut PartitionMetadata> {
+        let name = self.topic_names.get(topic_id)?;
+        self.topics
+            .get_mut(name)?
+            .partitions
+            .iter_mut()
+            .find(|p| p.partition == partition)
+    }
+
     /// Applies one record. Records that name an unknown topic are ignored: they can
     /// only come from a log whose earlier records were lost, and the image must
     /// still load.
@@ -127,6 +162,7 @@ impl MetadataImage {
                 port,
                 rack,
             } => {
+                self.fenced_brokers.remove(node_id);
                 self.brokers.insert(
                     *node_id,
                     BrokerMetadata {
@@ -214,6 +250,25 @@ impl MetadataImage {
             MetadataRecord::TopicDeleted { topic_id } => {
                 if let Some(name) = self.topic_names.remove(topic_id) {
                     self.topics.remove(&name);
+                }
+            }
+            MetadataRecord::BrokerFenced { node_id } => {
+                self.fenced_brokers.insert(*node_id);
+            }
+            MetadataRecord::BrokerUnfenced { node_id } => {
+                self.fenced_brokers.remove(node_id);
+            }
+            MetadataRecord::PartitionChanged {
+                topic_id,
+                partition,
+                leader,
+                isr,
+                leader_epoch,
+            } => {
+                if let Some(p) = self.partition_mut(topic_id, *partition) {
+                    p.leader = *leader;
+                    p.isr = isr.clone();
+                    p.leader_epoch = *leader_epoch;
                 }
             }
         }

@@ -1,20 +1,33 @@
 //! A partition replica: its log plus the replica state Kafka keeps beside it.
 //!
 //! ```text
-//!            append (serialized)                 read (lock-free of appends)
-//!  produce ──► validate ─► Log::append ─► high watermark ─► notify fetch waiters
-//!                                │
+//!  leader     append (serialized)                      read (lock-free of appends)
+//!  produce ──► validate ─► Log::append ─► ReplicaTracker ─► high watermark ─► notify
+//!                                │              ▲                              fetch waiters
+//!                                │   follower fetch: record_follower_fetch ─► ISR proposal
 //!                acks=all ──► flush_to(offset): group commit, one fsync for all waiters
+//!                        └──► wait_replicated(offset): high watermark past it
+//!
+//!  follower   leader's batches ─► append_as_follower (leader's offsets and epochs)
+//!             divergent tail   ─► truncate_to
 //! ```
 //!
 //! State that exists from day one so that a cluster adds followers instead of
 //! rewriting this: leader epoch and its checkpoint (epoch → start offset), log end
-//! offset, high watermark, last stable offset and log start offset. On one node the
-//! in-sync replica set is this replica alone, so the high watermark follows the log
-//! end offset.
+//! offset, high watermark, last stable offset and log start offset.
+//!
+//! A partition is a leader or a follower. An opened partition leads a cluster of
+//! one until [`Partition::become_leader`] or [`Partition::become_follower`] says
+//! otherwise, so on one node the high watermark follows the log end offset. A
+//! leader keeps a [`ReplicaTracker`] (the followers' positions and the ISR) and its
+//! high watermark is the minimum log end offset of the ISR; a follower refuses
+//! produce and takes the leader's batches as they are.
+//!
+//! Locks, outermost first: `state` (the append lock) → `producers`, and `state` →
+//! `role`. The high watermark is only written under `role`, so it moves in order.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicI32, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
@@ -27,6 +40,7 @@ use uuid::Uuid;
 use crate::config::TopicConfig;
 use crate::error::CoreError;
 use crate::producer_state::{self, AbortedTxn, ProducerEntry, ProducerStateManager, SequenceCheck};
+use crate::replica::{ReplicaError, ReplicaTracker};
 
 /// A topic name and a partition index: the unit of storage and leadership.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -65,6 +79,24 @@ pub struct AppendResult {
     pub log_start_offset: i64,
 }
 
+/// What a follower's fetch changed on the leader.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FollowerFetchOutcome {
+    /// The high watermark moved (fetch waiters were woken).
+    pub hw_moved: bool,
+    /// An ISR with the follower added, to send to the controller (AlterPartition).
+    /// The partition now counts it as pending: answer with [`Partition::set_isr`]
+    /// once the controller confirms, or [`Partition::abort_isr_change`].
+    pub propose_isr: Option<Vec<i32>>,
+}
+
+/// Where a follower stands after appending what it fetched from its leader.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FollowerAppend {
+    pub log_end_offset: i64,
+    pub high_watermark: i64,
+}
+
 /// Which records a fetch may see.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Isolation {
@@ -76,6 +108,16 @@ pub enum Isolation {
 const REPLAY_READ_BYTES: usize = 1 << 20;
 
 const EPOCH_CHECKPOINT: &str = "leader-epoch-checkpoint";
+
+/// The replica id of a partition that was opened and not yet told which broker it
+/// is on (see [`Partition::become_leader`]).
+pub const UNKNOWN_REPLICA_ID: i32 = -1;
+
+/// Which side of replication this replica is on.
+enum Role {
+    Leader(ReplicaTracker),
+    Follower { leader_id: i32 },
+}
 
 struct ReplicaState {
     config: TopicConfig,
@@ -95,8 +137,17 @@ pub struct Partition {
     /// Read on every fetch, so kept outside `state` (the append lock); it changes
     /// only with leadership.
     leader_epoch: AtomicI32,
-    /// Woken whenever the high watermark moves.
+    /// Woken whenever the high watermark moves, and when the role changes (so an
+    /// `acks=all` waiter finds out it no longer leads).
     hw_notify: Notify,
+    /// Woken whenever a leader append moves the log end offset: what follower
+    /// fetches wait on, since they read past the high watermark.
+    leo_notify: Notify,
+    /// Leader (with its tracker) or follower. See the lock order in the module doc.
+    role: Mutex<Role>,
+    /// Bumped by every `become_follower`: only a follower truncates, so a leader
+    /// whose count is unchanged still holds every record it appended.
+    follower_terms: AtomicU64,
     /// Held while an fsync runs: waiters queue here and find their offset flushed.
     flush_lock: tokio::sync::Mutex<()>,
     /// Idempotent/transactional producer state. Changed only under `state` (the
@@ -149,6 +200,18 @@ impl Partition {
                 last_flush_ms: now_ms,
             }),
             hw_notify: Notify::new(),
+            leo_notify: Notify::new(),
+            // A cluster of one until told otherwise: the high watermark is the log end.
+            role: Mutex::new(Role::Leader(ReplicaTracker::new(
+                UNKNOWN_REPLICA_ID,
+                leader_epoch,
+                vec![UNKNOWN_REPLICA_ID],
+                vec![UNKNOWN_REPLICA_ID],
+                leo,
+                leo,
+                now_ms,
+            ))),
+            follower_terms: AtomicU64::new(0),
             flush_lock: tokio::sync::Mutex::new(()),
             producers: Mutex::new(producers),
             first_unstable_offset: AtomicI64::new(first_unstable),
@@ -235,6 +298,7 @@ impl Partition {
         builder.append(now_ms, Some(Bytes::from(key)), Some(Bytes::from(value)));
         let mut buf = BytesMut::from(&builder.build().map_err(batch_error)?[..]);
         let state = self.state.lock();
+        self.check_leader()?;
         self.producers
             .lock()
             .check_marker(producer_id, producer_epoch)?;
@@ -254,7 +318,7 @@ impl Partition {
         );
         drop(producers);
         drop(state);
-        self.advance_high_watermark();
+        self.after_leader_append();
         Ok(info.first_offset)
     }
 
@@ -299,6 +363,7 @@ impl Partition {
             ));
         }
         let mut state = self.state.lock();
+        self.check_leader()?;
         let max = state.config.max_message_bytes;
         let mut records_in = 0i64;
         for h in &headers {
@@ -385,15 +450,14 @@ impl Partition {
         if from_producers {
             self.apply_appended(&buf, info.first_offset, now_ms);
         }
-        if state.epoch_cache.last().is_none_or(|(e, _)| *e < epoch) {
-            state.epoch_cache.push((epoch, info.first_offset));
-            if let Err(e) = write_epoch_checkpoint(&self.dir, &state.epoch_cache) {
-                tracing::warn!(partition = %self.tp, error = %e, "could not write the leader epoch checkpoint");
-            }
+        if state.epoch_cache.last().is_none_or(|(e, _)| *e < epoch)
+            && assign_epoch(&mut state.epoch_cache, epoch, info.first_offset)
+        {
+            self.write_epoch_cache(&state.epoch_cache);
         }
         state.unflushed_records += records_in;
         drop(state);
-        self.advance_high_watermark();
+        self.after_leader_append();
         Ok(AppendResult {
             base_offset: info.first_offset,
             last_offset: info.last_offset,
@@ -419,11 +483,41 @@ impl Partition {
         );
     }
 
-    /// On one node the ISR is this replica, so the high watermark is the log end.
-    fn advance_high_watermark(&self) {
-        let leo = self.log.log_end_offset();
-        if self.high_watermark.swap(leo, Ordering::AcqRel) != leo {
+    /// A leader appended: the tracker learns the new log end offset and the high
+    /// watermark moves as far as the ISR allows (to the log end when the leader is
+    /// the ISR alone). Wakes follower fetches either way.
+    fn after_leader_append(&self) {
+        let mut role = self.role.lock();
+        if let Role::Leader(tracker) = &mut *role {
+            if let Some(hw) = tracker.on_leader_append(self.log.log_end_offset()) {
+                self.publish_high_watermark(hw);
+            }
+        }
+        drop(role);
+        self.leo_notify.notify_waiters();
+    }
+
+    /// Sets the high watermark and wakes its waiters if it changed. Caller holds
+    /// the `role` lock.
+    fn publish_high_watermark(&self, hw: i64) -> bool {
+        let moved = self.high_watermark.swap(hw, Ordering::AcqRel) != hw;
+        if moved {
             self.hw_notify.notify_waiters();
+        }
+        moved
+    }
+
+    fn write_epoch_cache(&self, cache: &[(i32, i64)]) {
+        if let Err(e) = write_epoch_checkpoint(&self.dir, cache) {
+            tracing::warn!(partition = %self.tp, error = %e, "could not write the leader epoch checkpoint");
+        }
+    }
+
+    /// Produce, markers and coordinator writes go to the leader only.
+    fn check_leader(&self) -> Result<(), CoreError> {
+        match &*self.role.lock() {
+            Role::Leader(_) => Ok(()),
+            Role::Follower { .. } => Err(CoreError::NotLeaderOrFollower),
         }
     }
 
@@ -597,6 +691,375 @@ impl Partition {
     }
 }
 
+/// Replication: roles, the follower side, and the leader's view of its followers.
+impl Partition {
+    /// Whether this replica leads the partition (also true for a partition that
+    /// was opened and never told otherwise: a cluster of one).
+    pub fn is_leader(&self) -> bool {
+        matches!(&*self.role.lock(), Role::Leader(_))
+    }
+
+    /// The leader's broker id: this broker's id when it leads
+    /// ([`UNKNOWN_REPLICA_ID`] before [`Partition::become_leader`] named it).
+    pub fn leader_id(&self) -> i32 {
+        match &*self.role.lock() {
+            Role::Leader(tracker) => tracker.local_id(),
+            Role::Follower { leader_id } => *leader_id,
+        }
+    }
+
+    /// Makes this replica the leader for `leader_epoch` (Kafka's `makeLeader`).
+    ///
+    /// The epoch is recorded in the epoch cache at the log end offset. A new leader
+    /// keeps the high watermark it had as a follower (at most its log end offset)
+    /// and moves it as the ISR's fetches allow; with `replicas == [local_id]` it
+    /// is the log end offset at once and after every append, as on one node. The
+    /// same leader re-elected (a new epoch or assignment) keeps its followers'
+    /// positions. An epoch older than the current one is refused.
+    pub fn become_leader(
+        &self,
+        local_id: i32,
+        leader_epoch: i32,
+        replicas: Vec<i32>,
+        isr: Vec<i32>,
+        now_ms: i64,
+    ) -> Result<(), CoreError> {
+        let mut state = self.state.lock();
+        if leader_epoch < self.leader_epoch() {
+            return Err(CoreError::FencedLeaderEpoch);
+        }
+        let leo = self.log.log_end_offset();
+        if assign_epoch(&mut state.epoch_cache, leader_epoch, leo) {
+            self.write_epoch_cache(&state.epoch_cache);
+        }
+        let mut role = self.role.lock();
+        match &mut *role {
+            Role::Leader(tracker) if tracker.local_id() == local_id => {
+                tracker.on_leader_append(leo);
+                tracker.update_assignment(leader_epoch, replicas, isr, now_ms);
+            }
+            _ => {
+                *role = Role::Leader(ReplicaTracker::new(
+                    local_id,
+                    leader_epoch,
+                    replicas,
+                    isr,
+                    leo,
+                    self.high_watermark(),
+                    now_ms,
+                ));
+            }
+        }
+        self.leader_epoch.store(leader_epoch, Ordering::Release);
+        if let Role::Leader(tracker) = &*role {
+            self.publish_high_watermark(tracker.high_watermark());
+        }
+        drop(role);
+        drop(state);
+        tracing::debug!(partition = %self.tp, leader_epoch, "leading");
+        // Fetches long-polling with an older epoch find out it changed.
+        self.hw_notify.notify_waiters();
+        self.leo_notify.notify_waiters();
+        Ok(())
+    }
+
+    /// Makes this replica a follower of `leader_id` for `leader_epoch` (Kafka's
+    /// `makeFollower`): the leader's tracking stops, produce is refused with
+    /// [`CoreError::NotLeaderOrFollower`] and so are `acks=all` waiters. The log is
+    /// not truncated here: the fetcher finds the divergence point (diverging epoch
+    /// or OffsetForLeaderEpoch) and calls [`Partition::truncate_to`]. An epoch
+    /// older than the current one is refused.
+    pub fn become_follower(&self, leader_epoch: i32, leader_id: i32) -> Result<(), CoreError> {
+        let state = self.state.lock();
+        if leader_epoch < self.leader_epoch() {
+            return Err(CoreError::FencedLeaderEpoch);
+        }
+        *self.role.lock() = Role::Follower { leader_id };
+        self.follower_terms.fetch_add(1, Ordering::AcqRel);
+        self.leader_epoch.store(leader_epoch, Ordering::Release);
+        drop(state);
+        tracing::debug!(partition = %self.tp, leader_epoch, leader_id, "following");
+        self.hw_notify.notify_waiters();
+        self.leo_notify.notify_waiters();
+        Ok(())
+    }
+
+    /// Appends batches fetched from the leader as they are: the leader's offsets
+    /// and partition leader epochs (Kafka's `appendAsFollower`). The epoch cache
+    /// learns each new epoch from the batches, the producer state records them (so
+    /// this replica keeps idempotence and transactions if it becomes leader), and
+    /// the high watermark becomes `min(leader_hw, log end offset)`.
+    ///
+    /// `records` may be empty (a fetch that only carried a new high watermark).
+    /// The first batch must start at or after the log end offset: truncate first.
+    pub fn append_as_follower(
+        &self,
+        records: &[u8],
+        leader_hw: i64,
+        now_ms: i64,
+    ) -> Result<FollowerAppend, CoreError> {
+        let mut state = self.state.lock();
+        if self.is_leader() {
+            return Err(CoreError::NotLeaderOrFollower);
+        }
+        if !records.is_empty() {
+            self.log.append_as_follower(records, now_ms)?;
+            let mut epochs_changed = false;
+            let mut records_in = 0i64;
+            let mut producers = self.producers.lock();
+            for item in batch::batches(records) {
+                // The log validated every batch (CRC included) before writing it.
+                let (h, bytes) = item.map_err(batch_error)?;
+                records_in += i64::from(h.records_count);
+                if state
+                    .epoch_cache
+                    .last()
+                    .is_none_or(|(e, _)| *e < h.partition_leader_epoch)
+                {
+                    epochs_changed |= assign_epoch(
+                        &mut state.epoch_cache,
+                        h.partition_leader_epoch,
+                        h.base_offset,
+                    );
+                }
+                // The bytes are in the log: a marker that cannot be read is skipped,
+                // not a reason to leave the state behind the log.
+                if let Err(e) = apply_stored_batch(&mut producers, &h, bytes, now_ms) {
+                    tracing::warn!(partition = %self.tp, offset = h.base_offset, error = %e, "a replicated control batch could not be read");
+                }
+            }
+            self.first_unstable_offset.store(
+                producers.first_unstable_offset().unwrap_or(i64::MAX),
+                Ordering::Release,
+            );
+            drop(producers);
+            if epochs_changed {
+                self.write_epoch_cache(&state.epoch_cache);
+            }
+            state.unflushed_records += records_in;
+        }
+        let leo = self.log.log_end_offset();
+        let hw = leader_hw.min(leo).max(self.log.log_start_offset());
+        let role = self.role.lock();
+        self.publish_high_watermark(hw);
+        drop(role);
+        drop(state);
+        Ok(FollowerAppend {
+            log_end_offset: leo,
+            high_watermark: hw,
+        })
+    }
+
+    /// Removes a divergent tail: every record at or above `offset` (on a batch
+    /// boundary, so the log may end lower; see `Log::truncate_to`). Epochs that
+    /// start at or past the new log end leave the epoch cache, the producer state
+    /// is rebuilt from the newest snapshot below it, and the high watermark is
+    /// capped at it. Only a follower truncates. Returns the new log end offset.
+    pub fn truncate_to(&self, offset: i64) -> Result<i64, CoreError> {
+        let mut state = self.state.lock();
+        if self.is_leader() {
+            return Err(CoreError::NotLeaderOrFollower);
+        }
+        let before = (self.log.log_start_offset(), self.log.log_end_offset());
+        self.log.truncate_to(offset)?;
+        let leo = self.log.log_end_offset();
+        if (self.log.log_start_offset(), leo) != before {
+            let len = state.epoch_cache.len();
+            state.epoch_cache.retain(|(_, start)| *start < leo);
+            if state.epoch_cache.len() != len {
+                self.write_epoch_cache(&state.epoch_cache);
+            }
+            // Kafka's `loadProducerState(truncateOffset)`: snapshots past the new end
+            // go, then the log after the newest remaining one is replayed.
+            let rebuilt = recover_producer_state(&self.log, &self.dir)?;
+            self.first_unstable_offset.store(
+                rebuilt.first_unstable_offset().unwrap_or(i64::MAX),
+                Ordering::Release,
+            );
+            *self.producers.lock() = rebuilt;
+            self.snapshot_segment_base.store(-1, Ordering::Relaxed);
+            tracing::info!(partition = %self.tp, offset, log_end_offset = leo, "truncated a divergent tail");
+        }
+        let role = self.role.lock();
+        if self.high_watermark() > leo {
+            self.publish_high_watermark(leo);
+        }
+        drop(role);
+        drop(state);
+        Ok(leo)
+    }
+
+    /// Leader: follower `replica_id` fetched from `fetch_offset`. Updates its
+    /// position; the high watermark may move (waking fetch waiters) and the
+    /// follower may be proposed for the ISR.
+    ///
+    /// Errors: not the leader, or `replica_id` is not an assigned replica
+    /// ([`CoreError::NotLeaderOrFollower`]); `fetch_offset` outside
+    /// `[log start, log end]` ([`CoreError::OffsetOutOfRange`], position unchanged).
+    pub fn record_follower_fetch(
+        &self,
+        replica_id: i32,
+        fetch_offset: i64,
+        now_ms: i64,
+    ) -> Result<FollowerFetchOutcome, CoreError> {
+        let mut role = self.role.lock();
+        let Role::Leader(tracker) = &mut *role else {
+            return Err(CoreError::NotLeaderOrFollower);
+        };
+        let leo = self.log.log_end_offset();
+        if fetch_offset < self.log.log_start_offset() || fetch_offset > leo {
+            return Err(CoreError::OffsetOutOfRange);
+        }
+        let decision = tracker
+            .on_follower_fetch(replica_id, fetch_offset, leo, now_ms)
+            .map_err(|ReplicaError::UnknownReplica(_)| CoreError::NotLeaderOrFollower)?;
+        let hw_moved = decision
+            .high_watermark
+            .is_some_and(|hw| self.publish_high_watermark(hw));
+        Ok(FollowerFetchOutcome {
+            hw_moved,
+            propose_isr: decision.propose_isr,
+        })
+    }
+
+    /// Leader: the ISR without the followers that were not caught up within
+    /// `replica_lag_time_max_ms`, to send to the controller; `None` if every
+    /// member is in sync, an ISR change is pending, or this replica follows.
+    pub fn maybe_shrink_isr(&self, now_ms: i64, replica_lag_time_max_ms: i64) -> Option<Vec<i32>> {
+        let mut role = self.role.lock();
+        let Role::Leader(tracker) = &mut *role else {
+            return None;
+        };
+        if let Some(hw) = tracker.on_leader_append(self.log.log_end_offset()) {
+            self.publish_high_watermark(hw);
+        }
+        tracker.maybe_shrink_isr(now_ms, replica_lag_time_max_ms)
+    }
+
+    /// Leader: the controller confirmed `isr` for `leader_epoch`. The high
+    /// watermark may move. A confirmation for another epoch is refused
+    /// ([`CoreError::FencedLeaderEpoch`]), as is one sent to a follower.
+    pub fn set_isr(&self, leader_epoch: i32, isr: Vec<i32>) -> Result<(), CoreError> {
+        let mut role = self.role.lock();
+        let Role::Leader(tracker) = &mut *role else {
+            return Err(CoreError::NotLeaderOrFollower);
+        };
+        if leader_epoch != self.leader_epoch() {
+            return Err(CoreError::FencedLeaderEpoch);
+        }
+        if let Some(hw) = tracker.set_isr(isr) {
+            self.publish_high_watermark(hw);
+        }
+        Ok(())
+    }
+
+    /// Leader: the ISR change last proposed was refused or could not be sent.
+    pub fn abort_isr_change(&self) {
+        let mut role = self.role.lock();
+        if let Role::Leader(tracker) = &mut *role {
+            if let Some(hw) = tracker.abort_isr_change() {
+                self.publish_high_watermark(hw);
+            }
+        }
+    }
+
+    /// The ISR the controller confirmed (the leader included); empty on a follower,
+    /// which does not track it.
+    pub fn isr(&self) -> Vec<i32> {
+        match &*self.role.lock() {
+            Role::Leader(tracker) => tracker.isr().to_vec(),
+            Role::Follower { .. } => Vec::new(),
+        }
+    }
+
+    /// How many replicas are in the confirmed ISR (0 on a follower): what
+    /// `min.insync.replicas` is compared with before an `acks=all` append.
+    pub fn in_sync_count(&self) -> usize {
+        match &*self.role.lock() {
+            Role::Leader(tracker) => tracker.isr().len(),
+            Role::Follower { .. } => 0,
+        }
+    }
+
+    /// Whether every in-sync replica has `offset`: the high watermark is past it.
+    pub fn replicated_to(&self, offset: i64) -> bool {
+        self.high_watermark() > offset
+    }
+
+    /// Waits until every in-sync replica has `offset` (the last offset of an
+    /// `acks=all` produce), as Kafka's `DelayedProduce` does. Call it right after
+    /// the append: a leader that has been a follower since the call may have lost
+    /// the records to a truncation.
+    ///
+    /// - `Ok(())`: the high watermark passed `offset`.
+    /// - [`CoreError::NotEnoughReplicasAfterAppend`]: it did, but the ISR (with a
+    ///   pending change) is smaller than `min.insync.replicas`.
+    /// - [`CoreError::NotLeaderOrFollower`]: this replica stopped leading, even if
+    ///   only for a while.
+    /// - [`CoreError::RequestTimedOut`]: `deadline` passed first.
+    pub async fn wait_replicated(
+        &self,
+        offset: i64,
+        deadline: tokio::time::Instant,
+    ) -> Result<(), CoreError> {
+        let terms = self.follower_terms.load(Ordering::Acquire);
+        loop {
+            let notified = self.hw_notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let min_insync_replicas = self.state.lock().config.min_insync_replicas;
+            {
+                let role = self.role.lock();
+                let Role::Leader(tracker) = &*role else {
+                    return Err(CoreError::NotLeaderOrFollower);
+                };
+                if self.follower_terms.load(Ordering::Acquire) != terms {
+                    return Err(CoreError::NotLeaderOrFollower);
+                }
+                if self.high_watermark() > offset {
+                    return if (tracker.maximal_isr().len() as i64) < min_insync_replicas {
+                        Err(CoreError::NotEnoughReplicasAfterAppend)
+                    } else {
+                        Ok(())
+                    };
+                }
+            }
+            tokio::select! {
+                _ = &mut notified => {}
+                _ = tokio::time::sleep_until(deadline) => return Err(CoreError::RequestTimedOut),
+            }
+        }
+    }
+
+    /// A future that completes when a leader append moves the log end offset (or
+    /// the role changes) after this call: what a follower's fetch long-poll waits on.
+    pub fn log_end_changed(&self) -> tokio::sync::futures::Notified<'_> {
+        self.leo_notify.notified()
+    }
+
+    /// Reads stored batches for a follower: up to the log end offset, not the high
+    /// watermark.
+    pub fn read_for_follower(
+        &self,
+        offset: i64,
+        max_bytes: usize,
+    ) -> Result<ReadResult, CoreError> {
+        Ok(self.log.read(offset, max_bytes, i64::MAX)?)
+    }
+
+    /// For a fetch that says its last batch had `last_fetched_epoch`: if the
+    /// fetcher's log diverges from this one, the (epoch, end offset) it must
+    /// truncate to, as Kafka returns in `DivergingEpoch`. `None`: fetch normally.
+    pub fn diverging_epoch(
+        &self,
+        last_fetched_epoch: i32,
+        fetch_offset: i64,
+    ) -> Option<(i32, i64)> {
+        let (epoch, end_offset) = self.end_offset_for_epoch(last_fetched_epoch);
+        (epoch < last_fetched_epoch || end_offset < fetch_offset).then_some((epoch, end_offset))
+    }
+}
+
 /// Rebuilds the producer state that matches the recovered log: the newest
 /// snapshot at or below the log end, then every batch after it.
 fn recover_producer_state(log: &Log, dir: &Path) -> Result<ProducerStateManager, CoreError> {
@@ -619,32 +1082,7 @@ fn recover_producer_state(log: &Log, dir: &Path) -> Result<ProducerStateManager,
                 continue;
             }
             replayed += 1;
-            if h.is_control() {
-                let (_, records) = record::decode_batch(bytes).map_err(batch_error)?;
-                let Some(key) = records.first().and_then(|r| r.key.clone()) else {
-                    continue;
-                };
-                if key.len() < 4 {
-                    continue;
-                }
-                let commit = i16::from_be_bytes([key[2], key[3]]) == 1;
-                let coordinator_epoch = records
-                    .first()
-                    .and_then(|r| r.value.as_ref())
-                    .filter(|v| v.len() >= 6)
-                    .map(|v| i32::from_be_bytes([v[2], v[3], v[4], v[5]]))
-                    .unwrap_or(-1);
-                state.apply_marker(
-                    h.producer_id,
-                    h.producer_epoch,
-                    coordinator_epoch,
-                    commit,
-                    h.base_offset,
-                    h.max_timestamp,
-                );
-            } else {
-                state.apply_batch(&h, h.max_timestamp);
-            }
+            apply_stored_batch(&mut state, &h, bytes, h.max_timestamp)?;
         }
         offset = read.next_offset;
     }
@@ -653,6 +1091,65 @@ fn recover_producer_state(log: &Log, dir: &Path) -> Result<ProducerStateManager,
         tracing::debug!(dir = %dir.display(), from, replayed, "rebuilt producer state from the log");
     }
     Ok(state)
+}
+
+/// Records one stored batch in the producer state: a data batch's producer fields,
+/// or the commit/abort of a transaction marker (a control batch).
+fn apply_stored_batch(
+    producers: &mut ProducerStateManager,
+    h: &BatchHeader,
+    bytes: &[u8],
+    timestamp_ms: i64,
+) -> Result<(), CoreError> {
+    if !h.has_producer_id() {
+        return Ok(());
+    }
+    if !h.is_control() {
+        producers.apply_batch(h, timestamp_ms);
+        return Ok(());
+    }
+    let (_, records) = record::decode_batch(bytes).map_err(batch_error)?;
+    let Some(key) = records.first().and_then(|r| r.key.clone()) else {
+        return Ok(());
+    };
+    if key.len() < 4 {
+        return Ok(());
+    }
+    let commit = i16::from_be_bytes([key[2], key[3]]) == 1;
+    let coordinator_epoch = records
+        .first()
+        .and_then(|r| r.value.as_ref())
+        .filter(|v| v.len() >= 6)
+        .map(|v| i32::from_be_bytes([v[2], v[3], v[4], v[5]]))
+        .unwrap_or(-1);
+    producers.apply_marker(
+        h.producer_id,
+        h.producer_epoch,
+        coordinator_epoch,
+        commit,
+        h.base_offset,
+        timestamp_ms,
+    );
+    Ok(())
+}
+
+/// Adds `epoch` starting at `start_offset` to an epoch cache, as Kafka's
+/// `LeaderEpochFileCache.assign` does: nothing if the latest entry is that epoch
+/// already (starting no later), else every entry at or above the epoch or the
+/// offset goes first, so the cache stays ascending in both. Returns whether the
+/// cache changed.
+fn assign_epoch(cache: &mut Vec<(i32, i64)>, epoch: i32, start_offset: i64) -> bool {
+    if epoch < 0 || start_offset < 0 {
+        return false;
+    }
+    if let Some((e, s)) = cache.last() {
+        if *e == epoch && *s <= start_offset {
+            return false;
+        }
+    }
+    cache.retain(|(e, s)| *e < epoch && *s < start_offset);
+    cache.push((epoch, start_offset));
+    true
 }
 
 /// The codec `compression.type` asks for; `None` keeps the producer's.
@@ -755,6 +1252,7 @@ mod tests {
     use super::*;
     use crate::config::BrokerConfig;
     use std::collections::BTreeMap;
+    use std::time::Duration;
 
     fn config(overrides: &[(&str, &str)]) -> TopicConfig {
         let overrides: BTreeMap<String, String> = overrides
@@ -965,6 +1463,374 @@ mod tests {
         assert!(!producer_state::list_snapshots(dir.path()).contains(&99));
         let read = p.read(0, 1 << 20, Isolation::ReadCommitted).expect("read");
         assert_eq!(read.next_offset, 5);
+    }
+
+    /// A partition this broker (id 1) leads at `epoch` with the given replicas and ISR.
+    fn leader(dir: &Path, epoch: i32, replicas: &[i32], isr: &[i32]) -> Partition {
+        let p = open(dir, config(&[]));
+        p.become_leader(1, epoch, replicas.to_vec(), isr.to_vec(), 5_000)
+            .expect("become leader");
+        p
+    }
+
+    /// A partition that follows broker `leader_id` at `epoch`.
+    fn follower(dir: &Path, epoch: i32, leader_id: i32) -> Partition {
+        let p = open(dir, config(&[]));
+        p.become_follower(epoch, leader_id)
+            .expect("become follower");
+        p
+    }
+
+    /// What a follower fetch from `from` returns: the leader's stored batches.
+    fn fetch_from(leader: &Partition, from: i64) -> Bytes {
+        leader
+            .read_for_follower(from, 1 << 20)
+            .expect("follower read")
+            .bytes
+    }
+
+    fn values(bytes: &[u8]) -> Vec<Bytes> {
+        record::decode_records(bytes)
+            .expect("decode")
+            .into_iter()
+            .filter_map(|r| r.value)
+            .collect()
+    }
+
+    #[test]
+    fn a_single_replica_leader_moves_the_high_watermark_with_every_append() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = leader(dir.path(), 2, &[1], &[1]);
+        p.append(batch(Compression::None, &["a", "b"]), 5_000)
+            .expect("append");
+        assert_eq!(p.high_watermark(), 2);
+        p.append_marker(9, 0, 0, true, 5_000).expect("marker");
+        assert_eq!(p.high_watermark(), 3);
+        assert_eq!((p.isr(), p.in_sync_count(), p.leader_id()), (vec![1], 1, 1));
+        assert!(p.replicated_to(2) && !p.replicated_to(3));
+        assert_eq!(p.maybe_shrink_isr(1 << 40, 30_000), None);
+    }
+
+    #[tokio::test]
+    async fn the_high_watermark_moves_only_when_every_isr_member_has_the_data() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = leader(dir.path(), 1, &[1, 2, 3], &[1, 2, 3]);
+        p.append(batch(Compression::None, &["a", "b", "c"]), 5_000)
+            .expect("append");
+        // Appended, but no follower has it: consumers see nothing yet.
+        assert_eq!((p.log_end_offset(), p.high_watermark()), (3, 0));
+        let read = p
+            .read(0, 1 << 20, Isolation::ReadUncommitted)
+            .expect("read");
+        assert!(read.bytes.is_empty());
+        // A follower reads past the high watermark.
+        assert_eq!(values(&fetch_from(&p, 0)).len(), 3);
+
+        let out = p.record_follower_fetch(2, 3, 5_100).expect("fetch");
+        assert_eq!(out, FollowerFetchOutcome::default());
+        assert_eq!(p.high_watermark(), 0);
+        // A consumer long-poll is woken when a follower fetch moves the HW.
+        let woken = p.hw_changed();
+        tokio::pin!(woken);
+        woken.as_mut().enable();
+        let out = p.record_follower_fetch(3, 2, 5_100).expect("fetch");
+        assert!(out.hw_moved);
+        assert_eq!(p.high_watermark(), 2);
+        tokio::time::timeout(Duration::from_secs(10), woken)
+            .await
+            .expect("the HW waiters are woken");
+        assert!(p.replicated_to(1) && !p.replicated_to(2));
+        p.record_follower_fetch(3, 3, 5_200).expect("fetch");
+        assert_eq!(p.high_watermark(), 3);
+        assert_eq!(
+            values(
+                &p.read(0, 1 << 20, Isolation::ReadUncommitted)
+                    .expect("read")
+                    .bytes
+            ),
+            vec![Bytes::from("a"), Bytes::from("b"), Bytes::from("c")]
+        );
+
+        // Not a replica of this partition, or a position the leader does not have.
+        assert_eq!(
+            p.record_follower_fetch(9, 0, 5_200),
+            Err(CoreError::NotLeaderOrFollower)
+        );
+        assert_eq!(
+            p.record_follower_fetch(2, 4, 5_200),
+            Err(CoreError::OffsetOutOfRange)
+        );
+
+        // Follower 3 stops fetching: after the lag time it is proposed out of the
+        // ISR, and once the controller confirms, the HW moves without it.
+        p.append(batch(Compression::None, &["d"]), 5_300)
+            .expect("append");
+        p.record_follower_fetch(2, 4, 40_000).expect("fetch");
+        assert_eq!(p.high_watermark(), 3);
+        assert_eq!(p.maybe_shrink_isr(40_000, 30_000), Some(vec![1, 2]));
+        assert_eq!(p.high_watermark(), 3);
+        assert_eq!(p.set_isr(0, vec![1, 2]), Err(CoreError::FencedLeaderEpoch));
+        p.set_isr(1, vec![1, 2]).expect("set isr");
+        assert_eq!((p.high_watermark(), p.in_sync_count()), (4, 2));
+
+        // It comes back and catches up: proposed into the ISR again.
+        let out = p.record_follower_fetch(3, 3, 41_000).expect("fetch");
+        assert_eq!(out.propose_isr, None);
+        let out = p.record_follower_fetch(3, 4, 41_100).expect("fetch");
+        assert_eq!(out.propose_isr, Some(vec![1, 2, 3]));
+        p.set_isr(1, vec![1, 2, 3]).expect("set isr");
+        assert_eq!(p.isr(), vec![1, 2, 3]);
+    }
+
+    #[tokio::test]
+    async fn acks_all_waits_for_the_isr() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = Arc::new(leader(dir.path(), 1, &[1, 2], &[1, 2]));
+        let r = p
+            .append(batch(Compression::None, &["a", "b"]), 5_000)
+            .expect("append");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let waiter = {
+            let p = p.clone();
+            tokio::spawn(async move { p.wait_replicated(r.last_offset, deadline).await })
+        };
+        p.record_follower_fetch(2, 1, 5_100).expect("fetch");
+        p.record_follower_fetch(2, 2, 5_200).expect("fetch");
+        waiter.await.expect("join").expect("replicated");
+
+        // Nobody fetches: the produce times out.
+        let r = p
+            .append(batch(Compression::None, &["c"]), 5_300)
+            .expect("append");
+        let soon = tokio::time::Instant::now() + Duration::from_millis(20);
+        assert_eq!(
+            p.wait_replicated(r.last_offset, soon).await,
+            Err(CoreError::RequestTimedOut)
+        );
+
+        // The leader steps down while a produce waits.
+        let waiter = {
+            let p = p.clone();
+            tokio::spawn(async move { p.wait_replicated(r.last_offset, deadline).await })
+        };
+        tokio::task::yield_now().await;
+        p.become_follower(2, 2).expect("become follower");
+        assert_eq!(
+            waiter.await.expect("join"),
+            Err(CoreError::NotLeaderOrFollower)
+        );
+    }
+
+    #[tokio::test]
+    async fn acks_all_reports_an_isr_that_shrank_below_min_insync() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = open(dir.path(), config(&[("min.insync.replicas", "2")]));
+        p.become_leader(1, 1, vec![1, 2], vec![1, 2], 5_000)
+            .expect("become leader");
+        assert_eq!(p.in_sync_count(), 2);
+        let r = p
+            .append(batch(Compression::None, &["a"]), 5_000)
+            .expect("append");
+        assert_eq!(p.maybe_shrink_isr(60_000, 30_000), Some(vec![1]));
+        p.set_isr(1, vec![1]).expect("set isr");
+        assert_eq!(p.in_sync_count(), 1);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        assert_eq!(
+            p.wait_replicated(r.last_offset, deadline).await,
+            Err(CoreError::NotEnoughReplicasAfterAppend)
+        );
+    }
+
+    #[test]
+    fn a_follower_refuses_produce_and_a_leader_refuses_replicated_batches() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = open(dir.path(), config(&[]));
+        p.append(batch(Compression::None, &["a"]), 5_000)
+            .expect("append");
+        p.become_follower(1, 2).expect("become follower");
+        assert!(!p.is_leader());
+        assert_eq!(p.leader_id(), 2);
+        assert_eq!(
+            p.append(batch(Compression::None, &["b"]), 5_000),
+            Err(CoreError::NotLeaderOrFollower)
+        );
+        assert_eq!(
+            p.append_marker(9, 0, 0, true, 5_000),
+            Err(CoreError::NotLeaderOrFollower)
+        );
+        assert_eq!(
+            p.record_follower_fetch(3, 0, 5_000),
+            Err(CoreError::NotLeaderOrFollower)
+        );
+        assert_eq!(p.log_end_offset(), 1);
+        assert_eq!(
+            p.become_leader(1, 0, vec![1], vec![1], 5_000),
+            Err(CoreError::FencedLeaderEpoch)
+        );
+        p.become_leader(1, 2, vec![1, 2], vec![1], 5_000)
+            .expect("become leader");
+        assert_eq!(
+            p.append_as_follower(&batch(Compression::None, &["x"]), 0, 5_000),
+            Err(CoreError::NotLeaderOrFollower)
+        );
+        assert_eq!(p.truncate_to(0), Err(CoreError::NotLeaderOrFollower));
+        // The new epoch starts at the log end.
+        p.append(batch(Compression::None, &["b"]), 5_000)
+            .expect("append");
+        assert_eq!(p.end_offset_for_epoch(0), (0, 1));
+        assert_eq!(p.end_offset_for_epoch(2), (2, 2));
+    }
+
+    #[test]
+    fn a_follower_keeps_the_leaders_offsets_epochs_and_producer_state() {
+        let (ldir, fdir) = (
+            tempfile::tempdir().expect("tempdir"),
+            tempfile::tempdir().expect("tempdir"),
+        );
+        let l = leader(ldir.path(), 3, &[1, 2], &[1]);
+        l.append(producer_batch(7, 0, false, &["a", "b"]), 5_000)
+            .expect("append");
+        l.append(producer_batch(9, 0, true, &["t1"]), 5_000)
+            .expect("append");
+        let f = follower(fdir.path(), 3, 1);
+        let fetched = fetch_from(&l, 0);
+        let appended = f
+            .append_as_follower(&fetched, l.high_watermark(), 6_000)
+            .expect("append as follower");
+        assert_eq!(
+            appended,
+            FollowerAppend {
+                log_end_offset: 3,
+                high_watermark: 3
+            }
+        );
+        // A transaction is open on the follower too.
+        assert_eq!(f.last_stable_offset(), 2);
+        l.append_marker(9, 0, 0, false, 5_000).expect("marker");
+        l.append(producer_batch(7, 2, false, &["c"]), 5_000)
+            .expect("append");
+        // The leader's HW is behind what the follower gets: the follower's HW
+        // follows the leader's, not its own log end.
+        let appended = f
+            .append_as_follower(&fetch_from(&l, 3), 4, 6_000)
+            .expect("append as follower");
+        assert_eq!(
+            appended,
+            FollowerAppend {
+                log_end_offset: 5,
+                high_watermark: 4
+            }
+        );
+        assert_eq!(f.high_watermark(), 4);
+        assert_eq!(fetch_from(&f, 0), fetch_from(&l, 0));
+        let headers = batch::validate_batches(&fetch_from(&f, 0)).expect("valid");
+        assert!(headers.iter().all(|h| h.partition_leader_epoch == 3));
+        assert_eq!(f.end_offset_for_epoch(3), (3, 5));
+        assert_eq!(f.aborted_transactions(0, 5), l.aborted_transactions(0, 5));
+        assert_eq!(f.last_stable_offset(), 4);
+        // Nothing new, only a new HW.
+        f.append_as_follower(&[], 5, 6_000).expect("hw only");
+        assert_eq!(f.high_watermark(), 5);
+        assert_eq!(f.producer_entries(), {
+            let mut e = l.producer_entries();
+            for p in e.iter_mut() {
+                p.last_timestamp_ms = 6_000;
+            }
+            e
+        });
+
+        // The follower becomes leader: a retry of the last batch is a duplicate
+        // and the sequence goes on where the old leader left it.
+        f.become_leader(2, 4, vec![1, 2], vec![2], 7_000)
+            .expect("become leader");
+        let dup = f
+            .append(producer_batch(7, 2, false, &["c"]), 7_000)
+            .expect("dup");
+        assert_eq!((dup.base_offset, dup.last_offset), (4, 4));
+        assert!(matches!(
+            f.append(producer_batch(7, 5, false, &["x"]), 7_000),
+            Err(CoreError::OutOfOrderSequence(_))
+        ));
+        let next = f
+            .append(producer_batch(7, 3, false, &["d"]), 7_000)
+            .expect("append");
+        assert_eq!(next.base_offset, 5);
+        assert_eq!(f.end_offset_for_epoch(3), (3, 5));
+        assert_eq!(f.end_offset_for_epoch(4), (4, 6));
+    }
+
+    #[test]
+    fn a_follower_truncates_a_divergent_tail_and_takes_the_new_leaders_log() {
+        let dirs: Vec<_> = (0..3)
+            .map(|_| tempfile::tempdir().expect("tempdir"))
+            .collect();
+        // Epoch 1: broker 1 leads and writes offsets 0-1, then 2-4 that only
+        // broker 3 copies before broker 1 fails.
+        let old = leader(dirs[0].path(), 1, &[1, 2, 3], &[1]);
+        old.append(producer_batch(7, 0, false, &["a", "b"]), 5_000)
+            .expect("append");
+        let f = follower(dirs[1].path(), 1, 1);
+        f.append_as_follower(&fetch_from(&old, 0), 2, 5_000)
+            .expect("append as follower");
+        let new = follower(dirs[2].path(), 1, 1);
+        new.append_as_follower(&fetch_from(&old, 0), 2, 5_000)
+            .expect("append as follower");
+        old.append(producer_batch(7, 2, false, &["x", "y", "z"]), 5_000)
+            .expect("append");
+        f.append_as_follower(&fetch_from(&old, 2), 2, 5_000)
+            .expect("append as follower");
+        assert_eq!((f.log_end_offset(), f.high_watermark()), (5, 2));
+
+        // Epoch 2: broker 3 (`new`, which has 0-1) leads; producer 7 retries.
+        new.become_leader(3, 2, vec![1, 2, 3], vec![3, 2], 6_000)
+            .expect("become leader");
+        new.append(producer_batch(7, 2, false, &["c", "d"]), 6_000)
+            .expect("append");
+        new.append(batch(Compression::None, &["e"]), 6_000)
+            .expect("append");
+        f.become_follower(2, 3).expect("become follower");
+
+        // The follower's last batch is of epoch 1 and it fetches from 5: the
+        // leader's epoch 1 ended at 2, so it truncates there.
+        assert_eq!(new.diverging_epoch(1, 5), Some((1, 2)));
+        assert_eq!(new.diverging_epoch(1, 2), None);
+        assert_eq!(f.truncate_to(2).expect("truncate"), 2);
+        assert_eq!((f.log_end_offset(), f.high_watermark()), (2, 2));
+        assert_eq!(f.end_offset_for_epoch(1), (1, 2));
+        // Producer 7's lost batch is forgotten with the bytes.
+        let entry = f
+            .producer_entries()
+            .into_iter()
+            .find(|e| e.producer_id == 7)
+            .expect("producer 7");
+        assert_eq!(entry.last_seq(), 1);
+
+        new.record_follower_fetch(2, 2, 6_100).expect("fetch");
+        f.append_as_follower(&fetch_from(&new, 2), new.high_watermark(), 6_100)
+            .expect("append as follower");
+        assert_eq!(f.log_end_offset(), 5);
+        assert_eq!(fetch_from(&f, 0), fetch_from(&new, 0));
+        assert_eq!(
+            values(&fetch_from(&f, 0)),
+            ["a", "b", "c", "d", "e"].map(Bytes::from).to_vec()
+        );
+        assert_eq!(f.end_offset_for_epoch(1), (1, 2));
+        assert_eq!(f.end_offset_for_epoch(2), (2, 5));
+        new.record_follower_fetch(2, 5, 6_200).expect("fetch");
+        assert_eq!(new.high_watermark(), 5);
+
+        // The epoch checkpoint and the producer snapshots on disk agree after a
+        // restart.
+        f.close().expect("close");
+        drop(f);
+        let f = open(dirs[1].path(), config(&[]));
+        assert_eq!(f.end_offset_for_epoch(1), (1, 2));
+        let entry = f
+            .producer_entries()
+            .into_iter()
+            .find(|e| e.producer_id == 7)
+            .expect("producer 7");
+        assert_eq!(entry.last_seq(), 3);
     }
 
     #[test]

@@ -47,6 +47,9 @@ pub fn kafka_error(e: &CoreError) -> ResponseError {
         }
         CoreError::Storage(_) => ResponseError::KafkaStorageError,
         CoreError::NotEnoughReplicas => ResponseError::NotEnoughReplicas,
+        CoreError::NotEnoughReplicasAfterAppend => ResponseError::NotEnoughReplicasAfterAppend,
+        CoreError::NotLeaderOrFollower => ResponseError::NotLeaderOrFollower,
+        CoreError::RequestTimedOut => ResponseError::RequestTimedOut,
         CoreError::FencedLeaderEpoch => ResponseError::FencedLeaderEpoch,
         CoreError::UnknownLeaderEpoch => ResponseError::UnknownLeaderEpoch,
         CoreError::ShuttingDown => ResponseError::NotLeaderOrFollower,

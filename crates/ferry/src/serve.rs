@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use anyhow::Context;
+use ferry_cluster::{ClusterNode, ClusterOptions};
 use ferry_core::{Broker, BrokerOptions, SystemClock};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -64,9 +65,29 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     });
 
     tracing::info!(data_dir = %settings.data_dir.display(), "opening the data directory");
-    let broker = tokio::task::spawn_blocking(move || Broker::open(options, Arc::new(SystemClock)))
-        .await?
-        .context("opening the broker")?;
+    let (broker, cluster) = if settings.controller_voters.is_empty() {
+        let broker =
+            tokio::task::spawn_blocking(move || Broker::open(options, Arc::new(SystemClock)))
+                .await?
+                .context("opening the broker")?;
+        (broker, None)
+    } else {
+        let own = settings.controller_voters.get(&(settings.node_id as u64));
+        let controller_addr = settings
+            .controller_addr
+            .clone()
+            .or_else(|| own.cloned())
+            .context("no controller address")?;
+        let cluster = ClusterOptions {
+            voters: settings.controller_voters.clone(),
+            controller_addr,
+        };
+        let node = ClusterNode::start(options, cluster, Arc::new(SystemClock))
+            .await
+            .context("joining the cluster")?;
+        tracing::info!(controller = %node.quorum().local_addr(), "metadata quorum started");
+        (node.broker().clone(), Some(node))
+    };
 
     let maintenance = tokio::spawn(broker.clone().run_maintenance(shutdown_rx.clone()));
     let listener_config = ferry_kafka::KafkaListenerConfig::from_broker(&broker);
@@ -78,6 +99,12 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     ));
     http_state.set_ready(broker.clone());
     println!("ferry: kafka listening on {bound}");
+    if let Some(node) = &cluster {
+        println!(
+            "ferry: controller listening on {}",
+            node.quorum().local_addr()
+        );
+    }
     if let Some(http_bound) = http_bound {
         println!("ferry: http listening on {http_bound}");
         tracing::info!(%http_bound, "HTTP endpoints: /metrics /healthz /readyz");
@@ -93,6 +120,9 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         let _ = http.await;
     }
     let _ = maintenance.await;
+    if let Some(node) = &cluster {
+        node.shutdown().await;
+    }
     tokio::task::spawn_blocking(move || broker.shutdown()).await?;
     tracing::info!("stopped cleanly");
     Ok(())

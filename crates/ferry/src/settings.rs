@@ -36,6 +36,12 @@ pub struct ServeArgs {
     /// This broker's rack (broker.rack) [default: none]
     #[arg(long, env = "FERRY_BROKER_RACK")]
     pub rack: Option<String>,
+    /// The metadata quorum's voters, ID@HOST:PORT,... (Kafka's controller.quorum.voters); unset: a single node [default: none]
+    #[arg(long, env = "FERRY_CONTROLLER_VOTERS")]
+    pub controller_voters: Option<String>,
+    /// Address of this node's controller listener (a voter: its entry in --controller-voters) [default: none]
+    #[arg(long, env = "FERRY_CONTROLLER_ADDR")]
+    pub controller_addr: Option<String>,
     /// TOML file with any of these settings (keys as the long flags, and a [broker] table of Kafka names)
     #[arg(long, env = "FERRY_CONFIG")]
     pub config: Option<PathBuf>,
@@ -70,6 +76,9 @@ pub struct Settings {
     pub node_id: i32,
     pub rack: Option<String>,
     pub broker_configs: BTreeMap<String, String>,
+    /// Voter id → controller address; empty on a single node.
+    pub controller_voters: BTreeMap<u64, String>,
+    pub controller_addr: Option<String>,
 }
 
 #[derive(Debug, Default, serde::Deserialize)]
@@ -83,6 +92,8 @@ struct FileSettings {
     advertised_kafka_addr: Option<String>,
     node_id: Option<i32>,
     rack: Option<String>,
+    controller_voters: Option<String>,
+    controller_addr: Option<String>,
     #[serde(default)]
     broker: BTreeMap<String, toml::Value>,
 }
@@ -137,7 +148,28 @@ impl Settings {
             node_id: args.node_id.or(file.node_id).unwrap_or(1),
             rack: args.rack.clone().or(file.rack),
             broker_configs,
+            controller_voters: parse_voters(
+                args.controller_voters
+                    .as_deref()
+                    .or(file.controller_voters.as_deref())
+                    .unwrap_or(""),
+            )?,
+            controller_addr: args.controller_addr.clone().or(file.controller_addr),
         };
+        if !settings.controller_voters.is_empty() {
+            match &settings.controller_addr {
+                Some(a) => {
+                    split_host_port(a)?;
+                }
+                None if !settings
+                    .controller_voters
+                    .contains_key(&(settings.node_id as u64)) =>
+                {
+                    bail!("--controller-addr is needed on a node that is not a voter")
+                }
+                None => {}
+            }
+        }
         if let Some(a) = &settings.advertised_kafka_addr {
             split_host_port(a)?;
         }
@@ -146,6 +178,25 @@ impl Settings {
         }
         Ok(settings)
     }
+}
+
+/// `1@host:port,2@host:port` → {1: "host:port", 2: "host:port"}.
+pub fn parse_voters(text: &str) -> anyhow::Result<BTreeMap<u64, String>> {
+    let mut voters = BTreeMap::new();
+    for entry in text.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        let Some((id, addr)) = entry.split_once('@') else {
+            bail!("a controller voter is ID@HOST:PORT, got {entry:?}");
+        };
+        let id: u64 = id
+            .trim()
+            .parse()
+            .with_context(|| format!("voter id in {entry:?}"))?;
+        split_host_port(addr)?;
+        if voters.insert(id, addr.trim().to_string()).is_some() {
+            bail!("voter {id} is listed twice");
+        }
+    }
+    Ok(voters)
 }
 
 fn load_file(path: &Path) -> anyhow::Result<FileSettings> {

@@ -136,7 +136,7 @@ mod tests {
         create_topics_ok(&ctx, vec![creatable("log", 2, &[])]).await;
         let tp = TopicPartition::new("log", 0);
         ctx.broker
-            .produce(&tp, batch(10), -1)
+            .produce(&tp, batch(10), -1, 30_000)
             .await
             .expect("produce");
         let resp = handle(&ctx, 2, request("log", &[(0, 4)])).await;

@@ -63,8 +63,7 @@ pub async fn handle(
     };
     let brokers = broker
         .image()
-        .brokers
-        .values()
+        .live_brokers()
         .map(|b| {
             DescribeClusterBroker::default()
                 .with_broker_id(BrokerId(b.node_id))
@@ -76,7 +75,7 @@ pub async fn handle(
     response
         .with_endpoint_type(ENDPOINT_BROKER)
         .with_cluster_id(StrBytes::from_string(broker.cluster_id().to_string()))
-        .with_controller_id(BrokerId(broker.node_id()))
+        .with_controller_id(BrokerId(broker.controller_id()))
         .with_brokers(brokers)
         .with_cluster_authorized_operations(operations)
 }

@@ -75,8 +75,7 @@ pub async fn handle(ctx: &RequestContext, version: i16, req: MetadataRequest) ->
     }
     let image = broker.image();
     let brokers = image
-        .brokers
-        .values()
+        .live_brokers()
         .map(|b| {
             MetadataResponseBroker::default()
                 .with_node_id(BrokerId(b.node_id))
@@ -88,7 +87,7 @@ pub async fn handle(ctx: &RequestContext, version: i16, req: MetadataRequest) ->
     MetadataResponse::default()
         .with_brokers(brokers)
         .with_cluster_id(Some(StrBytes::from_string(broker.cluster_id().to_string())))
-        .with_controller_id(BrokerId(broker.node_id()))
+        .with_controller_id(BrokerId(broker.controller_id()))
         .with_topics(topics)
         .with_cluster_authorized_operations(i32::MIN)
 }
@@ -99,6 +98,11 @@ fn topic_entry(ctx: &RequestContext, topic: &TopicMetadata) -> MetadataResponseT
         .iter()
         .map(|p| {
             MetadataResponsePartition::default()
+                .with_error_code(if p.leader < 0 {
+                    ResponseError::LeaderNotAvailable.code()
+                } else {
+                    0
+                })
                 .with_partition_index(p.partition)
                 .with_leader_id(BrokerId(p.leader))
                 .with_leader_epoch(p.leader_epoch)

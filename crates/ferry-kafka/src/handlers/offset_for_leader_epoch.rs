@@ -155,7 +155,7 @@ mod tests {
         create_topics_ok(&ctx, vec![creatable("epochs", 2, &[])]).await;
         let tp = TopicPartition::new("epochs", 0);
         ctx.broker
-            .produce(&tp, batch(5), -1)
+            .produce(&tp, batch(5), -1, 30_000)
             .await
             .expect("produce");
         // A new topic's partitions are at epoch 0.

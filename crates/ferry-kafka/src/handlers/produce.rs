@@ -1,5 +1,6 @@
 //! Produce: validate each partition's batches, append them, and answer once the
-//! acks level is met (acks=all: after the group-commit fsync; acks=0: no answer).
+//! acks level is met (acks=all: after the group-commit fsync and once every
+//! in-sync replica has the records; acks=0: no answer).
 
 use futures_util::future::join_all;
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
@@ -17,7 +18,7 @@ pub async fn handle(
     req: ProduceRequest,
 ) -> Option<ProduceResponse> {
     let broker = &ctx.broker;
-    let acks = req.acks;
+    let (acks, timeout_ms) = (req.acks, req.timeout_ms);
     let mut work = Vec::new();
     for topic in req.topic_data {
         let name = topic.name.0.as_str().to_string();
@@ -40,7 +41,7 @@ pub async fn handle(
                             records.len() as u64,
                             ferry_core::metrics::count_records(&records),
                         );
-                        let result = broker.produce(&tp, records, acks).await;
+                        let result = broker.produce(&tp, records, acks, timeout_ms).await;
                         if result.is_ok() {
                             ferry_core::metrics::metrics().produced(&tp.topic, bytes, count);
                         }

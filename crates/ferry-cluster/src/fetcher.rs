@@ -1,0 +1,266 @@
+//! Followers fetch from their leaders with the Kafka Fetch API, as Kafka's
+//! replica fetcher threads do: one task per leader broker, one connection each,
+//! every partition this broker follows there in the same fetch.
+//!
+//! ```text
+//!  metadata image ──update()──► { leader id → partitions } ──► one task per leader
+//!     task: Fetch(replica_id = me, fetch_offset = LEO, last_fetched_epoch)
+//!       ├─ records ──► Partition::append_as_follower (leader's offsets, leader's HW)
+//!       └─ diverging epoch ──► Partition::truncate_to, then fetch again
+//! ```
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferry_client::kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use ferry_client::kafka_protocol::messages::{BrokerId, FetchRequest, TopicName};
+use ferry_client::kafka_protocol::protocol::StrBytes;
+use ferry_client::kafka_protocol::ResponseError;
+use ferry_client::{Connection, ConnectionConfig};
+use ferry_core::metadata::MetadataImage;
+use ferry_core::{Broker, TopicPartition};
+use parking_lot::Mutex;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// The Fetch version followers send (replica id and last fetched epoch).
+const FETCH_VERSION: i16 = 12;
+
+/// What one leader's fetcher fetches: partition → the leader epoch it follows.
+type Assignment = BTreeMap<TopicPartition, i32>;
+
+pub struct ReplicaFetchers {
+    broker: Arc<Broker>,
+    fetchers: Mutex<HashMap<(i32, String), Fetcher>>,
+}
+
+struct Fetcher {
+    assignment: watch::Sender<Assignment>,
+    task: JoinHandle<()>,
+}
+
+impl ReplicaFetchers {
+    pub fn new(broker: Arc<Broker>) -> Arc<ReplicaFetchers> {
+        Arc::new(ReplicaFetchers {
+            broker,
+            fetchers: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Makes the fetchers match `image`: every partition this broker follows is
+    /// fetched from its leader's current address.
+    pub fn update(&self, image: &MetadataImage) {
+        let me = self.broker.node_id();
+        let mut wanted: HashMap<(i32, String), Assignment> = HashMap::new();
+        for topic in image.topics.values() {
+            for p in &topic.partitions {
+                if p.leader == me || p.leader < 0 || !p.replicas.contains(&me) {
+                    continue;
+                }
+                let Some(leader) = image.brokers.get(&p.leader) else {
+                    continue;
+                };
+                wanted
+                    .entry((p.leader, format!("{}:{}", leader.host, leader.port)))
+                    .or_default()
+                    .insert(
+                        TopicPartition::new(topic.name.clone(), p.partition),
+                        p.leader_epoch,
+                    );
+            }
+        }
+        let mut fetchers = self.fetchers.lock();
+        fetchers.retain(|key, f| {
+            let keep = wanted.contains_key(key) && !f.task.is_finished();
+            if !keep {
+                f.task.abort();
+            }
+            keep
+        });
+        for (key, assignment) in wanted {
+            match fetchers.get(&key) {
+                Some(f) => {
+                    f.assignment.send_if_modified(|current| {
+                        let changed = *current != assignment;
+                        *current = assignment;
+                        changed
+                    });
+                }
+                None => {
+                    let (tx, rx) = watch::channel(assignment);
+                    let task = tokio::spawn(run(self.broker.clone(), key.0, key.1.clone(), rx));
+                    fetchers.insert(
+                        key,
+                        Fetcher {
+                            assignment: tx,
+                            task,
+                        },
+                    );
+                }
+            }
+        }
+    }
+
+    pub fn shutdown(&self) {
+        for (_, f) in self.fetchers.lock().drain() {
+            f.task.abort();
+        }
+    }
+}
+
+async fn run(
+    broker: Arc<Broker>,
+    leader: i32,
+    addr: String,
+    mut assignment: watch::Receiver<Assignment>,
+) {
+    let config = broker.config();
+    let wait_ms = config.long("replica.fetch.wait.max.ms").clamp(0, 30_000) as i32;
+    let partition_max_bytes = config
+        .long("replica.fetch.max.bytes")
+        .clamp(1024, i32::MAX as i64) as i32;
+    let connection_config = ConnectionConfig {
+        client_id: format!("ferry-replica-{}", broker.node_id()),
+        connect_timeout: Duration::from_secs(5),
+        request_timeout: Duration::from_millis(wait_ms as u64 + 10_000),
+        ..ConnectionConfig::default()
+    };
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let connection = match Connection::connect(&addr, connection_config.clone()).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::debug!(leader, %addr, error = %e, "replica fetcher cannot reach the leader");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+                continue;
+            }
+        };
+        backoff = Duration::from_millis(100);
+        loop {
+            let current = assignment.borrow_and_update().clone();
+            let request = fetch_request(&broker, &current, wait_ms, partition_max_bytes);
+            let Some(request) = request else {
+                // Nothing to fetch yet: wait for an assignment.
+                if assignment.changed().await.is_err() {
+                    return;
+                }
+                continue;
+            };
+            let response = match connection.send_version(&request, FETCH_VERSION).await {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::debug!(leader, %addr, error = %e, "replica fetch failed; reconnecting");
+                    break;
+                }
+            };
+            let mut back_off = response.error_code != 0;
+            for topic in &response.responses {
+                for data in &topic.partitions {
+                    let tp = TopicPartition::new(topic.topic.0.as_str(), data.partition_index);
+                    if !current.contains_key(&tp) {
+                        continue;
+                    }
+                    back_off |= !apply(&broker, &tp, data);
+                }
+            }
+            if back_off {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+        tokio::time::sleep(backoff).await;
+    }
+}
+
+/// The next fetch for `assignment`: each partition from its log end offset.
+fn fetch_request(
+    broker: &Broker,
+    assignment: &Assignment,
+    wait_ms: i32,
+    partition_max_bytes: i32,
+) -> Option<FetchRequest> {
+    let mut topics: Vec<FetchTopic> = Vec::new();
+    for (tp, leader_epoch) in assignment {
+        let Some(partition) = broker.partition(tp) else {
+            continue;
+        };
+        if partition.is_leader() || partition.leader_epoch() != *leader_epoch {
+            // The image moved on and the broker has not applied it yet.
+            continue;
+        }
+        let fetch_offset = partition.log_end_offset();
+        let (last_epoch, _) = partition.end_offset_for_epoch(i32::MAX);
+        let p = FetchPartition::default()
+            .with_partition(tp.partition)
+            .with_current_leader_epoch(*leader_epoch)
+            .with_fetch_offset(fetch_offset)
+            .with_last_fetched_epoch(last_epoch)
+            .with_log_start_offset(partition.log_start_offset())
+            .with_partition_max_bytes(partition_max_bytes);
+        match topics.last_mut() {
+            Some(t) if t.topic.0.as_str() == tp.topic => t.partitions.push(p),
+            _ => topics.push(
+                FetchTopic::default()
+                    .with_topic(TopicName(StrBytes::from_string(tp.topic.clone())))
+                    .with_partitions(vec![p]),
+            ),
+        }
+    }
+    if topics.is_empty() {
+        return None;
+    }
+    Some(
+        FetchRequest::default()
+            .with_replica_id(BrokerId(broker.node_id()))
+            .with_max_wait_ms(wait_ms)
+            .with_min_bytes(1)
+            .with_max_bytes(i32::MAX)
+            .with_isolation_level(0)
+            .with_session_id(0)
+            .with_session_epoch(-1)
+            .with_topics(topics),
+    )
+}
+
+/// Applies one partition of a fetch response; false when the fetcher should
+/// back off (an error, or nothing it could use).
+fn apply(
+    broker: &Broker,
+    tp: &TopicPartition,
+    data: &ferry_client::kafka_protocol::messages::fetch_response::PartitionData,
+) -> bool {
+    let Some(partition) = broker.partition(tp) else {
+        return false;
+    };
+    if data.error_code != 0 {
+        let error = ResponseError::try_from_code(data.error_code);
+        tracing::debug!(partition = %tp, ?error, "replica fetch error");
+        return false;
+    }
+    if data.diverging_epoch.epoch >= 0 && data.diverging_epoch.end_offset >= 0 {
+        // Our log has records the leader does not: cut back to where the two
+        // agree, then fetch from there.
+        let (epoch, end) = (data.diverging_epoch.epoch, data.diverging_epoch.end_offset);
+        let (_, local_end) = partition.end_offset_for_epoch(epoch);
+        let to = end.min(local_end);
+        match partition.truncate_to(to) {
+            Ok(leo) => {
+                tracing::info!(partition = %tp, leader_epoch = epoch, log_end_offset = leo, "truncated to the leader's log")
+            }
+            Err(e) => {
+                tracing::warn!(partition = %tp, error = %e, "could not truncate a divergent tail");
+                return false;
+            }
+        }
+        return true;
+    }
+    let records: &[u8] = data.records.as_deref().unwrap_or(&[]);
+    match partition.append_as_follower(records, data.high_watermark, broker.now_ms()) {
+        Ok(_) => true,
+        Err(e) => {
+            tracing::warn!(partition = %tp, error = %e, "could not append replicated records");
+            false
+        }
+    }
+}

@@ -1,0 +1,134 @@
+//! The metadata quorum: ferry's metadata log replicated by openraft among the
+//! controller nodes (KRaft's design, architecture decision 5).
+//!
+//! ```text
+//!            propose(records) / call_leader(req)            (any node)
+//!                    │  forwarded over TCP when this node is not the leader
+//!                    ▼
+//!   ┌──────── leader ─────────┐   AppendEntries    ┌──────── follower ───────┐
+//!   │ openraft                │ ─────────────────► │ openraft                │
+//!   │  LogStore (fsync'd log) │ ◄───────────────── │  LogStore (fsync'd log) │
+//!   │  StateMachine           │      acks          │  StateMachine           │
+//!   │   MetadataImage::apply  │                    │   MetadataImage::apply  │
+//!   └───────────┬─────────────┘                    └───────────┬─────────────┘
+//!               ▼                                              ▼
+//!      watch<Arc<MetadataImage>>                      watch<Arc<MetadataImage>>
+//!      (subscribe / image)                            (subscribe / image)
+//! ```
+//!
+//! - `log_store`: the Raft log and vote on disk, written by one I/O thread.
+//! - `state_machine`: committed [`MetadataRecord`]s applied to the image;
+//!   snapshots of the image.
+//! - `network` and `frame`: the controller listener and its clients.
+//! - `quorum`: [`MetadataQuorum`], what the broker uses.
+//! - `controller`: the active controller's decisions (registration, fencing,
+//!   leader election, ISR changes), written back as metadata records.
+//! - `fetcher`: followers fetching from their leaders over the Kafka protocol.
+//! - `node`: [`ClusterNode`], a broker in a cluster, wiring all of the above.
+//!
+//! The voters are static, as in KRaft's `controller.quorum.voters`: every node is
+//! configured with the same id → address map. The lowest voter id initializes the
+//! cluster the first time it starts; the others wait to hear from it. A node that
+//! is not a voter asks the leader to add it as a learner and then receives the log
+//! like a follower, without a vote.
+//!
+//! [`MetadataRecord`]: ferry_core::metadata::MetadataRecord
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+pub mod controller;
+mod durable;
+pub mod fetcher;
+mod frame;
+mod log_store;
+mod network;
+mod node;
+mod quorum;
+mod state_machine;
+mod types;
+
+pub use node::{ClusterNode, ClusterOptions};
+pub use quorum::{MetadataQuorum, PROPOSAL_BYTES_MAX};
+pub use types::{
+    ControllerHandler, ControllerRequest, ControllerResponse, HandlerFuture, NodeId, Proposal,
+    ProposalApplied, TypeConfig,
+};
+
+/// How one node takes part in the metadata quorum.
+#[derive(Debug, Clone)]
+pub struct QuorumConfig {
+    pub node_id: u64,
+    /// Voter id → `host:port` of its controller listener: all voters, including
+    /// this node if it is one. Must be the same on every node.
+    pub voters: BTreeMap<u64, String>,
+    /// Where this node's controller listener binds (`host:port`; port 0 picks one).
+    pub listen_addr: String,
+    /// The address a non-voter gives the leader to reach it; the bound address
+    /// when `None`. Voters are always reached at their `voters` entry.
+    pub advertised_addr: Option<String>,
+    /// Directory of the Raft log, vote and snapshot, e.g.
+    /// `DATA_DIR/__cluster_metadata-0/raft`.
+    pub dir: PathBuf,
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+    pub heartbeat_interval_ms: u64,
+    /// Deadline of one `propose` or `call_leader`, retries included; also the
+    /// timeout of sending a snapshot.
+    pub request_timeout_ms: u64,
+    /// A snapshot is taken once this many entries were applied since the last.
+    pub snapshot_interval_entries: u64,
+    /// Entries kept in the log behind the last snapshot, so a follower that lags
+    /// a little catches up from the log instead of a snapshot.
+    pub snapshot_keep_entries: u64,
+}
+
+impl QuorumConfig {
+    /// A config with the default timings: elections after 500–1000 ms without a
+    /// leader, heartbeats every 100 ms, 10 s per request.
+    pub fn new(
+        node_id: u64,
+        voters: BTreeMap<u64, String>,
+        listen_addr: impl Into<String>,
+        dir: impl Into<PathBuf>,
+    ) -> Self {
+        QuorumConfig {
+            node_id,
+            voters,
+            listen_addr: listen_addr.into(),
+            advertised_addr: None,
+            dir: dir.into(),
+            election_timeout_min_ms: 500,
+            election_timeout_max_ms: 1000,
+            heartbeat_interval_ms: 100,
+            request_timeout_ms: 10_000,
+            snapshot_interval_entries: 5000,
+            snapshot_keep_entries: 1000,
+        }
+    }
+
+    pub fn is_voter(&self) -> bool {
+        self.voters.contains_key(&self.node_id)
+    }
+}
+
+/// Errors of the metadata quorum.
+#[derive(Debug, thiserror::Error)]
+pub enum QuorumError {
+    #[error("invalid metadata quorum config: {0}")]
+    Config(String),
+    #[error("metadata quorum I/O: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("raft: {0}")]
+    Raft(String),
+    /// The deadline passed: no leader was reachable, or the entry was committed
+    /// but this node has not applied it yet.
+    #[error("metadata quorum request timed out: {0}")]
+    Timeout(String),
+    #[error("no controller handler is installed on the leader")]
+    NoHandler,
+    #[error("a proposal of {bytes} bytes exceeds the limit of {max}")]
+    TooLarge { bytes: usize, max: usize },
+    #[error("the metadata quorum is shut down")]
+    Shutdown,
+}

@@ -1,0 +1,278 @@
+//! One node of a cluster: the metadata quorum (when a voter), the broker on top
+//! of it, and the tasks that keep them in step.
+//!
+//! ```text
+//!  MetadataQuorum ──subscribe──► watcher ──► Broker::apply_image (roles, replicas)
+//!        ▲                           └─────► ReplicaFetchers::update (whom to fetch from)
+//!        │ propose / call_leader
+//!  Broker (QuorumStore, QuorumLink) ── heartbeat task ── ISR shrink task
+//!  Controller (answers on the leader) ── tick task (fences silent brokers)
+//! ```
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use ferry_core::cluster::{ControllerLink, MetadataStore};
+use ferry_core::metadata::{MetadataImage, MetadataRecord};
+use ferry_core::{Broker, BrokerOptions, Clock, CoreError, Partition};
+use tokio::runtime::Handle;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::controller::{BrokerRegistration, Controller};
+use crate::fetcher::ReplicaFetchers;
+use crate::types::{ControllerRequest, ControllerResponse};
+use crate::{MetadataQuorum, QuorumConfig, QuorumError};
+
+/// How a node joins its cluster.
+#[derive(Debug, Clone)]
+pub struct ClusterOptions {
+    /// Voter id → `host:port` of its controller listener.
+    pub voters: BTreeMap<u64, String>,
+    /// Where this node's controller listener binds.
+    pub controller_addr: String,
+}
+
+pub struct ClusterNode {
+    quorum: Arc<MetadataQuorum>,
+    broker: Arc<Broker>,
+    fetchers: Arc<ReplicaFetchers>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl ClusterNode {
+    /// Starts the quorum, opens the broker on the image it has applied, and
+    /// starts heartbeats, replica fetchers and (on voters) the controller.
+    pub async fn start(
+        options: BrokerOptions,
+        cluster: ClusterOptions,
+        clock: Arc<dyn Clock>,
+    ) -> Result<ClusterNode, QuorumError> {
+        let node_id = options.node_id;
+        let raft_dir = options
+            .data_dir
+            .join(ferry_core::broker::METADATA_DIR)
+            .join("raft");
+        let quorum_config = QuorumConfig::new(
+            node_id as u64,
+            cluster.voters.clone(),
+            cluster.controller_addr.clone(),
+            raft_dir,
+        );
+        let quorum = MetadataQuorum::start(quorum_config).await?;
+        let static_config = ferry_core::config::BrokerConfig::new(options.configs.clone())
+            .map_err(|e| QuorumError::Config(e.to_string()))?;
+        let session_timeout =
+            Duration::from_millis(static_config.long("broker.session.timeout.ms").max(1) as u64);
+        let heartbeat_interval =
+            Duration::from_millis(static_config.long("broker.heartbeat.interval.ms").max(1) as u64);
+        let controller = Controller::new(&quorum, session_timeout);
+        quorum.set_handler(controller.clone());
+
+        let store = Arc::new(QuorumStore {
+            quorum: Arc::downgrade(&quorum),
+            handle: Handle::current(),
+        });
+        let image = quorum.image();
+        let registration = BrokerRegistration {
+            node_id,
+            host: options.advertised_host.clone(),
+            port: options.advertised_port,
+            rack: options.rack.clone(),
+        };
+        let broker = tokio::task::spawn_blocking(move || {
+            Broker::open_clustered(options, clock, store, image)
+        })
+        .await
+        .map_err(|e| QuorumError::Raft(e.to_string()))?
+        .map_err(|e| QuorumError::Config(format!("opening the broker: {e}")))?;
+        broker.set_controller_link(Arc::new(QuorumLink {
+            quorum: Arc::downgrade(&quorum),
+        }));
+        let fetchers = ReplicaFetchers::new(broker.clone());
+        fetchers.update(&quorum.image());
+
+        let tasks = vec![
+            tokio::spawn(watch_images(
+                quorum.subscribe(),
+                broker.clone(),
+                fetchers.clone(),
+            )),
+            tokio::spawn(heartbeats(
+                Arc::downgrade(&quorum),
+                registration,
+                heartbeat_interval,
+            )),
+            tokio::spawn(controller_ticks(controller)),
+            tokio::spawn(shrink_isr(broker.clone())),
+        ];
+        Ok(ClusterNode {
+            quorum,
+            broker,
+            fetchers,
+            tasks,
+        })
+    }
+
+    pub fn broker(&self) -> &Arc<Broker> {
+        &self.broker
+    }
+
+    pub fn quorum(&self) -> &Arc<MetadataQuorum> {
+        &self.quorum
+    }
+
+    pub async fn shutdown(&self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+        self.fetchers.shutdown();
+        self.quorum.clear_handler();
+        self.quorum.shutdown().await;
+    }
+}
+
+/// Applies every image the quorum commits to the broker and its fetchers.
+async fn watch_images(
+    mut images: watch::Receiver<Arc<MetadataImage>>,
+    broker: Arc<Broker>,
+    fetchers: Arc<ReplicaFetchers>,
+) {
+    loop {
+        let image = images.borrow_and_update().clone();
+        let b = broker.clone();
+        let applied = {
+            let image = image.clone();
+            tokio::task::spawn_blocking(move || b.apply_image(image)).await
+        };
+        match applied {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "could not apply a metadata image"),
+            Err(e) => tracing::error!(error = %e, "applying a metadata image failed"),
+        }
+        fetchers.update(&image);
+        if images.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Tells the active controller this broker is alive (and where it listens).
+async fn heartbeats(
+    quorum: Weak<MetadataQuorum>,
+    registration: BrokerRegistration,
+    interval: Duration,
+) {
+    loop {
+        let Some(q) = quorum.upgrade() else { return };
+        let request = ControllerRequest::Heartbeat {
+            node_id: registration.node_id,
+            broker_epoch: 0,
+            registration: Some(registration.clone()),
+        };
+        match q.call_leader(request).await {
+            Ok(ControllerResponse::Rejected { reason }) => {
+                tracing::warn!(%reason, "the controller refused a heartbeat")
+            }
+            Ok(_) => {}
+            Err(e) => tracing::debug!(error = %e, "heartbeat not delivered"),
+        }
+        drop(q);
+        tokio::time::sleep(interval).await;
+    }
+}
+
+async fn controller_ticks(controller: Arc<Controller>) {
+    loop {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        controller.tick().await;
+    }
+}
+
+/// Leaders drop followers that stopped keeping up (`replica.lag.time.max.ms`).
+async fn shrink_isr(broker: Arc<Broker>) {
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let lag_ms = broker.config().long("replica.lag.time.max.ms");
+        let now = broker.now_ms();
+        for p in broker.partitions() {
+            if let Some(isr) = p.maybe_shrink_isr(now, lag_ms) {
+                tracing::info!(partition = %p.tp, ?isr, "shrinking the ISR");
+                broker.propose_isr(&p, isr);
+            }
+        }
+    }
+}
+
+/// The quorum as the broker's metadata store.
+struct QuorumStore {
+    quorum: Weak<MetadataQuorum>,
+    handle: Handle,
+}
+
+impl MetadataStore for QuorumStore {
+    fn commit(
+        &self,
+        records: Vec<MetadataRecord>,
+        _current: &MetadataImage,
+    ) -> Result<Arc<MetadataImage>, CoreError> {
+        let quorum = self.quorum.upgrade().ok_or(CoreError::ShuttingDown)?;
+        // Metadata changes are rare (admin requests, producer id blocks): the
+        // caller's thread waits for the quorum, the runtime runs on meanwhile.
+        let proposed =
+            tokio::task::block_in_place(|| self.handle.block_on(quorum.propose(records)));
+        proposed.map_err(|e| match e {
+            QuorumError::Timeout(_) => CoreError::RequestTimedOut,
+            QuorumError::Shutdown => CoreError::ShuttingDown,
+            other => CoreError::Storage(format!("metadata quorum: {other}")),
+        })
+    }
+
+    fn is_replicated(&self) -> bool {
+        true
+    }
+}
+
+/// ISR changes go to the active controller.
+struct QuorumLink {
+    quorum: Weak<MetadataQuorum>,
+}
+
+impl ControllerLink for QuorumLink {
+    fn controller_id(&self) -> Option<i32> {
+        let leader = self.quorum.upgrade()?.leader_id()?;
+        i32::try_from(leader).ok()
+    }
+
+    fn alter_isr(&self, partition: Arc<Partition>, leader_epoch: i32, isr: Vec<i32>) {
+        let Some(quorum) = self.quorum.upgrade() else {
+            partition.abort_isr_change();
+            return;
+        };
+        tokio::spawn(async move {
+            let request = ControllerRequest::AlterPartition {
+                topic_id: partition.topic_id,
+                partition: partition.tp.partition,
+                leader_epoch,
+                new_isr: isr,
+            };
+            // A confirmed change arrives with the metadata image.
+            match quorum.call_leader(request).await {
+                Ok(ControllerResponse::AlterPartition { .. }) => {}
+                Ok(ControllerResponse::Rejected { reason }) => {
+                    tracing::info!(%reason, partition = %partition.tp, "the controller refused an ISR change");
+                    partition.abort_isr_change();
+                }
+                Ok(other) => {
+                    tracing::warn!(?other, partition = %partition.tp, "unexpected answer to an ISR change");
+                    partition.abort_isr_change();
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, partition = %partition.tp, "could not send an ISR change");
+                    partition.abort_isr_change();
+                }
+            }
+        });
+    }
+}

@@ -1,0 +1,567 @@
+//! [`MetadataQuorum`]: starts the Raft node and routes requests to the leader.
+//!
+//! ```text
+//!   propose(records)
+//!     ├─ register a waiter for the proposal's request id (on this node)
+//!     ├─ until the deadline: send to the leader (local client_write, or forward);
+//!     │    not the leader / unreachable → retry with the new leader
+//!     └─ wait until THIS node's state machine applies it → image right after it
+//! ```
+//!
+//! A proposal keeps its request id across retries, and the state machine skips
+//! an id it has already applied, so a retry after a lost answer never applies the
+//! records twice.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferry_core::metadata::{MetadataImage, MetadataRecord};
+use openraft::error::{InitializeError, RaftError};
+use openraft::{Config, ServerState, SnapshotPolicy};
+use parking_lot::{Mutex, RwLock};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use uuid::Uuid;
+
+use crate::log_store::{IoHandle, LogStore};
+use crate::network::{
+    serve, CallError, ConnPool, LeaderError, NetworkFactory, Request, RequestEnvelope, Response,
+    ServerCtx,
+};
+use crate::state_machine::{SmShared, StateMachine};
+use crate::types::{
+    ControllerHandler, ControllerRequest, ControllerResponse, LogId, Node, NodeId, Proposal, Raft,
+};
+use crate::{QuorumConfig, QuorumError};
+
+/// Largest proposal (as JSON): half a frame, so one always fits in an
+/// AppendEntries request with room to spare.
+pub const PROPOSAL_BYTES_MAX: usize = crate::frame::FRAME_BYTES_MAX / 2;
+/// Pause between two attempts to reach the leader.
+const RETRY_BACKOFF: Duration = Duration::from_millis(50);
+/// Pause between two attempts of a non-voter to join as a learner.
+const JOIN_RETRY: Duration = Duration::from_millis(500);
+
+/// One node's handle on the replicated metadata log.
+pub struct MetadataQuorum {
+    node_id: NodeId,
+    voters: Arc<BTreeMap<NodeId, String>>,
+    raft: Raft,
+    ctx: Arc<ServerCtx>,
+    local_addr: SocketAddr,
+    sm: Arc<SmShared>,
+    image_rx: watch::Receiver<Arc<MetadataImage>>,
+    pool: Arc<ConnPool>,
+    io: IoHandle,
+    request_timeout: Duration,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+    stopped: AtomicBool,
+}
+
+/// A request only the leader serves.
+#[derive(Clone)]
+enum LeaderCall {
+    Propose(Proposal),
+    Controller(ControllerRequest),
+    AddLearner { node_id: NodeId, addr: String },
+}
+
+enum LeaderReply {
+    Propose(#[allow(dead_code)] LogId),
+    Controller(ControllerResponse),
+    AddLearner,
+}
+
+/// Why one attempt to reach the leader failed.
+enum AttemptError {
+    Leader(LeaderError),
+    Transport(CallError),
+    Unexpected(String),
+}
+
+fn validate(config: &QuorumConfig) -> Result<(), QuorumError> {
+    let bad = |msg: String| Err(QuorumError::Config(msg));
+    if config.voters.is_empty() {
+        return bad("no voters".into());
+    }
+    if config.election_timeout_min_ms >= config.election_timeout_max_ms {
+        return bad(format!(
+            "election_timeout_min_ms ({}) must be below election_timeout_max_ms ({})",
+            config.election_timeout_min_ms, config.election_timeout_max_ms
+        ));
+    }
+    if config.heartbeat_interval_ms == 0
+        || config.heartbeat_interval_ms >= config.election_timeout_min_ms
+    {
+        return bad(format!(
+            "heartbeat_interval_ms ({}) must be above 0 and below election_timeout_min_ms ({})",
+            config.heartbeat_interval_ms, config.election_timeout_min_ms
+        ));
+    }
+    if config.request_timeout_ms == 0 || config.snapshot_interval_entries == 0 {
+        return bad("request_timeout_ms and snapshot_interval_entries must be above 0".into());
+    }
+    Ok(())
+}
+
+fn raft_config(config: &QuorumConfig) -> Result<Config, QuorumError> {
+    Config {
+        cluster_name: "ferry-metadata".into(),
+        election_timeout_min: config.election_timeout_min_ms,
+        election_timeout_max: config.election_timeout_max_ms,
+        heartbeat_interval: config.heartbeat_interval_ms,
+        install_snapshot_timeout: config.request_timeout_ms,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_interval_entries),
+        max_in_snapshot_log_to_keep: config.snapshot_keep_entries,
+        ..Default::default()
+    }
+    .validate()
+    .map_err(|e| QuorumError::Config(e.to_string()))
+}
+
+impl MetadataQuorum {
+    /// Opens the storage in `config.dir`, binds `config.listen_addr` and starts the
+    /// Raft node. On the lowest voter id of a cluster that was never initialized,
+    /// it also initializes the membership with all voters (a no-op on every later
+    /// start). A non-voter keeps asking the leader to add it as a learner until it is.
+    pub async fn start(config: QuorumConfig) -> Result<Arc<MetadataQuorum>, QuorumError> {
+        validate(&config)?;
+        let listener = TcpListener::bind(&config.listen_addr).await?;
+        Self::start_inner(config, listener).await
+    }
+
+    /// Like [`start`](Self::start) with a listener the caller already bound (so a
+    /// test can learn every node's port before any node starts).
+    /// `config.listen_addr` is ignored.
+    pub async fn start_with_listener(
+        config: QuorumConfig,
+        listener: std::net::TcpListener,
+    ) -> Result<Arc<MetadataQuorum>, QuorumError> {
+        validate(&config)?;
+        listener.set_nonblocking(true)?;
+        let listener = TcpListener::from_std(listener)?;
+        Self::start_inner(config, listener).await
+    }
+
+    async fn start_inner(
+        config: QuorumConfig,
+        listener: TcpListener,
+    ) -> Result<Arc<MetadataQuorum>, QuorumError> {
+        let raft_config = Arc::new(raft_config(&config)?);
+        let local_addr = listener.local_addr()?;
+        let node_id = config.node_id;
+        let voters = Arc::new(config.voters.clone());
+        let dir = config.dir.clone();
+        let (log, sm, sm_shared) = tokio::task::spawn_blocking(move || {
+            let log = LogStore::open(&dir)?;
+            let (sm, shared) = StateMachine::open(&dir)?;
+            Ok::<_, std::io::Error>((log, sm, shared))
+        })
+        .await
+        .map_err(|e| QuorumError::Io(std::io::Error::other(e)))??;
+        let io = log.io_handle();
+        let network = NetworkFactory {
+            node_id,
+            voters: voters.clone(),
+        };
+        let raft = match Raft::new(node_id, raft_config, network, log, sm).await {
+            Ok(raft) => raft,
+            Err(e) => {
+                io.stop().await;
+                return Err(QuorumError::Raft(e.to_string()));
+            }
+        };
+        let request_timeout = Duration::from_millis(config.request_timeout_ms);
+        let ctx = Arc::new(ServerCtx {
+            node_id,
+            raft: raft.clone(),
+            handler: RwLock::new(None),
+            request_timeout,
+        });
+        let server = tokio::spawn(serve(listener, ctx.clone()));
+        let quorum = Arc::new(MetadataQuorum {
+            node_id,
+            voters: voters.clone(),
+            raft: raft.clone(),
+            ctx,
+            local_addr,
+            image_rx: sm_shared.subscribe(),
+            sm: sm_shared,
+            pool: Arc::new(ConnPool::default()),
+            io,
+            request_timeout,
+            tasks: Mutex::new(vec![server]),
+            stopped: AtomicBool::new(false),
+        });
+
+        if config.is_voter() {
+            let lowest = voters.keys().next().copied();
+            let initialized = raft
+                .is_initialized()
+                .await
+                .map_err(|e| QuorumError::Raft(e.to_string()))?;
+            if lowest == Some(node_id) && !initialized {
+                let members: BTreeMap<NodeId, Node> = voters
+                    .iter()
+                    .map(|(id, addr)| (*id, Node::new(addr.clone())))
+                    .collect();
+                tracing::info!(node_id, voters = ?members.keys().collect::<Vec<_>>(), "initializing the metadata quorum");
+                match raft.initialize(members).await {
+                    Ok(()) | Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
+                    Err(e) => {
+                        quorum.shutdown().await;
+                        return Err(QuorumError::Raft(e.to_string()));
+                    }
+                }
+            }
+        } else {
+            let addr = config
+                .advertised_addr
+                .clone()
+                .unwrap_or_else(|| local_addr.to_string());
+            let weak = Arc::downgrade(&quorum);
+            let join = tokio::spawn(async move {
+                loop {
+                    let Some(quorum) = weak.upgrade() else { return };
+                    if quorum.is_member() {
+                        return;
+                    }
+                    let call = LeaderCall::AddLearner {
+                        node_id,
+                        addr: addr.clone(),
+                    };
+                    let deadline = Instant::now() + quorum.request_timeout;
+                    if let Err(e) = quorum.to_leader(&call, deadline, &mut || false).await {
+                        tracing::info!(node_id, error = %e, "not yet added to the metadata quorum as a learner");
+                    }
+                    drop(quorum);
+                    tokio::time::sleep(JOIN_RETRY).await;
+                }
+            });
+            quorum.tasks.lock().push(join);
+        }
+        Ok(quorum)
+    }
+
+    pub fn node_id(&self) -> NodeId {
+        self.node_id
+    }
+
+    /// The address the controller listener is bound to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Appends `records` as one entry through the leader (forwarded when this node
+    /// is not the leader, retried across leader changes until the request
+    /// deadline) and returns once this node has applied it, with the image right
+    /// after it.
+    pub async fn propose(
+        &self,
+        records: Vec<MetadataRecord>,
+    ) -> Result<Arc<MetadataImage>, QuorumError> {
+        if self.stopped.load(Ordering::Acquire) {
+            return Err(QuorumError::Shutdown);
+        }
+        let deadline = Instant::now() + self.request_timeout;
+        let proposal = Proposal {
+            request_id: Uuid::new_v4(),
+            records,
+        };
+        let bytes = serde_json::to_vec(&proposal)
+            .map_err(|e| QuorumError::Io(std::io::Error::other(e)))?
+            .len();
+        if bytes > PROPOSAL_BYTES_MAX {
+            return Err(QuorumError::TooLarge {
+                bytes,
+                max: PROPOSAL_BYTES_MAX,
+            });
+        }
+        let (_guard, mut applied) = self.sm.wait_for(proposal.request_id);
+        let call = LeaderCall::Propose(proposal);
+        // Between attempts, stop retrying if this node already applied the proposal
+        // (an earlier attempt committed but its answer was lost). An attempt in
+        // flight is never abandoned for that, so openraft always has someone to
+        // answer to.
+        let mut early = None;
+        let appended = self
+            .to_leader(&call, deadline, &mut || match applied.try_recv() {
+                Ok(image) => {
+                    early = Some(image);
+                    true
+                }
+                Err(_) => false,
+            })
+            .await;
+        if let Some(image) = early {
+            return Ok(image);
+        }
+        if let Err(e) = appended {
+            return applied.try_recv().map_err(|_| e);
+        }
+        match tokio::time::timeout_at(deadline, applied).await {
+            Ok(Ok(image)) => Ok(image),
+            Ok(Err(_)) => Err(QuorumError::Shutdown),
+            Err(_) => Err(QuorumError::Timeout(
+                "the entry is committed but this node has not applied it yet".into(),
+            )),
+        }
+    }
+
+    /// Sends a controller RPC to the leader's [`ControllerHandler`] (retried across
+    /// leader changes until the request deadline).
+    pub async fn call_leader(
+        &self,
+        request: ControllerRequest,
+    ) -> Result<ControllerResponse, QuorumError> {
+        if self.stopped.load(Ordering::Acquire) {
+            return Err(QuorumError::Shutdown);
+        }
+        let deadline = Instant::now() + self.request_timeout;
+        match self
+            .to_leader(&LeaderCall::Controller(request), deadline, &mut || false)
+            .await?
+        {
+            LeaderReply::Controller(response) => Ok(response),
+            _ => Err(QuorumError::Raft("mismatched leader reply".into())),
+        }
+    }
+
+    /// Installs the handler that answers controller RPCs while this node leads.
+    pub fn set_handler(&self, handler: Arc<dyn ControllerHandler>) {
+        *self.ctx.handler.write() = Some(handler);
+    }
+
+    pub fn clear_handler(&self) {
+        *self.ctx.handler.write() = None;
+    }
+
+    /// Every image this node applies, latest first.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<MetadataImage>> {
+        self.image_rx.clone()
+    }
+
+    /// The latest image applied on this node.
+    pub fn image(&self) -> Arc<MetadataImage> {
+        self.image_rx.borrow().clone()
+    }
+
+    pub fn leader_id(&self) -> Option<NodeId> {
+        self.raft.metrics().borrow().current_leader
+    }
+
+    pub fn is_leader(&self) -> bool {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        m.state == ServerState::Leader && m.current_leader == Some(self.node_id)
+    }
+
+    /// Waits until some node is known as leader.
+    pub async fn wait_for_leader(&self, timeout: Duration) -> Result<NodeId, QuorumError> {
+        let mut metrics = self.raft.metrics();
+        let wait = async {
+            loop {
+                if let Some(leader) = metrics.borrow_and_update().current_leader {
+                    return Ok(leader);
+                }
+                if metrics.changed().await.is_err() {
+                    return Err(QuorumError::Shutdown);
+                }
+            }
+        };
+        tokio::time::timeout(timeout, wait)
+            .await
+            .map_err(|_| QuorumError::Timeout("no leader elected".into()))?
+    }
+
+    /// Whether this node is in the membership (as voter or learner).
+    fn is_member(&self) -> bool {
+        let membership = self.raft.metrics().borrow().membership_config.clone();
+        let member = membership
+            .membership()
+            .nodes()
+            .any(|(id, _)| *id == self.node_id);
+        member
+    }
+
+    /// Stops the Raft node and the listener and waits for the last log write.
+    /// Pending `propose` calls fail with [`QuorumError::Shutdown`]. Idempotent.
+    pub async fn shutdown(&self) {
+        if self.stopped.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let tasks: Vec<JoinHandle<()>> = self.tasks.lock().drain(..).collect();
+        for task in tasks {
+            task.abort();
+            // Wait until the task is gone, so the listener is closed (and its port
+            // free) when this returns.
+            let _ = task.await;
+        }
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::warn!(error = %e, "raft core ended abnormally");
+        }
+        self.io.stop().await;
+        self.sm.clear_waiters();
+        self.pool.clear();
+    }
+
+    /// Where to reach `node`: the configured voters first, then the membership.
+    fn addr_of(&self, node: NodeId) -> Option<String> {
+        if let Some(addr) = self.voters.get(&node) {
+            return Some(addr.clone());
+        }
+        let membership = self.raft.metrics().borrow().membership_config.clone();
+        let addr = membership
+            .membership()
+            .get_node(&node)
+            .map(|n| n.addr.clone());
+        addr
+    }
+
+    /// Runs `call` on the leader, following leader changes until `deadline`, or
+    /// until `done` (asked before every retry) says the outcome is known anyway;
+    /// then the error is [`QuorumError::Shutdown`] and the caller has its answer.
+    async fn to_leader(
+        &self,
+        call: &LeaderCall,
+        deadline: Instant,
+        done: &mut (dyn FnMut() -> bool + Send),
+    ) -> Result<LeaderReply, QuorumError> {
+        let voters: Vec<NodeId> = self.voters.keys().copied().collect();
+        let mut hint: Option<NodeId> = None;
+        let mut next_voter = 0usize;
+        let mut last_error = String::from("no leader known");
+        loop {
+            if self.stopped.load(Ordering::Acquire) || done() {
+                return Err(QuorumError::Shutdown);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(QuorumError::Timeout(last_error));
+            }
+            // Who to ask: the leader this node knows, else a hint from a previous
+            // answer, else (on a non-voter, which may never hear of a leader until
+            // it is a learner) each voter in turn.
+            let target = self.leader_id().or(hint.take()).or_else(|| {
+                if self.voters.contains_key(&self.node_id) {
+                    None
+                } else {
+                    let v = voters.get(next_voter % voters.len().max(1)).copied();
+                    next_voter += 1;
+                    v
+                }
+            });
+            let Some(target) = target else {
+                tokio::time::sleep(RETRY_BACKOFF.min(deadline - now)).await;
+                continue;
+            };
+            let remaining = deadline - now;
+            let attempt = if target == self.node_id {
+                self.run_local(call, remaining).await
+            } else {
+                self.run_remote(target, call, remaining).await
+            };
+            match attempt {
+                Ok(reply) => return Ok(reply),
+                Err(AttemptError::Leader(LeaderError::NoHandler)) => {
+                    return Err(QuorumError::NoHandler)
+                }
+                Err(AttemptError::Leader(LeaderError::NotLeader { leader_id })) => {
+                    last_error = format!("node {target} is not the leader");
+                    hint = leader_id.filter(|l| *l != target);
+                    if hint.is_some() {
+                        continue;
+                    }
+                }
+                Err(AttemptError::Leader(LeaderError::Failed(msg))) => {
+                    last_error = format!("leader {target}: {msg}");
+                }
+                Err(AttemptError::Transport(e)) => {
+                    last_error = format!("node {target}: {e}");
+                }
+                Err(AttemptError::Unexpected(msg)) => {
+                    last_error = format!("node {target}: {msg}");
+                }
+            }
+            tracing::debug!(node_id = self.node_id, error = %last_error, "retrying a request to the metadata leader");
+            let now = Instant::now();
+            tokio::time::sleep(RETRY_BACKOFF.min(deadline.saturating_duration_since(now))).await;
+        }
+    }
+
+    async fn run_local(
+        &self,
+        call: &LeaderCall,
+        ttl: Duration,
+    ) -> Result<LeaderReply, AttemptError> {
+        let work = async {
+            match call.clone() {
+                LeaderCall::Propose(p) => self.ctx.propose_local(p).await.map(LeaderReply::Propose),
+                LeaderCall::Controller(r) => self
+                    .ctx
+                    .controller_local(r)
+                    .await
+                    .map(LeaderReply::Controller),
+                // A leader is a voter; only non-voters join.
+                LeaderCall::AddLearner { .. } => Err(LeaderError::Failed(
+                    "a voter does not join as a learner".into(),
+                )),
+            }
+        };
+        match tokio::time::timeout(ttl, work).await {
+            Ok(result) => result.map_err(AttemptError::Leader),
+            Err(_) => Err(AttemptError::Leader(LeaderError::Failed(
+                "timed out".into(),
+            ))),
+        }
+    }
+
+    async fn run_remote(
+        &self,
+        target: NodeId,
+        call: &LeaderCall,
+        ttl: Duration,
+    ) -> Result<LeaderReply, AttemptError> {
+        let Some(addr) = self.addr_of(target) else {
+            return Err(AttemptError::Unexpected(format!(
+                "no address known for node {target}"
+            )));
+        };
+        let body = match call.clone() {
+            LeaderCall::Propose(p) => Request::Propose(p),
+            LeaderCall::Controller(r) => Request::Controller(r),
+            LeaderCall::AddLearner { node_id, addr } => Request::AddLearner { node_id, addr },
+        };
+        let request = RequestEnvelope { to: target, body };
+        let reply = self
+            .pool
+            .call(&addr, &request, ttl)
+            .await
+            .map_err(AttemptError::Transport)?;
+        match reply {
+            Response::Propose(r) => r.map(LeaderReply::Propose).map_err(AttemptError::Leader),
+            Response::Controller(r) => r.map(LeaderReply::Controller).map_err(AttemptError::Leader),
+            Response::AddLearner(r) => r
+                .map(|()| LeaderReply::AddLearner)
+                .map_err(AttemptError::Leader),
+            other => Err(AttemptError::Unexpected(format!(
+                "unexpected reply {other:?}"
+            ))),
+        }
+    }
+}
+
+impl Drop for MetadataQuorum {
+    /// Without [`shutdown`](MetadataQuorum::shutdown), dropping still stops the
+    /// listener; the Raft core stops once its last handle is gone.
+    fn drop(&mut self) {
+        for task in self.tasks.get_mut().drain(..) {
+            task.abort();
+        }
+    }
+}

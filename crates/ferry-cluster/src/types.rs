@@ -1,0 +1,110 @@
+//! The types openraft is instantiated with, and the messages the quorum carries
+//! besides Raft's own.
+
+use std::fmt;
+use std::future::Future;
+use std::io::Cursor;
+use std::pin::Pin;
+
+use ferry_core::metadata::MetadataRecord;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+openraft::declare_raft_types!(
+    /// openraft's type configuration for the metadata log.
+    pub TypeConfig:
+        D = Proposal,
+        R = ProposalApplied,
+        NodeId = u64,
+        Node = openraft::BasicNode,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = Cursor<Vec<u8>>,
+        AsyncRuntime = openraft::TokioRuntime,
+);
+
+pub type NodeId = u64;
+pub type Node = openraft::BasicNode;
+pub type Entry = openraft::Entry<TypeConfig>;
+pub type LogId = openraft::LogId<NodeId>;
+pub type Vote = openraft::Vote<NodeId>;
+pub type Raft = openraft::Raft<TypeConfig>;
+pub type StoredMembership = openraft::StoredMembership<NodeId, Node>;
+pub type SnapshotMeta = openraft::SnapshotMeta<NodeId, Node>;
+pub type Snapshot = openraft::Snapshot<TypeConfig>;
+pub type StorageError = openraft::StorageError<NodeId>;
+
+/// One normal entry of the metadata log: the records of one `propose` call.
+///
+/// `request_id` makes a retried proposal idempotent: a proposal whose append was
+/// acknowledged by nobody may have been committed anyway, and the state machine
+/// skips an id it has applied recently instead of applying the records twice.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Proposal {
+    pub request_id: Uuid,
+    pub records: Vec<MetadataRecord>,
+}
+
+impl fmt::Display for Proposal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "Proposal({}, {} records)",
+            self.request_id,
+            self.records.len()
+        )
+    }
+}
+
+/// What the state machine answers for an applied entry (openraft's `R`). The
+/// image itself reaches the proposer through a local waiter, not through Raft.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ProposalApplied {
+    /// The proposal had been applied before (a retry) and was skipped.
+    pub duplicate: bool,
+}
+
+/// A controller RPC that is not a log append: sent to the current leader and
+/// answered by the [`ControllerHandler`] installed there.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ControllerRequest {
+    /// A broker says it is alive.
+    /// A broker says it is alive, and where it listens (the controller registers
+    /// it, or updates its address, from this).
+    Heartbeat {
+        node_id: i32,
+        broker_epoch: i64,
+        registration: Option<crate::controller::BrokerRegistration>,
+    },
+    /// A partition leader asks to change its ISR.
+    AlterPartition {
+        topic_id: Uuid,
+        partition: i32,
+        leader_epoch: i32,
+        new_isr: Vec<i32>,
+    },
+}
+
+/// The leader's answer to a [`ControllerRequest`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ControllerResponse {
+    Heartbeat {
+        /// The broker must not lead partitions until it is unfenced.
+        is_fenced: bool,
+    },
+    /// The partition's state after the request (changed or not).
+    AlterPartition { leader_epoch: i32, isr: Vec<i32> },
+    /// The controller refused the request (stale epoch, unknown partition, …).
+    Rejected { reason: String },
+}
+
+/// The future a [`ControllerHandler`] returns.
+pub type HandlerFuture<'a> = Pin<Box<dyn Future<Output = ControllerResponse> + Send + 'a>>;
+
+/// Answers controller RPCs on the leader. Installed with
+/// [`MetadataQuorum::set_handler`](crate::MetadataQuorum::set_handler).
+///
+/// A handler that proposes records should hold the quorum through a `Weak`: the
+/// quorum holds the handler, and an `Arc` both ways would never be freed.
+pub trait ControllerHandler: Send + Sync + 'static {
+    fn handle(&self, request: ControllerRequest) -> HandlerFuture<'_>;
+}

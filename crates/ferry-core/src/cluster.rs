@@ -1,0 +1,76 @@
+//! What the broker needs from the cluster layer, as traits so that ferry-core
+//! stays free of Raft and of the network:
+//!
+//! ```text
+//!  Broker ──commit(records)──► MetadataStore ── one node: the local metadata log
+//!     ▲                                       └─ cluster: the Raft quorum (ferry-cluster)
+//!     └──apply_image(image)◄── every committed image, on every node
+//!  Broker ──alter_isr(...)───► ControllerLink ── the active controller
+//! ```
+
+use std::sync::Arc;
+
+use crate::metadata::{MetadataImage, MetadataLog, MetadataRecord};
+use crate::{CoreError, Partition};
+use parking_lot::Mutex;
+
+/// Where metadata records become durable.
+///
+/// To ensure correctness an implementation must: return only once the records
+/// are durable (in a cluster: committed by a majority) and return an image that
+/// contains them and everything committed before them. Records are applied in
+/// the order committed, the same on every node.
+pub trait MetadataStore: Send + Sync {
+    fn commit(
+        &self,
+        records: Vec<MetadataRecord>,
+        current: &MetadataImage,
+    ) -> Result<Arc<MetadataImage>, CoreError>;
+
+    /// Whether the records come back through [`crate::Broker::apply_image`]
+    /// on their own (a replicated log) as well as from `commit`.
+    fn is_replicated(&self) -> bool {
+        false
+    }
+}
+
+/// The local metadata log of a single node.
+pub struct LocalMetadataStore {
+    log: Mutex<MetadataLog>,
+}
+
+impl LocalMetadataStore {
+    pub fn new(log: MetadataLog) -> LocalMetadataStore {
+        LocalMetadataStore {
+            log: Mutex::new(log),
+        }
+    }
+}
+
+impl MetadataStore for LocalMetadataStore {
+    fn commit(
+        &self,
+        records: Vec<MetadataRecord>,
+        current: &MetadataImage,
+    ) -> Result<Arc<MetadataImage>, CoreError> {
+        let mut log = self.log.lock();
+        log.append(&records)?;
+        let mut image = current.clone();
+        for r in &records {
+            image.apply(r);
+        }
+        Ok(Arc::new(image))
+    }
+}
+
+/// Requests a partition leader sends to the active controller. Fire and forget:
+/// the outcome arrives as a metadata change.
+pub trait ControllerLink: Send + Sync {
+    /// Asks for `isr` to become the in-sync replicas of `partition`, which this
+    /// broker leads in `leader_epoch` (Kafka's AlterPartition). A refused or
+    /// undelivered request must end in [`Partition::abort_isr_change`].
+    fn alter_isr(&self, partition: Arc<Partition>, leader_epoch: i32, isr: Vec<i32>);
+
+    /// The node id of the active controller, if one is known.
+    fn controller_id(&self) -> Option<i32>;
+}
