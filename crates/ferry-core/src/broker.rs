@@ -205,8 +205,6 @@ impl Broker {
             broker.reconcile(image.clone())?;
         }
         broker.remove_orphan_dirs(&image);
-        broker.groups.load()?;
-        broker.txns.load()?;
         Ok(broker)
     }
 
@@ -355,12 +353,14 @@ impl Broker {
                 }
                 let before_p =
                     before.and_then(|t| t.partitions.iter().find(|x| x.partition == p.partition));
+                let mut was_leader = false;
                 let partition = match self.partition(&tp) {
                     Some(existing) => {
                         existing.set_config(config.clone());
                         if before_p == Some(p) {
                             continue;
                         }
+                        was_leader = existing.is_leader();
                         existing
                     }
                     None => match self.open_partition(topic, p.partition, p.leader_epoch) {
@@ -386,6 +386,10 @@ impl Broker {
                 if let Err(e) = role {
                     tracing::warn!(partition = %tp, leader = p.leader, leader_epoch = p.leader_epoch, error = %e, "could not take the role the metadata gives");
                 }
+                let is_leader = p.leader == me && partition.is_leader();
+                if is_leader != was_leader {
+                    self.coordinator_moved(&tp, is_leader);
+                }
             }
         }
         match first_error {
@@ -394,10 +398,34 @@ impl Broker {
         }
     }
 
+    /// A partition of an internal topic changed hands on this broker: the group
+    /// or transaction coordinator loads its state, or lets it go.
+    fn coordinator_moved(&self, tp: &TopicPartition, leads: bool) {
+        let loaded = match (tp.topic.as_str(), leads) {
+            (crate::group::OFFSETS_TOPIC, true) => self.groups.on_elected(tp.partition),
+            (crate::group::OFFSETS_TOPIC, false) => {
+                self.groups.on_resigned(tp.partition);
+                Ok(())
+            }
+            (crate::txn::TRANSACTION_STATE_TOPIC, true) => self.txns.on_elected(tp.partition),
+            (crate::txn::TRANSACTION_STATE_TOPIC, false) => {
+                self.txns.on_resigned(tp.partition);
+                Ok(())
+            }
+            _ => Ok(()),
+        };
+        if let Err(e) = loaded {
+            tracing::error!(partition = %tp, error = %e, "could not load a coordinator's state");
+        }
+    }
+
     /// Closes a replica this broker no longer holds and removes its files.
     fn remove_replica(&self, tp: &TopicPartition, topic_id: Uuid) {
         let removed = self.partitions.write().remove(tp);
         if let Some(partition) = removed {
+            if partition.is_leader() {
+                self.coordinator_moved(tp, false);
+            }
             if let Err(e) = partition.close() {
                 tracing::warn!(partition = %tp, error = %e, "closing a removed replica");
             }
@@ -566,6 +594,81 @@ impl Broker {
             .ok_or(CoreError::UnknownTopicOrPartition)?;
         tracing::info!(topic = %topic.name, partitions = topic.partitions.len(), "created topic");
         Ok(topic)
+    }
+
+    /// Creates a compacted internal topic (`__consumer_offsets`,
+    /// `__transaction_state`) on first use, with its own partition count and
+    /// replication factor settings.
+    pub fn ensure_internal_topic(&self, name: &str) -> Result<(), CoreError> {
+        if self.image().topic(name).is_some() {
+            return Ok(());
+        }
+        let (partitions_setting, replication_setting) = match name {
+            crate::group::OFFSETS_TOPIC => (
+                "offsets.topic.num.partitions",
+                "offsets.topic.replication.factor",
+            ),
+            crate::txn::TRANSACTION_STATE_TOPIC => (
+                "transaction.state.log.num.partitions",
+                "transaction.state.log.replication.factor",
+            ),
+            other => {
+                return Err(CoreError::InvalidTopic(format!(
+                    "{other} is not an internal topic"
+                )))
+            }
+        };
+        let partitions = self.config().long(partitions_setting) as i32;
+        let mut configs = BTreeMap::new();
+        configs.insert("cleanup.policy".to_string(), "compact".to_string());
+        let topic = NewTopic {
+            name: name.to_string(),
+            num_partitions: partitions,
+            replication_factor: crate::cluster::internal_replication_factor(
+                self,
+                replication_setting,
+            ),
+            assignments: Vec::new(),
+            configs,
+        };
+        match self.create_topic(topic, false) {
+            Ok(_) => {
+                tracing::info!(partitions, "created {name}");
+                Ok(())
+            }
+            Err(CoreError::TopicAlreadyExists(_)) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The broker coordinating a group (`transactional == false`) or a
+    /// transactional id: the leader of the key's partition of the internal topic,
+    /// which is created on first use. `None` while that partition has no leader.
+    pub fn find_coordinator(
+        &self,
+        key: &str,
+        transactional: bool,
+    ) -> Result<Option<crate::metadata::BrokerMetadata>, CoreError> {
+        let topic = if transactional {
+            crate::txn::TRANSACTION_STATE_TOPIC
+        } else {
+            crate::group::OFFSETS_TOPIC
+        };
+        self.ensure_internal_topic(topic)?;
+        let image = self.image();
+        let Some(t) = image.topic(topic) else {
+            return Ok(None);
+        };
+        let partition = crate::group::records::partition_for(key, t.partitions.len().max(1) as i32);
+        let leader = t
+            .partitions
+            .iter()
+            .find(|p| p.partition == partition)
+            .map_or(-1, |p| p.leader);
+        if image.fenced_brokers.contains(&leader) {
+            return Ok(None);
+        }
+        Ok(image.brokers.get(&leader).cloned())
     }
 
     /// Creates a topic on first use when `auto.create.topics.enable` says so.

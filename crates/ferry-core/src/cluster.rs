@@ -74,3 +74,22 @@ pub trait ControllerLink: Send + Sync {
     /// The node id of the active controller, if one is known.
     fn controller_id(&self) -> Option<i32>;
 }
+
+/// Longest an internal topic's append waits for the in-sync replicas.
+const INTERNAL_REPLICATION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Waits until the records up to `offset` of an internal topic's partition are
+/// flushed and every in-sync replica has them: what a coordinator waits for
+/// before it answers (acks=all for its own writes).
+pub async fn durable(partition: &Partition, offset: i64, now_ms: i64) -> Result<(), CoreError> {
+    partition.flush_to(offset, now_ms).await?;
+    let deadline = tokio::time::Instant::now() + INTERNAL_REPLICATION_TIMEOUT;
+    partition.wait_replicated(offset, deadline).await
+}
+
+/// The replication factor of an internal topic created now: its setting, or
+/// every live broker when there are fewer.
+pub fn internal_replication_factor(broker: &crate::Broker, setting: &str) -> i16 {
+    let live = broker.image().live_brokers().count().max(1) as i64;
+    broker.config().long(setting).clamp(1, live) as i16
+}

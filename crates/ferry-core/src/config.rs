@@ -409,6 +409,22 @@ pub const BROKER_CONFIGS: &[ConfigDef] = &[
         "How long committed offsets of an empty group are kept.",
     ),
     def(
+        "offsets.topic.replication.factor",
+        ConfigType::Int,
+        "3",
+        1,
+        &[],
+        "Replicas of __consumer_offsets partitions (fewer when fewer brokers are live at its creation).",
+    ),
+    def(
+        "transaction.state.log.replication.factor",
+        ConfigType::Int,
+        "3",
+        1,
+        &[],
+        "Replicas of __transaction_state partitions (fewer when fewer brokers are live at its creation).",
+    ),
+    def(
         "offsets.topic.num.partitions",
         ConfigType::Int,
         "50",

@@ -118,6 +118,7 @@ pub fn txn_error(e: &ferry_core::txn::TxnError, fenced_supported: bool) -> Respo
         TxnError::UnknownTopicOrPartition => ResponseError::UnknownTopicOrPartition,
         TxnError::OperationNotAttempted => ResponseError::OperationNotAttempted,
         TxnError::InvalidRequest(_) => ResponseError::InvalidRequest,
+        TxnError::NotCoordinator => ResponseError::NotCoordinator,
         // The client finds the coordinator again and retries.
         TxnError::CoordinatorNotAvailable | TxnError::Storage(_) => {
             ResponseError::CoordinatorNotAvailable

@@ -53,7 +53,7 @@ pub use offsets::{
 };
 pub use txn_offsets::{StoredEntry, TxnCommitRequest};
 
-use crate::broker::{Broker, NewTopic};
+use crate::broker::Broker;
 use crate::clock::Clock;
 use crate::config::BrokerConfig;
 use crate::error::CoreError;
@@ -86,6 +86,17 @@ pub trait GroupStorage: Send + Sync {
     ) -> Result<Durability, CoreError>;
     /// Every record of one partition, from its start.
     fn read_all(&self, partition: i32) -> Result<Vec<(Bytes, Option<Bytes>)>, CoreError>;
+
+    /// Whether this broker coordinates the groups of `partition` (leads it).
+    fn is_leader(&self, _partition: i32) -> bool {
+        true
+    }
+
+    /// Creates what appends need (the internal topic) before the coordinator
+    /// takes its lock: creating it elects this broker, which loads group state.
+    fn ensure_ready(&self) -> Result<(), CoreError> {
+        Ok(())
+    }
 
     /// Appends records as one transactional batch of a producer (TxnOffsetCommit).
     fn append_txn(
@@ -188,6 +199,63 @@ impl GroupCoordinator {
         records::partition_for(group_id, self.storage.partition_count())
     }
 
+    /// Whether this broker is `group_id`'s coordinator (it leads the group's
+    /// partition of `__consumer_offsets`); others answer NOT_COORDINATOR.
+    pub fn owns(&self, group_id: &str) -> bool {
+        self.storage.is_leader(self.partition_for(group_id))
+    }
+
+    /// Creates `__consumer_offsets` on first use, before the state lock is
+    /// taken (creating it elects this broker, which loads group state).
+    fn ready(&self) -> Result<(), GroupError> {
+        self.storage
+            .ensure_ready()
+            .map_err(|e| GroupError::Storage(e.to_string()))
+    }
+
+    fn check_owner(&self, group_id: &str) -> Result<(), GroupError> {
+        if self.owns(group_id) {
+            Ok(())
+        } else {
+            Err(GroupError::NotCoordinator)
+        }
+    }
+
+    /// This broker now leads `partition` of `__consumer_offsets`: its groups and
+    /// offsets are read back from it, as Kafka's coordinator loads a partition.
+    pub fn on_elected(&self, partition: i32) -> Result<(), CoreError> {
+        let now = self.clock.now_ms();
+        let entries = self.storage.read_entries(partition)?;
+        let mut state = self.state.lock();
+        let count = state.replay_entries(entries, now);
+        if count > 0 {
+            tracing::info!(
+                partition,
+                records = count,
+                "loaded the groups of a {OFFSETS_TOPIC} partition"
+            );
+        }
+        Ok(())
+    }
+
+    /// This broker no longer leads `partition`: its groups leave memory (the new
+    /// leader loads them).
+    pub fn on_resigned(&self, partition: i32) {
+        let count = self.storage.partition_count();
+        let mut state = self.state.lock();
+        let before = state.groups.len();
+        state
+            .groups
+            .retain(|id, _| records::partition_for(id, count) != partition);
+        if before > state.groups.len() {
+            tracing::info!(
+                partition,
+                groups = before - state.groups.len(),
+                "no longer coordinating the groups of a {OFFSETS_TOPIC} partition"
+            );
+        }
+    }
+
     /// Runs `f` on the state machine and appends the records it emitted, in order,
     /// before the lock is released. The returned future waits for their fsync.
     fn run<T>(
@@ -239,12 +307,28 @@ impl GroupCoordinator {
     }
 
     pub fn join(&self, req: JoinRequest) -> Reply<JoinResponse> {
+        // A group's first join creates `__consumer_offsets`.
+        if self.ready().is_err() {
+            return Reply::Now(JoinResponse::error(
+                req.member_id,
+                GroupError::CoordinatorNotAvailable,
+            ));
+        }
+        if !self.owns(&req.group_id) {
+            return Reply::Now(JoinResponse::error(
+                req.member_id,
+                GroupError::NotCoordinator,
+            ));
+        }
         let (reply, durable) = self.run(|s, now| s.join(req, now));
         Self::log_unflushed(durable);
         reply
     }
 
     pub fn sync(&self, req: SyncRequest) -> Reply<SyncResponse> {
+        if !self.owns(&req.group_id) {
+            return Reply::Now(SyncResponse::error(GroupError::NotCoordinator));
+        }
         let (reply, durable) = self.run(|s, now| s.sync(req, now));
         Self::log_unflushed(durable);
         reply
@@ -257,6 +341,7 @@ impl GroupCoordinator {
         group_instance_id: Option<&str>,
         generation_id: i32,
     ) -> Result<(), GroupError> {
+        self.check_owner(group_id)?;
         let (result, durable) = self
             .run(|s, now| s.heartbeat(group_id, member_id, group_instance_id, generation_id, now));
         Self::log_unflushed(durable);
@@ -268,6 +353,7 @@ impl GroupCoordinator {
         group_id: &str,
         members: &[(String, Option<String>)],
     ) -> Result<Vec<Result<(), GroupError>>, GroupError> {
+        self.check_owner(group_id)?;
         let (result, durable) = self.run(|s, now| s.leave(group_id, members, now));
         Self::log_unflushed(durable);
         result
@@ -280,6 +366,8 @@ impl GroupCoordinator {
         req: ConsumerHeartbeat,
         topics: consumer::TopicLookup,
     ) -> Result<ConsumerHeartbeatResponse, GroupError> {
+        self.ready()?;
+        self.check_owner(&req.group_id)?;
         let (result, durable) = self.run(|s, now| s.consumer_heartbeat(req, topics, now));
         Self::log_unflushed(durable);
         result
@@ -292,6 +380,8 @@ impl GroupCoordinator {
 
     /// OffsetCommit, answered once the commit is durable.
     pub async fn commit_offsets(&self, req: CommitRequest) -> Result<PartitionResults, GroupError> {
+        self.ready()?;
+        self.check_owner(&req.group_id)?;
         let (result, durable) = self.run(|s, now| s.commit_offsets(req, now));
         let result = result?;
         let storage_error = match durable {
@@ -318,6 +408,7 @@ impl GroupCoordinator {
         group_id: &str,
         partitions: &[TopicPartition],
     ) -> Result<PartitionResults, GroupError> {
+        self.check_owner(group_id)?;
         let (result, durable) = self.run(|s, _| s.delete_offsets(group_id, partitions));
         let result = result?;
         if let Err(e) = wait(durable).await {
@@ -344,6 +435,8 @@ impl GroupCoordinator {
         &self,
         req: TxnCommitRequest,
     ) -> Result<PartitionResults, GroupError> {
+        self.ready()?;
+        self.check_owner(&req.group_id)?;
         let now = self.clock.now_ms();
         let durable = {
             let mut state = self.state.lock();
@@ -439,36 +532,26 @@ impl BrokerGroupStorage {
     fn broker(&self) -> Result<Arc<Broker>, CoreError> {
         self.broker.upgrade().ok_or(CoreError::ShuttingDown)
     }
-
-    fn ensure_topic(&self, broker: &Broker) -> Result<(), CoreError> {
-        if broker.image().topic(OFFSETS_TOPIC).is_some() {
-            return Ok(());
-        }
-        let partitions = broker.config().long("offsets.topic.num.partitions") as i32;
-        let mut configs = BTreeMap::new();
-        configs.insert("cleanup.policy".to_string(), "compact".to_string());
-        let created = broker.create_topic(
-            NewTopic {
-                name: OFFSETS_TOPIC.to_string(),
-                num_partitions: partitions,
-                replication_factor: -1,
-                assignments: Vec::new(),
-                configs,
-            },
-            false,
-        );
-        match created {
-            Ok(_) => {
-                tracing::info!(partitions, "created {OFFSETS_TOPIC}");
-                Ok(())
-            }
-            Err(CoreError::TopicAlreadyExists(_)) => Ok(()),
-            Err(e) => Err(e),
-        }
-    }
 }
 
 impl GroupStorage for BrokerGroupStorage {
+    fn ensure_ready(&self) -> Result<(), CoreError> {
+        self.broker()?.ensure_internal_topic(OFFSETS_TOPIC)
+    }
+
+    fn is_leader(&self, partition: i32) -> bool {
+        let Ok(broker) = self.broker() else {
+            return false;
+        };
+        if broker.image().topic(OFFSETS_TOPIC).is_none() {
+            // Created on first use, with this broker leading on one node.
+            return true;
+        }
+        broker
+            .partition(&TopicPartition::new(OFFSETS_TOPIC, partition))
+            .is_some_and(|p| p.is_leader())
+    }
+
     fn partition_count(&self) -> i32 {
         let Ok(broker) = self.broker() else {
             return 1;
@@ -486,7 +569,7 @@ impl GroupStorage for BrokerGroupStorage {
         now_ms: i64,
     ) -> Result<Durability, CoreError> {
         let broker = self.broker()?;
-        self.ensure_topic(&broker)?;
+        broker.ensure_internal_topic(OFFSETS_TOPIC)?;
         let p = broker
             .partition(&TopicPartition::new(OFFSETS_TOPIC, partition))
             .ok_or(CoreError::UnknownTopicOrPartition)?;
@@ -497,7 +580,7 @@ impl GroupStorage for BrokerGroupStorage {
         let batch = builder.build()?;
         let result = p.append(Bytes::from(batch), now_ms)?;
         Ok(Box::pin(async move {
-            p.flush_to(result.last_offset, now_ms).await
+            crate::cluster::durable(&p, result.last_offset, now_ms).await
         }))
     }
 
@@ -510,7 +593,7 @@ impl GroupStorage for BrokerGroupStorage {
         now_ms: i64,
     ) -> Result<Durability, CoreError> {
         let broker = self.broker()?;
-        self.ensure_topic(&broker)?;
+        broker.ensure_internal_topic(OFFSETS_TOPIC)?;
         let p = broker
             .partition(&TopicPartition::new(OFFSETS_TOPIC, partition))
             .ok_or(CoreError::UnknownTopicOrPartition)?;
@@ -523,7 +606,7 @@ impl GroupStorage for BrokerGroupStorage {
         let batch = builder.build()?;
         let result = p.append_from_coordinator(Bytes::from(batch), now_ms)?;
         Ok(Box::pin(async move {
-            p.flush_to(result.last_offset, now_ms).await
+            crate::cluster::durable(&p, result.last_offset, now_ms).await
         }))
     }
 

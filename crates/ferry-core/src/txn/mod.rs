@@ -22,7 +22,7 @@
 pub mod records;
 pub mod state;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -34,7 +34,7 @@ use parking_lot::Mutex;
 
 pub use state::{EndStep, InitStep, TxnError, TxnManager, TxnMetadata, TxnState};
 
-use crate::broker::{Broker, NewTopic};
+use crate::broker::Broker;
 use crate::clock::Clock;
 use crate::error::CoreError;
 use crate::group::{Durability, TxnCommitRequest, OFFSETS_TOPIC};
@@ -63,6 +63,17 @@ pub trait TxnStorage: Send + Sync {
         now_ms: i64,
     ) -> Result<Durability, CoreError>;
     fn read_all(&self, partition: i32) -> Result<Vec<(Bytes, Option<Bytes>)>, CoreError>;
+
+    /// Whether this broker coordinates the transactional ids of `partition`.
+    fn is_leader(&self, _partition: i32) -> bool {
+        true
+    }
+
+    /// Creates the internal topic before the coordinator takes its lock:
+    /// creating it elects this broker, which loads transaction state.
+    fn ensure_ready(&self) -> Result<(), CoreError> {
+        Ok(())
+    }
 }
 
 /// What the coordinator needs from the rest of the broker.
@@ -119,37 +130,71 @@ impl TransactionCoordinator {
         }
     }
 
-    /// Rebuilds the state from `__transaction_state`. Transactions left in a
-    /// Prepare state are completed by the next [`TransactionCoordinator::tick`].
+    /// Rebuilds the state from every partition of `__transaction_state` (a
+    /// coordinator that leads them all). Transactions left in a Prepare state are
+    /// completed by the next [`TransactionCoordinator::tick`].
     pub fn load(&self) -> Result<(), CoreError> {
+        for p in 0..self.storage.partition_count() {
+            self.on_elected(p)?;
+        }
+        Ok(())
+    }
+
+    /// This broker now leads `partition` of `__transaction_state`: the
+    /// transactional ids it holds are read back from it.
+    pub fn on_elected(&self, partition: i32) -> Result<(), CoreError> {
+        let records = self.storage.read_all(partition)?;
         let mut state = self.state.lock();
         let mut count = 0usize;
-        for p in 0..self.storage.partition_count() {
-            for (key, value) in self.storage.read_all(p)? {
-                count += 1;
-                let id = match records::decode_key(&key) {
-                    Ok(id) => id,
-                    Err(e) => {
-                        tracing::warn!(partition = p, error = %e, "skipping a record of {TRANSACTION_STATE_TOPIC}");
-                        continue;
-                    }
-                };
-                match value.map(|v| records::decode_value(&id, &v)).transpose() {
-                    Ok(m) => state.replay(id, m),
-                    Err(e) => {
-                        tracing::warn!(partition = p, error = %e, "skipping a record of {TRANSACTION_STATE_TOPIC}")
-                    }
+        for (key, value) in records {
+            count += 1;
+            let id = match records::decode_key(&key) {
+                Ok(id) => id,
+                Err(e) => {
+                    tracing::warn!(partition, error = %e, "skipping a record of {TRANSACTION_STATE_TOPIC}");
+                    continue;
+                }
+            };
+            match value.map(|v| records::decode_value(&id, &v)).transpose() {
+                Ok(m) => state.replay(id, m),
+                Err(e) => {
+                    tracing::warn!(partition, error = %e, "skipping a record of {TRANSACTION_STATE_TOPIC}")
                 }
             }
         }
         if count > 0 {
             tracing::info!(
+                partition,
                 records = count,
                 pending = state.pending_completions().len(),
                 "loaded transaction state"
             );
         }
         Ok(())
+    }
+
+    /// This broker no longer leads `partition`: its transactional ids leave
+    /// memory (the new leader loads them and finishes what is pending).
+    pub fn on_resigned(&self, partition: i32) {
+        let count = self.storage.partition_count();
+        self.state
+            .lock()
+            .retain(|id| crate::group::records::partition_for(id, count) != partition);
+    }
+
+    fn check_owner(&self, transactional_id: &str) -> Result<(), TxnError> {
+        if self.owns(transactional_id) {
+            Ok(())
+        } else {
+            Err(TxnError::NotCoordinator)
+        }
+    }
+
+    /// Whether this broker coordinates `transactional_id`.
+    pub fn owns(&self, transactional_id: &str) -> bool {
+        let partition =
+            crate::group::records::partition_for(transactional_id, self.storage.partition_count());
+        self.storage.is_leader(partition)
     }
 
     pub fn set_max_timeout_ms(&self, max_timeout_ms: i32) {
@@ -190,6 +235,8 @@ impl TransactionCoordinator {
             let pid = self.host.allocate_producer_id().map_err(storage_error)?;
             return Ok((pid, 0));
         };
+        self.storage.ensure_ready().map_err(storage_error)?;
+        self.check_owner(id)?;
         // At most two rounds: abort an open transaction, then bump.
         for _ in 0..3 {
             let now = self.clock.now_ms();
@@ -257,6 +304,7 @@ impl TransactionCoordinator {
         producer_epoch: i16,
         partitions: Vec<TopicPartition>,
     ) -> Result<Vec<(TopicPartition, Result<(), TxnError>)>, TxnError> {
+        self.check_owner(transactional_id)?;
         let unknown: HashSet<TopicPartition> = partitions
             .iter()
             .filter(|tp| !self.host.partition_exists(tp))
@@ -308,6 +356,7 @@ impl TransactionCoordinator {
         producer_epoch: i16,
         group_id: &str,
     ) -> Result<(), TxnError> {
+        self.check_owner(transactional_id)?;
         let tp = self
             .host
             .offsets_partition(group_id)
@@ -347,6 +396,7 @@ impl TransactionCoordinator {
         producer_epoch: i16,
         commit: bool,
     ) -> Result<(), TxnError> {
+        self.check_owner(transactional_id)?;
         let now = self.clock.now_ms();
         let (step, durable) = {
             let mut state = self.state.lock();
@@ -478,35 +528,6 @@ impl TransactionCoordinator {
     }
 }
 
-/// Creates a compacted internal topic on first use.
-fn ensure_internal_topic(
-    broker: &Broker,
-    name: &str,
-    partitions_config: &str,
-) -> Result<(), CoreError> {
-    if broker.image().topic(name).is_some() {
-        return Ok(());
-    }
-    let partitions = broker.config().long(partitions_config) as i32;
-    let mut configs = BTreeMap::new();
-    configs.insert("cleanup.policy".to_string(), "compact".to_string());
-    let topic = NewTopic {
-        name: name.to_string(),
-        num_partitions: partitions,
-        replication_factor: -1,
-        assignments: Vec::new(),
-        configs,
-    };
-    match broker.create_topic(topic, false) {
-        Ok(_) => {
-            tracing::info!(partitions, "created {name}");
-            Ok(())
-        }
-        Err(CoreError::TopicAlreadyExists(_)) => Ok(()),
-        Err(e) => Err(e),
-    }
-}
-
 /// [`TxnStorage`] and [`TxnHost`] on the broker itself.
 pub struct BrokerTxnHost {
     broker: Weak<Broker>,
@@ -541,11 +562,7 @@ impl TxnStorage for BrokerTxnHost {
         now_ms: i64,
     ) -> Result<Durability, CoreError> {
         let broker = self.broker()?;
-        ensure_internal_topic(
-            &broker,
-            TRANSACTION_STATE_TOPIC,
-            "transaction.state.log.num.partitions",
-        )?;
+        broker.ensure_internal_topic(TRANSACTION_STATE_TOPIC)?;
         let p = broker
             .partition(&TopicPartition::new(TRANSACTION_STATE_TOPIC, partition))
             .ok_or(CoreError::UnknownTopicOrPartition)?;
@@ -553,8 +570,25 @@ impl TxnStorage for BrokerTxnHost {
         builder.append(now_ms, Some(key), value);
         let result = p.append(Bytes::from(builder.build()?), now_ms)?;
         Ok(Box::pin(async move {
-            p.flush_to(result.last_offset, now_ms).await
+            crate::cluster::durable(&p, result.last_offset, now_ms).await
         }))
+    }
+
+    fn ensure_ready(&self) -> Result<(), CoreError> {
+        self.broker()?
+            .ensure_internal_topic(TRANSACTION_STATE_TOPIC)
+    }
+
+    fn is_leader(&self, partition: i32) -> bool {
+        let Ok(broker) = self.broker() else {
+            return false;
+        };
+        if broker.image().topic(TRANSACTION_STATE_TOPIC).is_none() {
+            return true;
+        }
+        broker
+            .partition(&TopicPartition::new(TRANSACTION_STATE_TOPIC, partition))
+            .is_some_and(|p| p.is_leader())
     }
 
     fn read_all(&self, partition: i32) -> Result<Vec<(Bytes, Option<Bytes>)>, CoreError> {
@@ -577,7 +611,7 @@ impl TxnHost for BrokerTxnHost {
 
     fn offsets_partition(&self, group_id: &str) -> Result<TopicPartition, CoreError> {
         let broker = self.broker()?;
-        ensure_internal_topic(&broker, OFFSETS_TOPIC, "offsets.topic.num.partitions")?;
+        broker.ensure_internal_topic(OFFSETS_TOPIC)?;
         Ok(TopicPartition::new(
             OFFSETS_TOPIC,
             broker.groups().partition_for(group_id),

@@ -114,6 +114,8 @@ pub enum TxnError {
     OperationNotAttempted,
     #[error("the coordinator is not available")]
     CoordinatorNotAvailable,
+    #[error("this broker does not coordinate the transactional id")]
+    NotCoordinator,
     #[error("invalid request: {0}")]
     InvalidRequest(String),
     #[error("storage error: {0}")]
@@ -155,6 +157,11 @@ impl TxnManager {
             txns: BTreeMap::new(),
             max_timeout_ms,
         }
+    }
+
+    /// Keeps only the transactional ids `keep` accepts.
+    pub fn retain(&mut self, keep: impl Fn(&str) -> bool) {
+        self.txns.retain(|id, _| keep(id));
     }
 
     pub fn get(&self, transactional_id: &str) -> Option<&TxnMetadata> {

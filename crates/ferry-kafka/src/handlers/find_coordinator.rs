@@ -1,5 +1,6 @@
-//! FindCoordinator: this node coordinates every group and every transactional id
-//! (a single node is a cluster of one). v4+ batches several keys.
+//! FindCoordinator: a group's coordinator is the leader of its partition of
+//! `__consumer_offsets`, a transactional id's the leader of its partition of
+//! `__transaction_state` (created on first use). v4+ batches several keys.
 
 use kafka_protocol::messages::find_coordinator_response::Coordinator;
 use kafka_protocol::messages::{BrokerId, FindCoordinatorRequest, FindCoordinatorResponse};
@@ -18,17 +19,17 @@ pub async fn handle(
     version: i16,
     req: FindCoordinatorRequest,
 ) -> FindCoordinatorResponse {
-    let options = ctx.broker.options();
-    let node = BrokerId(ctx.broker.node_id());
-    let host = StrBytes::from_string(options.advertised_host.clone());
-    let port = options.advertised_port;
-    let error_for = |key: &str| -> Option<ResponseError> {
+    // (node, host, port) of the key's coordinator, or the error to answer.
+    let find = |key: &str| -> Result<(BrokerId, StrBytes, i32), ResponseError> {
         if !KEY_TYPES.contains(&req.key_type) {
-            Some(ResponseError::InvalidRequest)
-        } else if key.is_empty() && req.key_type == 0 {
-            Some(ResponseError::InvalidGroupId)
-        } else {
-            None
+            return Err(ResponseError::InvalidRequest);
+        }
+        if key.is_empty() && req.key_type == 0 {
+            return Err(ResponseError::InvalidGroupId);
+        }
+        match ctx.broker.find_coordinator(key, req.key_type == 1) {
+            Ok(Some(b)) => Ok((BrokerId(b.node_id), StrBytes::from_string(b.host), b.port)),
+            Ok(None) | Err(_) => Err(ResponseError::CoordinatorNotAvailable),
         }
     };
     if version >= 4 {
@@ -36,31 +37,31 @@ pub async fn handle(
             .coordinator_keys
             .iter()
             .take(KEYS_MAX)
-            .map(|key| match error_for(key) {
-                Some(e) => Coordinator::default()
+            .map(|key| match find(key) {
+                Err(e) => Coordinator::default()
                     .with_key(key.clone())
                     .with_node_id(BrokerId(-1))
                     .with_host(StrBytes::from_static_str(""))
                     .with_port(-1)
                     .with_error_code(e.code())
                     .with_error_message(Some(StrBytes::from_string(e.to_string()))),
-                None => Coordinator::default()
+                Ok((node, host, port)) => Coordinator::default()
                     .with_key(key.clone())
                     .with_node_id(node)
-                    .with_host(host.clone())
+                    .with_host(host)
                     .with_port(port),
             })
             .collect();
         return FindCoordinatorResponse::default().with_coordinators(coordinators);
     }
-    match error_for(&req.key) {
-        Some(e) => FindCoordinatorResponse::default()
+    match find(&req.key) {
+        Err(e) => FindCoordinatorResponse::default()
             .with_error_code(e.code())
             .with_error_message(Some(StrBytes::from_string(e.to_string())))
             .with_node_id(BrokerId(-1))
             .with_host(StrBytes::from_static_str(""))
             .with_port(-1),
-        None => FindCoordinatorResponse::default()
+        Ok((node, host, port)) => FindCoordinatorResponse::default()
             .with_node_id(node)
             .with_host(host)
             .with_port(port),

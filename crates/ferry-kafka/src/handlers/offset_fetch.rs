@@ -69,6 +69,11 @@ pub async fn handle(
             .iter()
             .take(GROUPS_MAX)
             .map(|g| {
+                if !ctx.broker.groups().owns(g.group_id.0.as_str()) {
+                    return OffsetFetchResponseGroup::default()
+                        .with_group_id(g.group_id.clone())
+                        .with_error_code(ResponseError::NotCoordinator.code());
+                }
                 let topics = g.topics.as_ref().map(|ts| {
                     ts.iter()
                         .map(|t| (t.name.0.to_string(), t.partition_indexes.clone()))
@@ -115,6 +120,10 @@ pub async fn handle(
             .map(|t| (t.name.0.to_string(), t.partition_indexes.clone()))
             .collect()
     });
+    if !ctx.broker.groups().owns(req.group_id.0.as_str()) {
+        return OffsetFetchResponse::default()
+            .with_error_code(ResponseError::NotCoordinator.code());
+    }
     if version < 2 && topics.is_none() {
         return OffsetFetchResponse::default()
             .with_error_code(ResponseError::InvalidRequest.code());
