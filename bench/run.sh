@@ -9,6 +9,11 @@
 #
 # Works against any Kafka-compatible broker for the client-side figures:
 # BROKERS=host:port bench/run.sh skips starting ferry (no CPU/RSS columns then).
+# Binaries are built into $CARGO_TARGET_DIR (default target/).
+#
+# More detail on one path: bench/consume.sh (consume CPU split user/sys, A/B between
+# broker builds, perf profile), bench/partitions.sh (many partitions: RSS, file
+# descriptors, restart), bench/restart.sh (restart time with many GB of data).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,11 +23,12 @@ records=$((bytes_total / 1024))
 work="$(mktemp -d)"
 trap 'if [ -n "${pid:-}" ]; then kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null; fi; rm -rf "$work"' EXIT
 
+target="${CARGO_TARGET_DIR:-target}"
 cargo build --release -q -p ferry -p ferry-bench
-bench=target/release/ferry-bench
+bench="$target/release/ferry-bench"
 
 if [ -z "${BROKERS:-}" ]; then
-    target/release/ferry serve --data-dir "$work/data" --kafka-addr 127.0.0.1:0 --http-addr 127.0.0.1:0 \
+    "$target/release/ferry" serve --data-dir "$work/data" --kafka-addr 127.0.0.1:0 --http-addr 127.0.0.1:0 \
         >"$work/stdout" 2>"$work/stderr" &
     pid=$!
     for _ in $(seq 100); do grep -q "kafka listening" "$work/stdout" 2>/dev/null && break; sleep 0.1; done

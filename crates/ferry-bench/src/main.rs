@@ -5,11 +5,14 @@
 //!  produce: N producer threads ──► broker       (acks latency per record)
 //!  consume: one consumer, every partition from the start
 //!  e2e:     produce at a fixed rate + consume; latency = consumed − stamped time
+//!  raw-*:   the broker's own capacity, with a client that costs almost nothing
+//!           (raw.rs), and its cost per partition (partitions.rs)
 //! ```
 //!
 //! Every record's value starts with the microseconds since the epoch at which it
 //! was handed to the client, so any consumer can compute end-to-end latency.
 
+mod partitions;
 mod raw;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -51,6 +54,10 @@ enum Mode {
     /// The broker's capacity: fetch partition 0 from offset 0, counting records from
     /// batch headers without decoding them.
     RawConsume(raw::RawConsumeArgs),
+    /// The broker's cost per partition: create many topics of many partitions and
+    /// write a few records to every partition (bench/partitions.sh reads RSS, file
+    /// descriptors and restart time from outside).
+    RawPartitions(partitions::RawPartitionsArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -520,6 +527,11 @@ fn main() -> anyhow::Result<()> {
             let json = args.json;
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(raw::consume(args))?.print(json);
+        }
+        Mode::RawPartitions(args) => {
+            let json = args.json;
+            let rt = tokio::runtime::Runtime::new()?;
+            rt.block_on(partitions::run(args))?.print(json);
         }
         Mode::E2e(args) => {
             ensure_topic(&args.common)?;

@@ -621,9 +621,16 @@ impl Segment {
     /// truncation), which readers treat as the end of the data.
     pub(crate) fn read_bytes(&self, position: u64, len: usize) -> io::Result<Option<Vec<u8>>> {
         let mut buf = vec![0u8; len];
-        match self.file.read_exact_at(&mut buf, position) {
-            Ok(()) => Ok(Some(buf)),
-            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(None),
+        Ok(self.read_into(position, &mut buf)?.then_some(buf))
+    }
+
+    /// Fills `buf` with the bytes at `position`, so a read spanning segments lands in
+    /// one buffer without a copy; `false` if the file is shorter (a concurrent
+    /// truncation), which readers treat as the end of the data.
+    pub(crate) fn read_into(&self, position: u64, buf: &mut [u8]) -> io::Result<bool> {
+        match self.file.read_exact_at(buf, position) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(false),
             Err(e) => Err(e),
         }
     }

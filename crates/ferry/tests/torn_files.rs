@@ -145,10 +145,11 @@ fn garbled_record_bytes_after_a_crash_fail_the_crc_and_the_tail_is_dropped() {
 }
 
 /// Bytes below the recovery point were fsynced; like Kafka, startup does not
-/// re-read them. If they rot anyway, the broker must refuse to serve them (the
-/// CRC is checked again on every read) and `ferry log verify` must find them.
+/// re-read them and fetches serve stored batches without recomputing their CRC.
+/// If they rot anyway, `ferry log verify` finds them and a client that checks
+/// CRCs (librdkafka's `check.crcs`) refuses them rather than taking them as records.
 #[test]
-fn bit_rot_below_the_recovery_point_is_never_served() {
+fn bit_rot_below_the_recovery_point_is_caught_by_verify_and_client_crc_checks() {
     let mut s = Setup::new();
     let log = s.file(".log");
     let starts = batch_starts(&log);
