@@ -190,7 +190,7 @@ fn fetch_request(
             continue;
         }
         let fetch_offset = partition.log_end_offset();
-        let (last_epoch, _) = partition.end_offset_for_epoch(i32::MAX);
+        let last_epoch = partition.latest_epoch();
         let p = FetchPartition::default()
             .with_partition(tp.partition)
             .with_current_leader_epoch(*leader_epoch)

@@ -598,18 +598,21 @@ impl Partition {
         Ok(self.log.read(offset, max_bytes, upper)?)
     }
 
-    /// Replays the partition from its log start to the high watermark, batch by
-    /// batch with the records decoded: how coordinators rebuild their state from an
-    /// internal topic at startup. Records of a data batch below the position read
-    /// from (a log start inside a batch) are left out.
+    /// Replays the partition from its log start to its log end, batch by batch
+    /// with the records decoded: how a coordinator rebuilds its state from an
+    /// internal topic when it starts leading it. Like Kafka's loaders it reads to
+    /// the log end, not the high watermark: a new leader's high watermark lags its
+    /// log until the followers fetch again, and its log is the one that stays.
+    /// Records of a data batch below the position read from (a log start inside
+    /// a batch) are left out.
     pub fn replay(
         &self,
         mut visit: impl FnMut(&BatchHeader, Vec<record::Record>) -> Result<(), CoreError>,
     ) -> Result<(), CoreError> {
         let mut offset = self.log_start_offset();
-        let end = self.high_watermark();
+        let end = self.log_end_offset();
         while offset < end {
-            let read = self.read(offset, REPLAY_READ_BYTES, Isolation::ReadUncommitted)?;
+            let read = self.read_for_follower(offset, REPLAY_READ_BYTES)?;
             if read.bytes.is_empty() || read.next_offset <= offset {
                 break;
             }
@@ -667,6 +670,17 @@ impl Partition {
             Some((floor, _)) => (*floor, higher.1),
             None => (requested, higher.1),
         }
+    }
+
+    /// The newest epoch in the leader epoch cache (Kafka's `latestEpoch`), -1 when
+    /// it is empty: what a follower sends as `last_fetched_epoch`, so the leader
+    /// can tell it where its log diverges.
+    pub fn latest_epoch(&self) -> i32 {
+        self.state
+            .lock()
+            .epoch_cache
+            .last()
+            .map_or(-1, |(epoch, _)| *epoch)
     }
 
     /// DeleteRecords: raises the log start offset.
@@ -1790,9 +1804,10 @@ mod tests {
             .expect("append");
         f.become_follower(2, 3).expect("become follower");
 
-        // The follower's last batch is of epoch 1 and it fetches from 5: the
-        // leader's epoch 1 ended at 2, so it truncates there.
-        assert_eq!(new.diverging_epoch(1, 5), Some((1, 2)));
+        // The follower's last batch is of epoch 1 (what its fetches say) and it
+        // fetches from 5: the leader's epoch 1 ended at 2, so it truncates there.
+        assert_eq!(f.latest_epoch(), 1);
+        assert_eq!(new.diverging_epoch(f.latest_epoch(), 5), Some((1, 2)));
         assert_eq!(new.diverging_epoch(1, 2), None);
         assert_eq!(f.truncate_to(2).expect("truncate"), 2);
         assert_eq!((f.log_end_offset(), f.high_watermark()), (2, 2));
@@ -1816,6 +1831,8 @@ mod tests {
         );
         assert_eq!(f.end_offset_for_epoch(1), (1, 2));
         assert_eq!(f.end_offset_for_epoch(2), (2, 5));
+        assert_eq!(f.latest_epoch(), 2);
+        assert_eq!(new.diverging_epoch(f.latest_epoch(), 5), None);
         new.record_follower_fetch(2, 5, 6_200).expect("fetch");
         assert_eq!(new.high_watermark(), 5);
 

@@ -5,7 +5,8 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
-use std::net::TcpListener;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -39,15 +40,35 @@ pub fn free_port() -> u16 {
 pub struct Cluster {
     /// Dropped before the directory, so a failing test still prints their logs.
     pub nodes: BTreeMap<i32, Proc>,
-    _dir: tempfile::TempDir,
+    /// Taken (and kept on disk) by a failing test when `FERRY_KEEP_TEST_DIRS` is set.
+    dir: Option<tempfile::TempDir>,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() && std::env::var_os("FERRY_KEEP_TEST_DIRS").is_some() {
+            if let Some(dir) = self.dir.take() {
+                eprintln!("--- cluster data kept in {} ---", dir.keep().display());
+            }
+        }
+    }
 }
 
 impl Cluster {
     /// Three brokers; `voters` of them (1, or 3) also run the metadata quorum.
+    /// Kafka listeners take a port the kernel picks (kept across restarts); the
+    /// controller ports, which every voter must know up front, are picked while
+    /// all three are held, so they differ.
     pub fn start(voters: usize) -> Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
-        let kafka: BTreeMap<i32, u16> = (1..=3).map(|id| (id, free_port())).collect();
-        let controller: BTreeMap<i32, u16> = (1..=3).map(|id| (id, free_port())).collect();
+        let held: Vec<TcpListener> = (0..3)
+            .map(|_| TcpListener::bind("127.0.0.1:0").expect("free port"))
+            .collect();
+        let controller: BTreeMap<i32, u16> = (1..=3)
+            .zip(&held)
+            .map(|(id, l)| (id, l.local_addr().expect("port").port()))
+            .collect();
+        drop(held);
         let voter_list = (1..=voters as i32)
             .map(|id| format!("{id}@127.0.0.1:{}", controller[&id]))
             .collect::<Vec<_>>()
@@ -65,32 +86,44 @@ impl Cluster {
             args.extend(FAST.iter().map(|s| s.to_string()));
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
             let data = dir.path().join(format!("node{id}"));
-            nodes.insert(
-                id,
-                Proc::start(&data, &format!("127.0.0.1:{}", kafka[&id]), &args),
-            );
+            nodes.insert(id, Proc::start(&data, "127.0.0.1:0", &args));
         }
-        let cluster = Cluster { _dir: dir, nodes };
+        let cluster = Cluster {
+            dir: Some(dir),
+            nodes,
+        };
         cluster.wait_for_brokers(3);
         cluster
     }
 
-    /// Waits until clients see `n` live brokers.
+    /// The Kafka addresses of the brokers that are running.
+    pub fn live_bootstrap(&mut self) -> String {
+        self.nodes
+            .values_mut()
+            .filter_map(|p| p.is_running().then(|| p.addr.clone()))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Waits until every running broker lists `n` live brokers in its Metadata
+    /// answers (each applies the metadata log on its own schedule, and answers
+    /// from what it has applied).
     pub fn wait_for_brokers(&self, n: usize) {
-        let bootstrap = self.bootstrap();
-        let consumer: BaseConsumer = client(&bootstrap).create().expect("client");
+        let addrs: Vec<String> = self.nodes.values().map(|p| p.addr.clone()).collect();
         let end = Instant::now() + Duration::from_secs(60);
         loop {
-            let seen = consumer
-                .fetch_metadata(None, Duration::from_secs(5))
-                .map(|m| m.brokers().len())
-                .unwrap_or(0);
-            if seen == n {
+            // A broker that is down does not answer, and is not waited for.
+            let seen: Vec<usize> = addrs
+                .iter()
+                .filter_map(|a| raw_metadata(a, &[]))
+                .map(|m| m.brokers.len())
+                .collect();
+            if !seen.is_empty() && seen.iter().all(|s| *s == n) {
                 return;
             }
             assert!(
                 Instant::now() < end,
-                "{seen} brokers registered, waited for {n}"
+                "brokers list {seen:?} live brokers, waited for {n}"
             );
             std::thread::sleep(Duration::from_millis(200));
         }
@@ -110,6 +143,113 @@ impl Cluster {
 
     pub fn data_dir(&self, id: i32) -> PathBuf {
         self.nodes[&id].data_dir.clone()
+    }
+
+    /// The active controller as the running brokers report it: the id every
+    /// answering broker agrees on, when that broker is running itself.
+    pub fn controller(&mut self) -> Option<i32> {
+        let running: Vec<(i32, String)> = self
+            .nodes
+            .iter_mut()
+            .filter_map(|(id, p)| p.is_running().then(|| (*id, p.addr.clone())))
+            .collect();
+        let seen: Vec<i32> = running
+            .iter()
+            .filter_map(|(_, addr)| controller_id(addr))
+            .collect();
+        let first = *seen.first()?;
+        let agreed = seen.len() == running.len() && seen.iter().all(|id| *id == first);
+        (agreed && running.iter().any(|(id, _)| *id == first)).then_some(first)
+    }
+
+    /// Waits until the running brokers agree on a running controller that `check`
+    /// accepts.
+    pub fn wait_for_controller(&mut self, what: &str, check: impl Fn(i32) -> bool) -> i32 {
+        let end = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(id) = self.controller().filter(|id| check(*id)) {
+                return id;
+            }
+            assert!(Instant::now() < end, "waited for {what}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+/// The `controller_id` of a Metadata response from the broker at `addr` (ferry
+/// answers with the metadata quorum's leader); `None` if it cannot be asked or
+/// knows none. librdkafka's metadata API does not expose this field.
+pub fn controller_id(addr: &str) -> Option<i32> {
+    let id = raw_metadata(addr, &[])?.controller_id.0;
+    (id >= 0).then_some(id)
+}
+
+/// A Metadata request for `topics` (never auto-creating them) to the broker at
+/// `addr`, over a raw connection: that broker's own view, which librdkafka does
+/// not give. `None` if it does not answer.
+pub fn raw_metadata(
+    addr: &str,
+    topics: &[&str],
+) -> Option<kafka_protocol::messages::MetadataResponse> {
+    use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
+    use kafka_protocol::messages::{
+        ApiKey, MetadataRequest, MetadataResponse, ResponseHeader, TopicName,
+    };
+    use kafka_protocol::protocol::{Decodable, HeaderVersion, StrBytes};
+    const VERSION: i16 = 9;
+    let sock = addr.parse().ok()?;
+    let mut stream = TcpStream::connect_timeout(&sock, Duration::from_secs(5)).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .ok()?;
+    let topics = topics
+        .iter()
+        .map(|t| {
+            MetadataRequestTopic::default()
+                .with_name(Some(TopicName(StrBytes::from_string(t.to_string()))))
+        })
+        .collect();
+    let request = MetadataRequest::default()
+        .with_topics(Some(topics))
+        .with_allow_auto_topic_creation(false);
+    stream
+        .write_all(&encode_request(ApiKey::Metadata, VERSION, 1, &request))
+        .ok()?;
+    let mut len = [0u8; 4];
+    stream.read_exact(&mut len).ok()?;
+    let mut body = vec![0u8; i32::from_be_bytes(len).max(0) as usize];
+    stream.read_exact(&mut body).ok()?;
+    let mut buf = bytes::Bytes::from(body);
+    ResponseHeader::decode(&mut buf, MetadataResponse::header_version(VERSION)).ok()?;
+    MetadataResponse::decode(&mut buf, VERSION).ok()
+}
+
+/// Waits until every broker of `bootstrap` that answers knows `topic` with
+/// `partitions` partitions, each with a leader. Brokers apply the metadata log
+/// on their own schedule; a client that asks one that has yet to apply a new
+/// topic would get it auto-created again there.
+pub fn wait_for_topic_everywhere(bootstrap: &str, topic: &str, partitions: usize) {
+    let end = Instant::now() + Duration::from_secs(60);
+    loop {
+        let views: Vec<Option<usize>> = bootstrap
+            .split(',')
+            .filter_map(|addr| raw_metadata(addr, &[topic]))
+            .map(|m| {
+                m.topics
+                    .iter()
+                    .find(|t| t.error_code == 0)
+                    .filter(|t| t.partitions.iter().all(|p| p.leader_id.0 >= 0))
+                    .map(|t| t.partitions.len())
+            })
+            .collect();
+        if !views.is_empty() && views.iter().all(|v| *v == Some(partitions)) {
+            return;
+        }
+        assert!(
+            Instant::now() < end,
+            "{topic}: brokers see {views:?} partitions with leaders, waited for {partitions}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 
@@ -151,12 +291,51 @@ pub fn wait_for(
     panic!("{topic}-{partition}: waited for {what}; last seen (leader, isr) = {last:?}");
 }
 
+/// RF=3 and `min.insync.replicas=2`; returns once every broker knows the topic.
 pub fn create_replicated_topic(bootstrap: &str, topic: &str, partitions: i32) {
+    create_topic_everywhere(
+        bootstrap,
+        topic,
+        partitions,
+        3,
+        &[("min.insync.replicas", "2")],
+    );
+}
+
+/// Creates a topic and waits until every broker knows it (see
+/// [`wait_for_topic_everywhere`]).
+pub fn create_topic_everywhere(
+    bootstrap: &str,
+    topic: &str,
+    partitions: i32,
+    replication_factor: i32,
+    configs: &[(&str, &str)],
+) {
+    try_create_topic(bootstrap, topic, partitions, replication_factor, configs)
+        .unwrap_or_else(|e| panic!("create topic {topic}: {e}"));
+    wait_for_topic_everywhere(bootstrap, topic, partitions as usize);
+}
+
+/// CreateTopics through librdkafka's admin API with a replication factor; the
+/// broker's refusal comes back as the error code.
+pub fn try_create_topic(
+    bootstrap: &str,
+    topic: &str,
+    partitions: i32,
+    replication_factor: i32,
+    configs: &[(&str, &str)],
+) -> Result<(), rdkafka::types::RDKafkaErrorCode> {
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
     let admin: AdminClient<rdkafka::client::DefaultClientContext> =
         client(bootstrap).create().expect("admin client");
-    let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(3))
-        .set("min.insync.replicas", "2");
+    let mut new = NewTopic::new(
+        topic,
+        partitions,
+        TopicReplication::Fixed(replication_factor),
+    );
+    for (k, v) in configs {
+        new = new.set(k, v);
+    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -168,8 +347,9 @@ pub fn create_replicated_topic(bootstrap: &str, topic: &str, partitions: i32) {
         ))
         .expect("create_topics");
     for r in results {
-        r.unwrap_or_else(|(t, e)| panic!("create topic {t}: {e}"));
+        r.map_err(|(_, e)| e)?;
     }
+    Ok(())
 }
 
 /// Delivery reports of a producer: (partition, offset, value) of every
@@ -178,6 +358,46 @@ pub fn create_replicated_topic(bootstrap: &str, topic: &str, partitions: i32) {
 pub struct Acks {
     pub acked: std::sync::Mutex<Vec<(i32, i64, String)>>,
     pub failed: std::sync::atomic::AtomicUsize,
+    /// When the latest acknowledgement of each partition arrived.
+    pub last_acked_at: std::sync::Mutex<BTreeMap<i32, Instant>>,
+}
+
+impl Acks {
+    /// Records of `partition` acknowledged so far, as (offset, value) in the
+    /// order their acknowledgements came.
+    pub fn of_partition(&self, partition: i32) -> Vec<(i64, String)> {
+        self.acked
+            .lock()
+            .expect("acks")
+            .iter()
+            .filter(|(p, _, _)| *p == partition)
+            .map(|(_, o, v)| (*o, v.clone()))
+            .collect()
+    }
+
+    /// Waits until a record of `partition` is acknowledged after `since`; returns
+    /// when that acknowledgement came, or `None` if none came within `deadline`.
+    pub fn wait_acked_after(
+        &self,
+        partition: i32,
+        since: Instant,
+        deadline: Duration,
+    ) -> Option<Instant> {
+        let end = Instant::now() + deadline;
+        while Instant::now() < end {
+            let at = self
+                .last_acked_at
+                .lock()
+                .expect("acks")
+                .get(&partition)
+                .copied();
+            if let Some(at) = at.filter(|at| *at > since) {
+                return Some(at);
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        None
+    }
 }
 
 pub struct AckContext(pub std::sync::Arc<Acks>);
@@ -196,6 +416,11 @@ impl ProducerContext for AckContext {
                     .lock()
                     .expect("acks")
                     .push((m.partition(), m.offset(), value));
+                self.0
+                    .last_acked_at
+                    .lock()
+                    .expect("acks")
+                    .insert(m.partition(), Instant::now());
             }
             Err(_) => {
                 self.0
@@ -237,4 +462,52 @@ pub fn segment_bytes(data_dir: &Path, topic: &str, partition: i32) -> Vec<u8> {
         .iter()
         .flat_map(|f| std::fs::read(f).expect("read segment"))
         .collect()
+}
+
+/// Where replicas' stored bytes first differ, batch by batch: for a failure
+/// message (`None` if they are the same).
+pub fn first_difference(replicas: &[(i32, Vec<u8>)]) -> Option<String> {
+    let (first_id, first) = replicas.first()?;
+    if replicas.iter().all(|(_, b)| b == first) {
+        return None;
+    }
+    let headers = |bytes: &[u8]| -> Vec<(ferry_log::BatchHeader, Vec<u8>)> {
+        ferry_log::batch::batches(bytes)
+            .map_while(Result::ok)
+            .map(|(h, b)| (h, b.to_vec()))
+            .collect()
+    };
+    let base = headers(first);
+    let mut out = Vec::new();
+    for (id, bytes) in &replicas[1..] {
+        let other = headers(bytes);
+        let at = base
+            .iter()
+            .zip(&other)
+            .position(|(a, b)| a != b)
+            .unwrap_or(base.len().min(other.len()));
+        let show = |v: &[(ferry_log::BatchHeader, Vec<u8>)]| {
+            v.get(at)
+                .map(|(h, _)| {
+                    format!(
+                        "offsets {}..={} epoch {} pid {} seq {} len {}",
+                        h.base_offset,
+                        h.last_offset(),
+                        h.partition_leader_epoch,
+                        h.producer_id,
+                        h.base_sequence,
+                        h.batch_length
+                    )
+                })
+                .unwrap_or_else(|| "end of log".into())
+        };
+        out.push(format!(
+            "node {first_id} ({} batches) vs node {id} ({} batches): batch #{at}: [{}] vs [{}]",
+            base.len(),
+            other.len(),
+            show(&base),
+            show(&other)
+        ));
+    }
+    Some(out.join("; "))
 }
