@@ -42,6 +42,7 @@ mod durable;
 pub mod fetcher;
 mod frame;
 mod log_store;
+mod markers;
 mod network;
 mod node;
 mod quorum;

@@ -13,9 +13,9 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use ferry_core::cluster::{ControllerLink, MetadataStore};
+use ferry_core::cluster::{ClusterLink, MarkersFuture, MetadataStore};
 use ferry_core::metadata::{MetadataImage, MetadataRecord};
-use ferry_core::{Broker, BrokerOptions, Clock, CoreError, Partition};
+use ferry_core::{Broker, BrokerOptions, Clock, CoreError, Partition, TopicPartition};
 use tokio::runtime::Handle;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -74,7 +74,7 @@ impl ClusterNode {
             quorum: Arc::downgrade(&quorum),
             handle: Handle::current(),
         });
-        let image = quorum.image();
+        let image = caught_up_image(&quorum).await;
         let registration = BrokerRegistration {
             node_id,
             host: options.advertised_host.clone(),
@@ -87,11 +87,12 @@ impl ClusterNode {
         .await
         .map_err(|e| QuorumError::Raft(e.to_string()))?
         .map_err(|e| QuorumError::Config(format!("opening the broker: {e}")))?;
-        broker.set_controller_link(Arc::new(QuorumLink {
+        broker.set_cluster_link(Arc::new(QuorumLink {
             quorum: Arc::downgrade(&quorum),
         }));
         let fetchers = ReplicaFetchers::new(broker.clone());
-        fetchers.update(&quorum.image());
+        // The image the broker took its roles from; newer ones come through the watcher.
+        fetchers.update(&broker.image());
 
         let tasks = vec![
             tokio::spawn(watch_images(
@@ -130,6 +131,25 @@ impl ClusterNode {
         self.fetchers.shutdown();
         self.quorum.clear_handler();
         self.quorum.shutdown().await;
+    }
+}
+
+/// The metadata image with everything the quorum committed before this call,
+/// as a KRaft broker catches up with the metadata log before it serves: a
+/// restarted node's own log may stop short of what happened while it was down,
+/// and an image from it would make the broker lead partitions that have moved
+/// on (answering produce and fetch for them at an old epoch until the newer
+/// image arrives). An empty proposal is the read barrier: once this node has
+/// applied it, it has applied everything before it. Without a quorum to commit
+/// it (this node cannot reach a majority), the local image after the request
+/// timeout.
+async fn caught_up_image(quorum: &Arc<MetadataQuorum>) -> Arc<MetadataImage> {
+    match quorum.propose(Vec::new()).await {
+        Ok(image) => image,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not catch up with the metadata quorum; starting from the local metadata log");
+            quorum.image()
+        }
     }
 }
 
@@ -239,10 +259,30 @@ struct QuorumLink {
     quorum: Weak<MetadataQuorum>,
 }
 
-impl ControllerLink for QuorumLink {
+impl ClusterLink for QuorumLink {
     fn controller_id(&self) -> Option<i32> {
         let leader = self.quorum.upgrade()?.leader_id()?;
         i32::try_from(leader).ok()
+    }
+
+    fn write_txn_markers(
+        &self,
+        leader: i32,
+        producer_id: i64,
+        producer_epoch: i16,
+        commit: bool,
+        partitions: Vec<TopicPartition>,
+    ) -> MarkersFuture {
+        let addr = self.quorum.upgrade().and_then(|q| {
+            q.image()
+                .brokers
+                .get(&leader)
+                .map(|b| format!("{}:{}", b.host, b.port))
+        });
+        Box::pin(async move {
+            let addr = addr.ok_or(CoreError::NotLeaderOrFollower)?;
+            crate::markers::write(&addr, producer_id, producer_epoch, commit, partitions).await
+        })
     }
 
     fn alter_isr(&self, partition: Arc<Partition>, leader_epoch: i32, isr: Vec<i32>) {

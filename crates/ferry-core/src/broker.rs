@@ -21,7 +21,7 @@ use parking_lot::{Mutex, RwLock};
 use uuid::Uuid;
 
 use crate::clock::Clock;
-use crate::cluster::{ControllerLink, LocalMetadataStore, MetadataStore};
+use crate::cluster::{ClusterLink, LocalMetadataStore, MetadataStore};
 use crate::config::{validate_broker_configs, validate_topic_configs, BrokerConfig, TopicConfig};
 use crate::error::CoreError;
 use crate::group::{BrokerGroupStorage, GroupConfig, GroupCoordinator};
@@ -90,8 +90,8 @@ pub struct Broker {
     store: Arc<dyn MetadataStore>,
     /// Serializes this broker's metadata changes and the reconciling of images.
     metadata_lock: Mutex<()>,
-    /// Requests to the active controller (a cluster only).
-    controller: std::sync::OnceLock<Arc<dyn ControllerLink>>,
+    /// Requests to the other nodes of a cluster.
+    cluster_link: std::sync::OnceLock<Arc<dyn ClusterLink>>,
     partitions: RwLock<HashMap<TopicPartition, Arc<Partition>>>,
     /// Consumer groups and committed offsets, stored in `__consumer_offsets`.
     groups: GroupCoordinator,
@@ -195,7 +195,7 @@ impl Broker {
             image: RwLock::new(Arc::new(MetadataImage::default())),
             store,
             metadata_lock: Mutex::new(()),
-            controller: std::sync::OnceLock::new(),
+            cluster_link: std::sync::OnceLock::new(),
             partitions: RwLock::new(HashMap::new()),
             producer_ids: Mutex::new((0, 0)),
             _dir_lock: dir_lock,
@@ -284,14 +284,117 @@ impl Broker {
     }
 
     /// Connects the broker to the active controller (a cluster only).
-    pub fn set_controller_link(&self, link: Arc<dyn ControllerLink>) {
-        let _ = self.controller.set(link);
+    pub fn set_cluster_link(&self, link: Arc<dyn ClusterLink>) {
+        let _ = self.cluster_link.set(link);
+    }
+
+    /// Writes the markers that end a transaction to `partitions`: those this
+    /// broker leads here, the others through their leaders (WriteTxnMarkers).
+    pub async fn write_txn_markers(
+        &self,
+        producer_id: i64,
+        producer_epoch: i16,
+        commit: bool,
+        partitions: Vec<TopicPartition>,
+    ) -> Result<(), CoreError> {
+        let image = self.image();
+        let mut by_leader: BTreeMap<i32, Vec<TopicPartition>> = BTreeMap::new();
+        for tp in partitions {
+            let leader = image
+                .topic(&tp.topic)
+                .and_then(|t| t.partitions.iter().find(|p| p.partition == tp.partition))
+                .map(|p| p.leader);
+            match leader {
+                Some(leader) => by_leader.entry(leader).or_default().push(tp),
+                None => {
+                    tracing::warn!(partition = %tp, "no marker for a partition that no longer exists")
+                }
+            }
+        }
+        let me = self.options.node_id;
+        let mut remote = Vec::new();
+        for (leader, partitions) in by_leader {
+            if leader == me {
+                for (tp, result) in self
+                    .write_local_txn_markers(producer_id, producer_epoch, commit, partitions)
+                    .await
+                {
+                    result.map_err(|e| {
+                        tracing::warn!(partition = %tp, error = %e, "could not write a transaction marker");
+                        e
+                    })?;
+                }
+            } else if leader < 0 {
+                return Err(CoreError::NotLeaderOrFollower);
+            } else {
+                let link = self
+                    .cluster_link
+                    .get()
+                    .ok_or(CoreError::NotLeaderOrFollower)?;
+                remote.push(link.write_txn_markers(
+                    leader,
+                    producer_id,
+                    producer_epoch,
+                    commit,
+                    partitions,
+                ));
+            }
+        }
+        for r in remote {
+            r.await?;
+        }
+        Ok(())
+    }
+
+    /// WriteTxnMarkers on this broker: appends a marker to each partition it
+    /// leads and waits until the in-sync replicas have it; completes the
+    /// transactional offsets of `__consumer_offsets` partitions.
+    pub async fn write_local_txn_markers(
+        &self,
+        producer_id: i64,
+        producer_epoch: i16,
+        commit: bool,
+        partitions: Vec<TopicPartition>,
+    ) -> Vec<(TopicPartition, Result<(), CoreError>)> {
+        let now = self.now_ms();
+        let mut results = Vec::new();
+        // Append every marker first, then wait: the flushes overlap.
+        let mut written = Vec::new();
+        for tp in partitions {
+            let Some(p) = self.partition(&tp) else {
+                results.push((tp, Err(CoreError::UnknownTopicOrPartition)));
+                continue;
+            };
+            match p.append_marker(
+                producer_id,
+                producer_epoch,
+                crate::txn::COORDINATOR_EPOCH,
+                commit,
+                now,
+            ) {
+                Ok(offset) => written.push((tp, p, offset)),
+                Err(CoreError::ProducerFenced(why)) => {
+                    tracing::warn!(partition = %tp, %why, "skipping a marker older than the partition's producer epoch");
+                    results.push((tp, Ok(())));
+                }
+                Err(e) => results.push((tp, Err(e))),
+            }
+        }
+        // Every marker is appended first, then each is made durable.
+        for (tp, p, offset) in written {
+            let outcome = crate::cluster::durable(&p, offset, now).await;
+            if outcome.is_ok() && tp.topic == crate::group::OFFSETS_TOPIC {
+                self.groups.complete_txn(producer_id, commit);
+            }
+            results.push((tp, outcome));
+        }
+        results
     }
 
     /// The active controller's node id (this node on a single node; -1 while a
     /// cluster has none).
     pub fn controller_id(&self) -> i32 {
-        match self.controller.get() {
+        match self.cluster_link.get() {
             Some(link) => link.controller_id().unwrap_or(-1),
             None => self.options.node_id,
         }
@@ -300,7 +403,7 @@ impl Broker {
     /// Sends a leader's ISR change to the controller; on one node there is no
     /// controller and no follower, so the change is dropped.
     pub fn propose_isr(&self, partition: &Arc<Partition>, isr: Vec<i32>) {
-        match self.controller.get() {
+        match self.cluster_link.get() {
             Some(link) => link.alter_isr(partition.clone(), partition.leader_epoch(), isr),
             None => partition.abort_isr_change(),
         }

@@ -5,7 +5,7 @@
 //!  Broker ──commit(records)──► MetadataStore ── one node: the local metadata log
 //!     ▲                                       └─ cluster: the Raft quorum (ferry-cluster)
 //!     └──apply_image(image)◄── every committed image, on every node
-//!  Broker ──alter_isr(...)───► ControllerLink ── the active controller
+//!  Broker ──alter_isr(...)───► ClusterLink ── the active controller
 //! ```
 
 use std::sync::Arc;
@@ -63,9 +63,14 @@ impl MetadataStore for LocalMetadataStore {
     }
 }
 
-/// Requests a partition leader sends to the active controller. Fire and forget:
-/// the outcome arrives as a metadata change.
-pub trait ControllerLink: Send + Sync {
+/// A transaction marker write on another broker.
+pub type MarkersFuture =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), CoreError>> + Send>>;
+
+/// What a broker of a cluster asks of the other nodes: ISR changes of the
+/// active controller (fire and forget: the outcome arrives as a metadata
+/// change), and transaction markers of partition leaders.
+pub trait ClusterLink: Send + Sync {
     /// Asks for `isr` to become the in-sync replicas of `partition`, which this
     /// broker leads in `leader_epoch` (Kafka's AlterPartition). A refused or
     /// undelivered request must end in [`Partition::abort_isr_change`].
@@ -73,6 +78,17 @@ pub trait ControllerLink: Send + Sync {
 
     /// The node id of the active controller, if one is known.
     fn controller_id(&self) -> Option<i32>;
+
+    /// Has broker `leader` write the markers that end a transaction of
+    /// `producer_id` to `partitions`, which it leads (Kafka's WriteTxnMarkers).
+    fn write_txn_markers(
+        &self,
+        leader: i32,
+        producer_id: i64,
+        producer_epoch: i16,
+        commit: bool,
+        partitions: Vec<crate::TopicPartition>,
+    ) -> MarkersFuture;
 }
 
 /// Longest an internal topic's append waits for the in-sync replicas.

@@ -96,6 +96,7 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DescribeProducers, 0, 0),
     (ApiKey::DescribeTransactions, 0, 0),
     (ApiKey::ListTransactions, 0, 1),
+    (ApiKey::WriteTxnMarkers, 1, 1),
 ];
 
 /// The version range ferry implements for `key`.
@@ -216,6 +217,7 @@ pub async fn handle(ctx: RequestContext, parsed: ParsedHeader, mut body: Bytes) 
         DescribeProducers => DescribeProducersRequest => handlers::describe_producers::handle,
         DescribeTransactions => DescribeTransactionsRequest => handlers::describe_transactions::handle,
         ListTransactions => ListTransactionsRequest => handlers::list_transactions::handle,
+        WriteTxnMarkers => WriteTxnMarkersRequest => handlers::write_txn_markers::handle,
     })
 }
 
@@ -278,6 +280,7 @@ pub fn decode_request(api_key: ApiKey, version: i16, body: &mut Bytes) -> anyhow
         DescribeProducers => DescribeProducersRequest,
         DescribeTransactions => DescribeTransactionsRequest,
         ListTransactions => ListTransactionsRequest,
+        WriteTxnMarkers => WriteTxnMarkersRequest,
     )
 }
 

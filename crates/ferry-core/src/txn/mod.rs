@@ -606,7 +606,11 @@ impl TxnHost for BrokerTxnHost {
     }
 
     fn partition_exists(&self, tp: &TopicPartition) -> bool {
-        self.broker().is_ok_and(|b| b.partition(tp).is_some())
+        self.broker().is_ok_and(|b| {
+            b.image()
+                .topic(&tp.topic)
+                .is_some_and(|t| t.partitions.iter().any(|p| p.partition == tp.partition))
+        })
     }
 
     fn offsets_partition(&self, group_id: &str) -> Result<TopicPartition, CoreError> {
@@ -627,45 +631,11 @@ impl TxnHost for BrokerTxnHost {
     ) -> Pin<Box<dyn Future<Output = Result<(), CoreError>> + Send>> {
         let broker = self.broker();
         Box::pin(async move {
-            let broker = broker?;
-            let now = broker.now_ms();
-            // Append every marker first, then fsync: the flushes overlap.
-            let mut written = Vec::new();
-            for tp in partitions {
-                let Some(p) = broker.partition(&tp) else {
-                    tracing::warn!(partition = %tp, "no marker for a partition that no longer exists");
-                    continue;
-                };
-                match p.append_marker(producer_id, producer_epoch, COORDINATOR_EPOCH, commit, now) {
-                    Ok(offset) => written.push((p, offset)),
-                    Err(CoreError::ProducerFenced(why)) => {
-                        tracing::warn!(partition = %tp, %why, "skipping a marker older than the partition's producer epoch");
-                    }
-                    Err(e) => return Err(e),
-                }
-            }
-            let flushes = written.iter().map(|(p, offset)| p.flush_to(*offset, now));
-            for r in futures_join(flushes).await {
-                r?;
-            }
-            for (p, _) in &written {
-                if p.tp.topic == OFFSETS_TOPIC {
-                    broker.groups().complete_txn(producer_id, commit);
-                }
-            }
-            Ok(())
+            broker?
+                .write_txn_markers(producer_id, producer_epoch, commit, partitions)
+                .await
         })
     }
-}
-
-/// Awaits every future (flushes of different partitions proceed together).
-async fn futures_join<F: Future>(futures: impl Iterator<Item = F>) -> Vec<F::Output> {
-    let handles: Vec<_> = futures.map(Box::pin).collect();
-    let mut out = Vec::with_capacity(handles.len());
-    for h in handles {
-        out.push(h.await);
-    }
-    out
 }
 
 /// TxnOffsetCommit through both coordinators: the transaction must be the
@@ -675,10 +645,15 @@ pub async fn txn_offset_commit(
     transactional_id: &str,
     req: TxnCommitRequest,
 ) -> Result<crate::group::PartitionResults, TxnOffsetCommitError> {
-    broker
-        .txns()
-        .verify(transactional_id, req.producer_id, req.producer_epoch)
-        .map_err(TxnOffsetCommitError::Txn)?;
+    // The transaction is checked where it is known; in a cluster its coordinator
+    // may be another broker, and then the producer epoch check of the
+    // `__consumer_offsets` partition is what fences a stale producer.
+    if broker.txns().owns(transactional_id) {
+        broker
+            .txns()
+            .verify(transactional_id, req.producer_id, req.producer_epoch)
+            .map_err(TxnOffsetCommitError::Txn)?;
+    }
     broker
         .groups()
         .txn_commit_offsets(req)
