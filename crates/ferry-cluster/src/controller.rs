@@ -34,6 +34,8 @@ pub struct BrokerRegistration {
 pub struct Controller {
     quorum: Weak<MetadataQuorum>,
     session_timeout: Duration,
+    /// The broker setting `unclean.leader.election.enable` (topics may override it).
+    unclean_election: bool,
     state: Mutex<ControllerState>,
 }
 
@@ -46,10 +48,15 @@ struct ControllerState {
 }
 
 impl Controller {
-    pub fn new(quorum: &Arc<MetadataQuorum>, session_timeout: Duration) -> Arc<Controller> {
+    pub fn new(
+        quorum: &Arc<MetadataQuorum>,
+        session_timeout: Duration,
+        unclean_election: bool,
+    ) -> Arc<Controller> {
         Arc::new(Controller {
             quorum: Arc::downgrade(quorum),
             session_timeout,
+            unclean_election,
             state: Mutex::new(ControllerState::default()),
         })
     }
@@ -86,7 +93,7 @@ impl Controller {
                 .collect()
         };
         for node_id in expired {
-            let records = fence_broker(&quorum.image(), node_id);
+            let records = fence_broker(&quorum.image(), node_id, self.unclean_election);
             tracing::warn!(
                 node_id,
                 changes = records.len() - 1,
@@ -225,9 +232,11 @@ fn rejected(reason: &str) -> ControllerResponse {
 }
 
 /// The records that fence `node_id`: it leaves every ISR, and the partitions it
-/// led get the first other live in-sync replica as leader with a new epoch (or
-/// no leader, -1, when none is left: only an in-sync replica may lead).
-pub fn fence_broker(image: &MetadataImage, node_id: i32) -> Vec<MetadataRecord> {
+/// led get the first other live in-sync replica as leader with a new epoch. When
+/// none is left the partition has no leader (-1), unless the topic (or the
+/// broker default `unclean`) enables `unclean.leader.election.enable`: then a
+/// live out-of-sync replica leads, and what it lacks is lost.
+pub fn fence_broker(image: &MetadataImage, node_id: i32, unclean: bool) -> Vec<MetadataRecord> {
     let mut records = vec![MetadataRecord::BrokerFenced { node_id }];
     let live = |id: &i32| {
         *id != node_id && image.brokers.contains_key(id) && !image.fenced_brokers.contains(id)
@@ -238,10 +247,26 @@ pub fn fence_broker(image: &MetadataImage, node_id: i32) -> Vec<MetadataRecord> 
                 continue;
             }
             let mut isr: Vec<i32> = p.isr.iter().copied().filter(|r| *r != node_id).collect();
+            let unclean_allowed = topic
+                .configs
+                .get("unclean.leader.election.enable")
+                .or_else(|| image.broker_configs.get("unclean.leader.election.enable"))
+                .map_or(unclean, |v| v == "true");
             let (leader, leader_epoch) = if p.leader == node_id {
-                match isr.iter().copied().find(live) {
-                    Some(next) => (next, p.leader_epoch + 1),
-                    None => {
+                let out_of_sync = p
+                    .replicas
+                    .iter()
+                    .copied()
+                    .find(live)
+                    .filter(|_| unclean_allowed);
+                match (isr.iter().copied().find(live), out_of_sync) {
+                    (Some(next), _) => (next, p.leader_epoch + 1),
+                    (None, Some(next)) => {
+                        tracing::warn!(topic = %topic.name, partition = p.partition, leader = next, "unclean leader election: an out-of-sync replica leads");
+                        isr = vec![next];
+                        (next, p.leader_epoch + 1)
+                    }
+                    (None, None) => {
                         // Keep the last in-sync replica on record so it can lead
                         // again when it returns.
                         isr = vec![node_id];
@@ -335,7 +360,7 @@ mod tests {
     #[test]
     fn fencing_the_leader_elects_the_next_in_sync_replica_with_a_new_epoch() {
         let (mut image, _) = image();
-        for r in fence_broker(&image, 1) {
+        for r in fence_broker(&image, 1, false) {
             image.apply(&r);
         }
         let p = partition(&image);
@@ -345,7 +370,7 @@ mod tests {
         );
         assert!(image.fenced_brokers.contains(&1));
         // A follower fenced next only leaves the ISR.
-        for r in fence_broker(&image, 3) {
+        for r in fence_broker(&image, 3, false) {
             image.apply(&r);
         }
         let p = partition(&image);
@@ -356,7 +381,7 @@ mod tests {
     fn the_last_in_sync_replica_fenced_leaves_the_partition_leaderless_until_it_returns() {
         let (mut image, _) = image();
         for id in [2, 3, 1] {
-            for r in fence_broker(&image, id) {
+            for r in fence_broker(&image, id, false) {
                 image.apply(&r);
             }
         }
@@ -370,5 +395,32 @@ mod tests {
         let p = partition(&image);
         assert_eq!((p.leader, p.isr.clone()), (1, vec![1]));
         assert!(p.leader_epoch > 1);
+    }
+
+    #[test]
+    fn unclean_election_lets_a_live_out_of_sync_replica_lead() {
+        let (mut image, _) = image();
+        // 2 and 3 drop out of the ISR, then come back without catching up.
+        for id in [2, 3] {
+            for r in fence_broker(&image, id, true) {
+                image.apply(&r);
+            }
+            image.apply(&MetadataRecord::BrokerUnfenced { node_id: id });
+        }
+        assert_eq!(partition(&image).isr, vec![1]);
+        let (mut clean, mut unclean) = (image.clone(), image);
+        for r in fence_broker(&clean, 1, false) {
+            clean.apply(&r);
+        }
+        assert_eq!(
+            partition(&clean).leader,
+            -1,
+            "only an in-sync replica may lead"
+        );
+        for r in fence_broker(&unclean, 1, true) {
+            unclean.apply(&r);
+        }
+        let p = partition(&unclean);
+        assert_eq!((p.leader, p.isr.clone()), (2, vec![2]));
     }
 }

@@ -67,7 +67,11 @@ impl ClusterNode {
             Duration::from_millis(static_config.long("broker.session.timeout.ms").max(1) as u64);
         let heartbeat_interval =
             Duration::from_millis(static_config.long("broker.heartbeat.interval.ms").max(1) as u64);
-        let controller = Controller::new(&quorum, session_timeout);
+        let controller = Controller::new(
+            &quorum,
+            session_timeout,
+            static_config.bool("unclean.leader.election.enable"),
+        );
         quorum.set_handler(controller.clone());
 
         let store = Arc::new(QuorumStore {

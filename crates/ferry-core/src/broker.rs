@@ -620,7 +620,7 @@ impl Broker {
             )));
         }
         validate_topic_configs(&new.configs)?;
-        let live: Vec<i32> = image.live_brokers().map(|b| b.node_id).collect();
+        let live = rack_alternated(&image);
         let assignments = if !new.assignments.is_empty() {
             if new.num_partitions != -1 || new.replication_factor != -1 {
                 return Err(CoreError::InvalidRequest(
@@ -834,7 +834,7 @@ impl Broker {
                 "at most {PARTITIONS_PER_TOPIC_MAX} partitions"
             )));
         }
-        let live: Vec<i32> = image.live_brokers().map(|b| b.node_id).collect();
+        let live = rack_alternated(&image);
         let rf = topic
             .partitions
             .first()
@@ -1135,6 +1135,23 @@ fn collides(a: &str, b: &str) -> bool {
 }
 
 /// Round-robin placement: partition i's replicas start at broker i (offset by `start`).
+/// The live brokers in the order replicas are placed: one from each rack in
+/// turn (`broker.rack`), as Kafka's rack-aware assignment does, so the
+/// consecutive brokers a partition's replicas take sit on different racks
+/// whenever there are enough racks. Without racks: node id order.
+fn rack_alternated(image: &MetadataImage) -> Vec<i32> {
+    let mut racks: BTreeMap<Option<&str>, Vec<i32>> = BTreeMap::new();
+    for b in image.live_brokers() {
+        racks.entry(b.rack.as_deref()).or_default().push(b.node_id);
+    }
+    let longest = racks.values().map(Vec::len).max().unwrap_or(0);
+    (0..longest)
+        .flat_map(|i| racks.values().filter_map(move |ids| ids.get(i).copied()))
+        .collect()
+}
+
+/// Replicas of each new partition: `rf` consecutive brokers of `live`, the
+/// window moving by one per partition (the first replica is the preferred leader).
 fn place_replicas(live: &[i32], partitions: i32, rf: usize, start: usize) -> Vec<Vec<i32>> {
     (0..partitions as usize)
         .map(|i| {
@@ -1218,4 +1235,49 @@ fn diff_configs(
         }
     }
     out
+}
+
+#[cfg(test)]
+mod placement_tests {
+    use super::*;
+
+    fn image(brokers: &[(i32, Option<&str>)]) -> MetadataImage {
+        let mut image = MetadataImage::default();
+        for (id, rack) in brokers {
+            image.apply(&MetadataRecord::BrokerRegistered {
+                node_id: *id,
+                host: "127.0.0.1".into(),
+                port: 9000 + id,
+                rack: rack.map(str::to_string),
+            });
+        }
+        image
+    }
+
+    #[test]
+    fn replicas_of_a_partition_land_on_different_racks() {
+        let image = image(&[
+            (1, Some("a")),
+            (2, Some("a")),
+            (3, Some("b")),
+            (4, Some("b")),
+        ]);
+        let live = rack_alternated(&image);
+        assert_eq!(live, vec![1, 3, 2, 4]);
+        let rack = |id: &i32| image.brokers[id].rack.clone();
+        for replicas in place_replicas(&live, 8, 2, 0) {
+            assert_ne!(rack(&replicas[0]), rack(&replicas[1]), "{replicas:?}");
+        }
+    }
+
+    #[test]
+    fn without_racks_replicas_go_round_robin_and_fenced_brokers_get_none() {
+        let mut image = image(&[(1, None), (2, None), (3, None)]);
+        assert_eq!(
+            place_replicas(&rack_alternated(&image), 3, 3, 0),
+            vec![vec![1, 2, 3], vec![2, 3, 1], vec![3, 1, 2]]
+        );
+        image.apply(&MetadataRecord::BrokerFenced { node_id: 2 });
+        assert_eq!(rack_alternated(&image), vec![1, 3]);
+    }
 }
