@@ -27,6 +27,10 @@ use tokio::task::JoinHandle;
 /// The Fetch version followers send (replica id and last fetched epoch).
 const FETCH_VERSION: i16 = 12;
 
+/// How often a fetcher with nothing to fetch checks again whether the broker has
+/// taken the roles its assignment expects.
+const ROLE_RECHECK: Duration = Duration::from_millis(100);
+
 /// What one leader's fetcher fetches: partition → the leader epoch it follows.
 type Assignment = BTreeMap<TopicPartition, i32>;
 
@@ -142,9 +146,16 @@ async fn run(
             let current = assignment.borrow_and_update().clone();
             let request = fetch_request(&broker, &current, wait_ms, partition_max_bytes);
             let Some(request) = request else {
-                // Nothing to fetch yet: wait for an assignment.
-                if assignment.changed().await.is_err() {
-                    return;
+                // Nothing to fetch yet: wait for a new assignment, or for the broker
+                // to take the roles of the image this one came from (it may lag the
+                // assignment, as at startup, and then nothing else wakes us).
+                tokio::select! {
+                    changed = assignment.changed() => {
+                        if changed.is_err() {
+                            return;
+                        }
+                    }
+                    _ = tokio::time::sleep(ROLE_RECHECK) => {}
                 }
                 continue;
             };
@@ -159,10 +170,10 @@ async fn run(
             for topic in &response.responses {
                 for data in &topic.partitions {
                     let tp = TopicPartition::new(topic.topic.0.as_str(), data.partition_index);
-                    if !current.contains_key(&tp) {
+                    let Some(leader_epoch) = current.get(&tp) else {
                         continue;
-                    }
-                    back_off |= !apply(&broker, &tp, data);
+                    };
+                    back_off |= !apply(&broker, &tp, *leader_epoch, data);
                 }
             }
             if back_off {
@@ -223,16 +234,23 @@ fn fetch_request(
     )
 }
 
-/// Applies one partition of a fetch response; false when the fetcher should
-/// back off (an error, or nothing it could use).
+/// Applies one partition of a fetch response for `leader_epoch`; false when the
+/// fetcher should back off (an error, or nothing it could use).
 fn apply(
     broker: &Broker,
     tp: &TopicPartition,
+    leader_epoch: i32,
     data: &ferry_client::kafka_protocol::messages::fetch_response::PartitionData,
 ) -> bool {
     let Some(partition) = broker.partition(tp) else {
         return false;
     };
+    if partition.is_leader() || partition.leader_epoch() != leader_epoch {
+        // Leadership moved while the fetch was out: what the old leader sent is
+        // not this epoch's log (Kafka drops it too). The next fetch asks the
+        // current leader.
+        return true;
+    }
     if data.error_code != 0 {
         let error = ResponseError::try_from_code(data.error_code);
         tracing::debug!(partition = %tp, ?error, "replica fetch error");

@@ -730,6 +730,13 @@ impl Partition {
     /// is the log end offset at once and after every append, as on one node. The
     /// same leader re-elected (a new epoch or assignment) keeps its followers'
     /// positions. An epoch older than the current one is refused.
+    ///
+    /// A replica just opened has no high watermark of its own (ferry keeps no
+    /// high-watermark checkpoint): its log may end with records the rest of the
+    /// ISR never got, so as leader it starts from its log start offset instead of
+    /// its log end, and ListOffsets answers OFFSET_NOT_AVAILABLE until the ISR's
+    /// fetches bring it to the epoch's start (see
+    /// [`Partition::leader_epoch_start_offset`]).
     pub fn become_leader(
         &self,
         local_id: i32,
@@ -752,14 +759,19 @@ impl Partition {
                 tracker.on_leader_append(leo);
                 tracker.update_assignment(leader_epoch, replicas, isr, now_ms);
             }
-            _ => {
+            previous => {
+                let high_watermark = if just_opened(previous) {
+                    self.log.log_start_offset()
+                } else {
+                    self.high_watermark()
+                };
                 *role = Role::Leader(ReplicaTracker::new(
                     local_id,
                     leader_epoch,
                     replicas,
                     isr,
                     leo,
-                    self.high_watermark(),
+                    high_watermark,
                     now_ms,
                 ));
             }
@@ -788,7 +800,14 @@ impl Partition {
         if leader_epoch < self.leader_epoch() {
             return Err(CoreError::FencedLeaderEpoch);
         }
-        *self.role.lock() = Role::Follower { leader_id };
+        let mut role = self.role.lock();
+        if just_opened(&role) {
+            // No high watermark of its own yet (see `become_leader`): the leader's
+            // fetch responses give it one.
+            self.publish_high_watermark(self.log.log_start_offset());
+        }
+        *role = Role::Follower { leader_id };
+        drop(role);
         self.follower_terms.fetch_add(1, Ordering::AcqRel);
         self.leader_epoch.store(leader_epoch, Ordering::Release);
         drop(state);
@@ -901,6 +920,17 @@ impl Partition {
         drop(role);
         drop(state);
         Ok(leo)
+    }
+
+    /// Leader: where its log ended when its epoch began (Kafka's
+    /// `leaderEpochStartOffsetOpt`); `None` on a follower. A high watermark below
+    /// it has yet to catch up with what the ISR holds, so offsets derived from it
+    /// are not answered (ListOffsets: OFFSET_NOT_AVAILABLE).
+    pub fn leader_epoch_start_offset(&self) -> Option<i64> {
+        match &*self.role.lock() {
+            Role::Leader(tracker) => Some(tracker.leader_epoch_start_offset()),
+            Role::Follower { .. } => None,
+        }
     }
 
     /// Leader: follower `replica_id` fetched from `fetch_offset`. Updates its
@@ -1072,6 +1102,12 @@ impl Partition {
         let (epoch, end_offset) = self.end_offset_for_epoch(last_fetched_epoch);
         (epoch < last_fetched_epoch || end_offset < fetch_offset).then_some((epoch, end_offset))
     }
+}
+
+/// Whether `role` is the one [`Partition::open`] gives: leading a cluster of one
+/// under [`UNKNOWN_REPLICA_ID`], never told its place in the cluster.
+fn just_opened(role: &Role) -> bool {
+    matches!(role, Role::Leader(tracker) if tracker.local_id() == UNKNOWN_REPLICA_ID)
 }
 
 /// Rebuilds the producer state that matches the recovered log: the newest
@@ -1874,5 +1910,45 @@ mod tests {
         assert_eq!(p.end_offset_for_epoch(1), (0, 2));
         assert_eq!(p.end_offset_for_epoch(3), (3, 3));
         assert_eq!(p.end_offset_for_epoch(4), (-1, -1));
+    }
+
+    #[test]
+    fn a_reopened_replica_does_not_take_its_log_end_for_a_high_watermark() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let p = open(dir.path(), config(&[]));
+            p.append(batch(Compression::None, &["a", "b", "c"]), 5_000)
+                .expect("append");
+            p.close().expect("close");
+        }
+        // Alone, as on one node: everything it has is committed.
+        let p = open(dir.path(), config(&[]));
+        assert_eq!(p.high_watermark(), 3);
+        p.become_leader(1, 1, vec![1], vec![1], 6_000)
+            .expect("become leader");
+        assert_eq!(p.high_watermark(), 3);
+        drop(p);
+
+        // With followers, its tail may be records they never got: the high
+        // watermark starts at the log start and waits for their fetches.
+        let p = open(dir.path(), config(&[]));
+        p.become_leader(1, 2, vec![1, 2], vec![1, 2], 6_000)
+            .expect("become leader");
+        assert_eq!(p.high_watermark(), 0);
+        assert_eq!(p.leader_epoch_start_offset(), Some(3));
+        p.record_follower_fetch(2, 2, 6_100).expect("fetch");
+        assert_eq!(p.high_watermark(), 2);
+        p.record_follower_fetch(2, 3, 6_200).expect("fetch");
+        assert_eq!(p.high_watermark(), 3);
+        drop(p);
+
+        // As a follower it takes the leader's high watermark from its fetches.
+        let p = open(dir.path(), config(&[]));
+        p.become_follower(3, 2).expect("become follower");
+        assert_eq!(p.high_watermark(), 0);
+        assert_eq!(p.leader_epoch_start_offset(), None);
+        p.append_as_follower(&[], 2, 6_300)
+            .expect("append as follower");
+        assert_eq!(p.high_watermark(), 2);
     }
 }

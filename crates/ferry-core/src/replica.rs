@@ -187,6 +187,12 @@ impl ReplicaTracker {
         self.leader_epoch
     }
 
+    /// The leader's log end offset when its epoch began. While the high watermark
+    /// is below it, this leader does not know yet how far the ISR got.
+    pub fn leader_epoch_start_offset(&self) -> i64 {
+        self.leader_epoch_start_offset
+    }
+
     pub fn replicas(&self) -> &[i32] {
         &self.replicas
     }

@@ -40,13 +40,16 @@ pub fn free_port() -> u16 {
 pub struct Cluster {
     /// Dropped before the directory, so a failing test still prints their logs.
     pub nodes: BTreeMap<i32, Proc>,
-    /// Taken (and kept on disk) by a failing test when `FERRY_KEEP_TEST_DIRS` is set.
+    /// Kept on disk (data and broker logs) after a failing test when
+    /// `FERRY_KEEP_TEST_DIRS` is set, after any test when it is `always`.
     dir: Option<tempfile::TempDir>,
 }
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        if std::thread::panicking() && std::env::var_os("FERRY_KEEP_TEST_DIRS").is_some() {
+        let keep = std::env::var("FERRY_KEEP_TEST_DIRS")
+            .is_ok_and(|v| v == "always" || std::thread::panicking());
+        if keep {
             if let Some(dir) = self.dir.take() {
                 eprintln!("--- cluster data kept in {} ---", dir.keep().display());
             }
@@ -73,21 +76,33 @@ impl Cluster {
             .map(|id| format!("{id}@127.0.0.1:{}", controller[&id]))
             .collect::<Vec<_>>()
             .join(",");
-        let mut nodes = BTreeMap::new();
-        for id in 1..=3 {
-            let mut args: Vec<String> = vec![
-                "--node-id".into(),
-                id.to_string(),
-                "--controller-voters".into(),
-                voter_list.clone(),
-                "--controller-addr".into(),
-                format!("127.0.0.1:{}", controller[&id]),
-            ];
-            args.extend(FAST.iter().map(|s| s.to_string()));
-            let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            let data = dir.path().join(format!("node{id}"));
-            nodes.insert(id, Proc::start(&data, "127.0.0.1:0", &args));
-        }
+        // Started together, as an operator would: a node reports that it listens
+        // once it has caught up with the metadata quorum, which needs a majority
+        // of the voters up.
+        let nodes: BTreeMap<i32, Proc> = std::thread::scope(|scope| {
+            let starting: Vec<_> = (1..=3)
+                .map(|id| {
+                    let mut args: Vec<String> = vec![
+                        "--node-id".into(),
+                        id.to_string(),
+                        "--controller-voters".into(),
+                        voter_list.clone(),
+                        "--controller-addr".into(),
+                        format!("127.0.0.1:{}", controller[&id]),
+                    ];
+                    args.extend(FAST.iter().map(|s| s.to_string()));
+                    let data = dir.path().join(format!("node{id}"));
+                    scope.spawn(move || {
+                        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                        (id, Proc::start(&data, "127.0.0.1:0", &args))
+                    })
+                })
+                .collect();
+            starting
+                .into_iter()
+                .map(|s| s.join().expect("start a node"))
+                .collect()
+        });
         let cluster = Cluster {
             dir: Some(dir),
             nodes,
