@@ -303,7 +303,14 @@ impl ClusterLink for QuorumLink {
             };
             // A confirmed change arrives with the metadata image.
             match quorum.call_leader(request).await {
-                Ok(ControllerResponse::AlterPartition { .. }) => {}
+                // The confirmation; the image that carries it (if the ISR changed)
+                // says the same.
+                Ok(ControllerResponse::AlterPartition { leader_epoch, isr }) => {
+                    if let Err(e) = partition.set_isr(leader_epoch, isr) {
+                        tracing::debug!(error = %e, partition = %partition.tp, "an ISR confirmation for an epoch that moved on");
+                        partition.abort_isr_change();
+                    }
+                }
                 Ok(ControllerResponse::Rejected { reason }) => {
                     tracing::info!(%reason, partition = %partition.tp, "the controller refused an ISR change");
                     partition.abort_isr_change();

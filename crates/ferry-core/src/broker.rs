@@ -695,6 +695,10 @@ impl Broker {
             .topic(&new.name)
             .cloned()
             .ok_or(CoreError::UnknownTopicOrPartition)?;
+        if topic.topic_id != topic_id {
+            // Another node created the name first; its records won.
+            return Err(CoreError::TopicAlreadyExists(new.name));
+        }
         tracing::info!(topic = %topic.name, partitions = topic.partitions.len(), "created topic");
         Ok(topic)
     }

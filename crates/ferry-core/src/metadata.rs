@@ -178,6 +178,11 @@ impl MetadataImage {
                 topic_id,
                 configs,
             } => {
+                // Two nodes may create the same name at once (an auto-creation
+                // racing an explicit one): the first committed wins everywhere.
+                if self.topics.contains_key(name) || self.topic_names.contains_key(topic_id) {
+                    return;
+                }
                 self.topic_names.insert(*topic_id, name.clone());
                 self.topics.insert(
                     name.clone(),
@@ -214,7 +219,8 @@ impl MetadataImage {
                         .iter_mut()
                         .find(|x| x.partition == *partition)
                     {
-                        Some(existing) => *existing = p,
+                        // A partition is created once; later changes are PartitionChanged.
+                        Some(_) => {}
                         None => {
                             topic.partitions.push(p);
                             topic.partitions.sort_by_key(|x| x.partition);
@@ -397,6 +403,33 @@ pub type SharedImage = Arc<MetadataImage>;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_first_creation_of_a_name_wins_when_two_race() {
+        let mut image = MetadataImage::default();
+        let (first, second) = (Uuid::new_v4(), Uuid::new_v4());
+        for (id, partitions) in [(first, 3), (second, 1)] {
+            image.apply(&MetadataRecord::TopicCreated {
+                name: "race".into(),
+                topic_id: id,
+                configs: BTreeMap::new(),
+            });
+            for p in 0..partitions {
+                image.apply(&MetadataRecord::PartitionCreated {
+                    topic_id: id,
+                    partition: p,
+                    replicas: vec![1],
+                    isr: vec![1],
+                    leader: 1,
+                    leader_epoch: 0,
+                });
+            }
+        }
+        let topic = image.topic("race").expect("topic");
+        assert_eq!((topic.topic_id, topic.partitions.len()), (first, 3));
+        assert!(image.topic_by_id(&second).is_none());
+        assert_eq!(image.offset, 6, "every record counts, applied or not");
+    }
 
     #[test]
     fn records_survive_reopen_and_a_torn_tail_is_dropped() {

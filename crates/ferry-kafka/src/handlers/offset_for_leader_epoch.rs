@@ -33,6 +33,8 @@ pub async fn handle(
     if version >= 3 && req.replica_id.0 >= 0 {
         tracing::debug!(peer = %ctx.peer, replica_id = req.replica_id.0, "OffsetForLeaderEpoch from a follower");
     }
+    // Only the leader answers, except to Kafka's debugging tools (replica id -2).
+    let debug = version >= 3 && req.replica_id.0 == -2;
     let topics = req
         .topics
         .into_iter()
@@ -41,7 +43,7 @@ pub async fn handle(
             let partitions = topic
                 .partitions
                 .iter()
-                .map(|p| end_offset(broker, &name, p))
+                .map(|p| end_offset(broker, &name, p, debug))
                 .collect();
             OffsetForLeaderTopicResult::default()
                 .with_topic(topic.topic)
@@ -51,7 +53,12 @@ pub async fn handle(
     OffsetForLeaderEpochResponse::default().with_topics(topics)
 }
 
-fn end_offset(broker: &Broker, topic: &str, p: &OffsetForLeaderPartition) -> EpochEndOffset {
+fn end_offset(
+    broker: &Broker,
+    topic: &str,
+    p: &OffsetForLeaderPartition,
+    debug: bool,
+) -> EpochEndOffset {
     let result = EpochEndOffset::default()
         .with_partition(p.partition)
         .with_leader_epoch(-1)
@@ -74,6 +81,9 @@ fn end_offset(broker: &Broker, topic: &str, p: &OffsetForLeaderPartition) -> Epo
     };
     if let Err(e) = check_current_epoch(p.current_leader_epoch, partition.leader_epoch()) {
         return result.with_error_code(e.code());
+    }
+    if !partition.is_leader() && !debug {
+        return result.with_error_code(ResponseError::NotLeaderOrFollower.code());
     }
     let (leader_epoch, end_offset) = partition.end_offset_for_epoch(p.leader_epoch);
     result
