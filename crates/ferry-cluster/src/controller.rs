@@ -5,10 +5,14 @@
 //!  leader ──AlterPartition──► Controller ──────┼─► PartitionChanged (new ISR)
 //!  tick (leader only) ──────► session expired ─┴─► BrokerFenced + PartitionChanged
 //!                                                   (new leader from the ISR, epoch + 1)
+//!  tick, every leader.imbalance.check.interval ──► PartitionChanged (preferred leads again)
+//!  admin ──ElectLeaders──────────────────────────► PartitionChanged (preferred / unclean)
 //! ```
 //!
 //! Decisions read the committed image and are written back as metadata records,
-//! so every node sees the same history. Heartbeat times live only in the active
+//! so every node sees the same history. One decision at a time: each reads the
+//! image the previous one committed, so a leader move cannot write back an ISR
+//! that an AlterPartition changed meanwhile. Heartbeat times live only in the active
 //! controller's memory: a newly elected controller gives every broker a full
 //! session before fencing it, as KRaft does.
 
@@ -16,6 +20,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
+use ferry_core::cluster::{ElectError, ELECTION_PREFERRED, ELECTION_UNCLEAN};
 use ferry_core::metadata::{MetadataImage, MetadataRecord, PartitionMetadata};
 use parking_lot::Mutex;
 
@@ -31,12 +36,26 @@ pub struct BrokerRegistration {
     pub rack: Option<String>,
 }
 
+/// Automatic leader rebalancing (`auto.leader.rebalance.enable`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LeaderRebalance {
+    /// `leader.imbalance.check.interval.seconds`.
+    pub check_interval: Duration,
+    /// `leader.imbalance.per.broker.percentage`: the share of a broker's
+    /// preferred partitions that others may lead before they move back.
+    pub imbalance_percentage: i64,
+}
+
 pub struct Controller {
     quorum: Weak<MetadataQuorum>,
     session_timeout: Duration,
     /// The broker setting `unclean.leader.election.enable` (topics may override it).
     unclean_election: bool,
+    /// `None` when `auto.leader.rebalance.enable` is false.
+    rebalance: Option<LeaderRebalance>,
     state: Mutex<ControllerState>,
+    /// Held from reading the image to committing the records decided from it.
+    decisions: tokio::sync::Mutex<()>,
 }
 
 #[derive(Default)]
@@ -45,6 +64,9 @@ struct ControllerState {
     last_heartbeat: HashMap<i32, Instant>,
     /// When this node last became the active controller (None: it is not).
     active_since: Option<Instant>,
+    /// When leader imbalance was last checked (the first check comes one
+    /// interval after this node became the active controller).
+    last_rebalance_check: Option<Instant>,
 }
 
 impl Controller {
@@ -52,12 +74,15 @@ impl Controller {
         quorum: &Arc<MetadataQuorum>,
         session_timeout: Duration,
         unclean_election: bool,
+        rebalance: Option<LeaderRebalance>,
     ) -> Arc<Controller> {
         Arc::new(Controller {
             quorum: Arc::downgrade(quorum),
             session_timeout,
             unclean_election,
+            rebalance,
             state: Mutex::new(ControllerState::default()),
+            decisions: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -65,20 +90,31 @@ impl Controller {
         self.quorum.upgrade()
     }
 
-    /// Fences brokers whose session expired, moving their leaderships. Called
-    /// periodically on every voter; does nothing unless this node leads.
+    /// Fences brokers whose session expired, moving their leaderships, and
+    /// every `leader.imbalance.check.interval.seconds` moves leaderships back to
+    /// preferred replicas. Called periodically on every voter; does nothing
+    /// unless this node leads.
     pub async fn tick(&self) {
         let Some(quorum) = self.quorum() else { return };
         let now = Instant::now();
-        let expired: Vec<i32> = {
+        let (expired, rebalance_due): (Vec<i32>, bool) = {
             let mut state = self.state.lock();
             if !quorum.is_leader() {
                 state.active_since = None;
+                state.last_rebalance_check = None;
                 return;
             }
             let since = *state.active_since.get_or_insert(now);
+            let rebalance_due = self.rebalance.is_some_and(|r| {
+                let last = state.last_rebalance_check.get_or_insert(now);
+                let due = now.duration_since(*last) >= r.check_interval;
+                if due {
+                    *last = now;
+                }
+                due
+            });
             let image = quorum.image();
-            image
+            let expired = image
                 .live_brokers()
                 .map(|b| b.node_id)
                 .filter(|id| {
@@ -90,9 +126,11 @@ impl Controller {
                         .max(since);
                     now.duration_since(heard) > self.session_timeout
                 })
-                .collect()
+                .collect();
+            (expired, rebalance_due)
         };
         for node_id in expired {
+            let _decision = self.decisions.lock().await;
             let records = fence_broker(&quorum.image(), node_id, self.unclean_election);
             tracing::warn!(
                 node_id,
@@ -102,6 +140,55 @@ impl Controller {
             if let Err(e) = quorum.propose(records).await {
                 tracing::warn!(node_id, error = %e, "could not fence a broker");
             }
+        }
+        if let (true, Some(rebalance)) = (rebalance_due, self.rebalance) {
+            let _decision = self.decisions.lock().await;
+            let records = preferred_leader_moves(&quorum.image(), rebalance.imbalance_percentage);
+            if !records.is_empty() {
+                tracing::info!(
+                    moves = records.len(),
+                    "moving leaderships back to preferred replicas"
+                );
+                if let Err(e) = quorum.propose(records).await {
+                    tracing::warn!(error = %e, "could not rebalance leaders");
+                }
+            }
+        }
+    }
+
+    /// ElectLeaders: elects, commits the new leaders, and answers per partition.
+    async fn elect_leaders(
+        &self,
+        election_type: i8,
+        partitions: Option<Vec<(String, i32)>>,
+    ) -> ControllerResponse {
+        let Some(quorum) = self.quorum() else {
+            return rejected("the controller is stopping");
+        };
+        if election_type != ELECTION_PREFERRED && election_type != ELECTION_UNCLEAN {
+            return rejected(&format!("unknown election type {election_type}"));
+        }
+        let _decision = self.decisions.lock().await;
+        let elections = elect_leaders(&quorum.image(), election_type, partitions.as_deref());
+        let records: Vec<MetadataRecord> = elections
+            .iter()
+            .filter_map(|(_, _, r)| r.as_ref().ok().cloned())
+            .collect();
+        if !records.is_empty() {
+            tracing::info!(
+                election_type,
+                moves = records.len(),
+                "electing leaders on request"
+            );
+            if let Err(e) = quorum.propose(records).await {
+                return rejected(&format!("could not commit the new leaders: {e}"));
+            }
+        }
+        ControllerResponse::ElectLeaders {
+            results: elections
+                .into_iter()
+                .map(|(topic, partition, r)| (topic, partition, r.map(drop)))
+                .collect(),
         }
     }
 
@@ -117,6 +204,7 @@ impl Controller {
             .lock()
             .last_heartbeat
             .insert(node_id, Instant::now());
+        let _decision = self.decisions.lock().await;
         let image = quorum.image();
         let mut records = Vec::new();
         if let Some(r) = registration {
@@ -158,6 +246,7 @@ impl Controller {
         let Some(quorum) = self.quorum() else {
             return rejected("the controller is stopping");
         };
+        let _decision = self.decisions.lock().await;
         let image = quorum.image();
         let Some(current) = image
             .topic_by_id(&topic_id)
@@ -220,6 +309,10 @@ impl ControllerHandler for Controller {
                     self.alter_partition(topic_id, partition, leader_epoch, new_isr)
                         .await
                 }
+                ControllerRequest::ElectLeaders {
+                    election_type,
+                    partitions,
+                } => self.elect_leaders(election_type, partitions).await,
             }
         })
     }
@@ -303,6 +396,150 @@ fn elect_for_returning_broker(image: &MetadataImage, node_id: i32) -> Vec<Metada
         }
     }
     records
+}
+
+/// Whether broker `id` may lead: registered and not fenced.
+fn is_live(image: &MetadataImage, id: i32) -> bool {
+    image.brokers.contains_key(&id) && !image.fenced_brokers.contains(&id)
+}
+
+/// The record that gives `p` back to its preferred replica (the first
+/// assigned) with a new epoch and the same ISR, or why it cannot.
+fn elect_preferred(
+    image: &MetadataImage,
+    topic_id: uuid::Uuid,
+    p: &PartitionMetadata,
+) -> Result<MetadataRecord, ElectError> {
+    let Some(&preferred) = p.replicas.first() else {
+        return Err(ElectError::PreferredLeaderNotAvailable);
+    };
+    if p.leader == preferred {
+        return Err(ElectError::ElectionNotNeeded);
+    }
+    if !is_live(image, preferred) || !p.isr.contains(&preferred) {
+        return Err(ElectError::PreferredLeaderNotAvailable);
+    }
+    Ok(changed(
+        topic_id,
+        p,
+        preferred,
+        p.isr.clone(),
+        p.leader_epoch + 1,
+    ))
+}
+
+/// The record that gives leaderless `p` a leader: a live in-sync replica if
+/// there is one, else (unclean: what it lacks is lost) the first live replica,
+/// which becomes the whole ISR.
+fn elect_unclean(
+    image: &MetadataImage,
+    topic_id: uuid::Uuid,
+    p: &PartitionMetadata,
+) -> Result<MetadataRecord, ElectError> {
+    if p.leader >= 0 {
+        return Err(ElectError::ElectionNotNeeded);
+    }
+    let live = |id: &i32| is_live(image, *id);
+    if let Some(next) = p.isr.iter().copied().find(live) {
+        return Ok(changed(
+            topic_id,
+            p,
+            next,
+            p.isr.clone(),
+            p.leader_epoch + 1,
+        ));
+    }
+    let next = p
+        .replicas
+        .iter()
+        .copied()
+        .find(live)
+        .ok_or(ElectError::EligibleLeadersNotAvailable)?;
+    Ok(changed(topic_id, p, next, vec![next], p.leader_epoch + 1))
+}
+
+/// ElectLeaders on `image`: per (topic, partition), the record that elects its
+/// new leader, or why there is none. `None` elects for every partition;
+/// a partition asked for twice is answered once.
+pub fn elect_leaders(
+    image: &MetadataImage,
+    election_type: i8,
+    partitions: Option<&[(String, i32)]>,
+) -> Vec<(String, i32, Result<MetadataRecord, ElectError>)> {
+    let elect = |topic: &ferry_core::metadata::TopicMetadata, p: &PartitionMetadata| {
+        if election_type == ELECTION_UNCLEAN {
+            elect_unclean(image, topic.topic_id, p)
+        } else {
+            elect_preferred(image, topic.topic_id, p)
+        }
+    };
+    match partitions {
+        None => image
+            .topics
+            .values()
+            .flat_map(|t| {
+                t.partitions
+                    .iter()
+                    .map(move |p| (t.name.clone(), p.partition, elect(t, p)))
+            })
+            .collect(),
+        Some(asked) => {
+            let asked: std::collections::BTreeSet<&(String, i32)> = asked.iter().collect();
+            asked
+                .into_iter()
+                .map(|(topic, partition)| {
+                    let found = image.topic(topic).and_then(|t| {
+                        t.partitions
+                            .iter()
+                            .find(|p| p.partition == *partition)
+                            .map(|p| (t, p))
+                    });
+                    let result = match found {
+                        Some((t, p)) => elect(t, p),
+                        None => Err(ElectError::UnknownTopicOrPartition),
+                    };
+                    (topic.clone(), *partition, result)
+                })
+                .collect()
+        }
+    }
+}
+
+/// Automatic leader rebalancing: for each broker that leads fewer of its
+/// preferred partitions (those it is the first replica of) than it should, by
+/// more than `imbalance_percentage` percent of them, the records that give
+/// each such partition back to it where it is live and in sync.
+pub fn preferred_leader_moves(
+    image: &MetadataImage,
+    imbalance_percentage: i64,
+) -> Vec<MetadataRecord> {
+    // preferred replica → (its partitions, those another replica leads)
+    let mut by_preferred: HashMap<i32, (i64, Vec<MetadataRecord>)> = HashMap::new();
+    let mut not_led: HashMap<i32, i64> = HashMap::new();
+    for topic in image.topics.values() {
+        for p in &topic.partitions {
+            let Some(&preferred) = p.replicas.first() else {
+                continue;
+            };
+            let entry = by_preferred.entry(preferred).or_default();
+            entry.0 += 1;
+            if p.leader != preferred {
+                *not_led.entry(preferred).or_default() += 1;
+                if let Ok(record) = elect_preferred(image, topic.topic_id, p) {
+                    entry.1.push(record);
+                }
+            }
+        }
+    }
+    let mut brokers: Vec<(i32, (i64, Vec<MetadataRecord>))> = by_preferred.into_iter().collect();
+    brokers.sort_by_key(|(id, _)| *id);
+    brokers
+        .into_iter()
+        .filter(|(id, (total, _))| {
+            not_led.get(id).copied().unwrap_or(0) * 100 > imbalance_percentage * total
+        })
+        .flat_map(|(_, (_, moves))| moves)
+        .collect()
 }
 
 fn changed(
@@ -422,5 +659,153 @@ mod tests {
         }
         let p = partition(&unclean);
         assert_eq!((p.leader, p.isr.clone()), (2, vec![2]));
+    }
+
+    /// Topic "t" on brokers 1..=3 with partitions (replicas, leader, isr).
+    fn image_with(partitions: &[(&[i32], i32, &[i32])]) -> MetadataImage {
+        let mut image = MetadataImage::default();
+        for id in 1..=3 {
+            image.apply(&MetadataRecord::BrokerRegistered {
+                node_id: id,
+                host: "127.0.0.1".into(),
+                port: 9000 + id,
+                rack: None,
+            });
+        }
+        let topic_id = uuid::Uuid::new_v4();
+        image.apply(&MetadataRecord::TopicCreated {
+            name: "t".into(),
+            topic_id,
+            configs: BTreeMap::new(),
+        });
+        for (i, (replicas, leader, isr)) in partitions.iter().enumerate() {
+            image.apply(&MetadataRecord::PartitionCreated {
+                topic_id,
+                partition: i as i32,
+                replicas: replicas.to_vec(),
+                isr: isr.to_vec(),
+                leader: *leader,
+                leader_epoch: 5,
+            });
+        }
+        image
+    }
+
+    /// (partition, leader, isr, leader_epoch) of each PartitionChanged.
+    fn moves(records: &[MetadataRecord]) -> Vec<(i32, i32, Vec<i32>, i32)> {
+        records
+            .iter()
+            .map(|r| match r {
+                MetadataRecord::PartitionChanged {
+                    partition,
+                    leader,
+                    isr,
+                    leader_epoch,
+                    ..
+                } => (*partition, *leader, isr.clone(), *leader_epoch),
+                other => panic!("not a leader change: {other:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn rebalancing_gives_partitions_back_to_live_in_sync_preferred_replicas() {
+        let image = image_with(&[
+            (&[1, 2, 3], 2, &[1, 2, 3]),
+            (&[2, 3, 1], 2, &[1, 2, 3]),
+            (&[3, 1, 2], 1, &[1, 2, 3]),
+        ]);
+        assert_eq!(
+            moves(&preferred_leader_moves(&image, 10)),
+            vec![(0, 1, vec![1, 2, 3], 6), (2, 3, vec![1, 2, 3], 6)]
+        );
+    }
+
+    #[test]
+    fn rebalancing_waits_for_the_preferred_replica_to_be_live_and_in_sync() {
+        let mut image = image_with(&[(&[1, 2, 3], 2, &[2, 3]), (&[2, 3, 1], 3, &[1, 2, 3])]);
+        // 1 is out of the ISR of partition 0; 2 is fenced.
+        image.apply(&MetadataRecord::BrokerFenced { node_id: 2 });
+        assert!(preferred_leader_moves(&image, 0).is_empty());
+        image.apply(&MetadataRecord::BrokerUnfenced { node_id: 2 });
+        assert_eq!(
+            moves(&preferred_leader_moves(&image, 0)),
+            vec![(1, 2, vec![1, 2, 3], 6)]
+        );
+    }
+
+    #[test]
+    fn rebalancing_leaves_a_broker_whose_imbalance_is_within_the_percentage() {
+        // Broker 1 is preferred for four partitions and leads three: 25 %.
+        let image = image_with(&[
+            (&[1, 2, 3], 1, &[1, 2, 3]),
+            (&[1, 2, 3], 1, &[1, 2, 3]),
+            (&[1, 2, 3], 1, &[1, 2, 3]),
+            (&[1, 2, 3], 2, &[1, 2, 3]),
+        ]);
+        assert!(preferred_leader_moves(&image, 25).is_empty());
+        assert_eq!(
+            moves(&preferred_leader_moves(&image, 24)),
+            vec![(3, 1, vec![1, 2, 3], 6)]
+        );
+    }
+
+    fn errors(
+        results: &[(String, i32, Result<MetadataRecord, ElectError>)],
+    ) -> Vec<(i32, Option<ElectError>)> {
+        results
+            .iter()
+            .map(|(_, p, r)| (*p, r.as_ref().err().copied()))
+            .collect()
+    }
+
+    #[test]
+    fn a_preferred_election_answers_per_partition() {
+        let image = image_with(&[
+            (&[1, 2, 3], 2, &[1, 2, 3]),
+            (&[2, 3, 1], 2, &[1, 2, 3]),
+            (&[3, 1, 2], 1, &[1, 2]),
+        ]);
+        let asked: Vec<(String, i32)> = [("t", 0), ("t", 1), ("t", 2), ("t", 9), ("u", 0)]
+            .iter()
+            .map(|(t, p)| (t.to_string(), *p))
+            .collect();
+        let results = elect_leaders(&image, ELECTION_PREFERRED, Some(&asked));
+        assert_eq!(
+            errors(&results),
+            vec![
+                (0, None),
+                (1, Some(ElectError::ElectionNotNeeded)),
+                (2, Some(ElectError::PreferredLeaderNotAvailable)),
+                (9, Some(ElectError::UnknownTopicOrPartition)),
+                (0, Some(ElectError::UnknownTopicOrPartition)),
+            ]
+        );
+        let elected: Vec<MetadataRecord> =
+            results.into_iter().filter_map(|(_, _, r)| r.ok()).collect();
+        assert_eq!(moves(&elected), vec![(0, 1, vec![1, 2, 3], 6)]);
+        // Every partition when none is named.
+        assert_eq!(elect_leaders(&image, ELECTION_PREFERRED, None).len(), 3);
+    }
+
+    #[test]
+    fn an_unclean_election_gives_a_leaderless_partition_a_live_replica() {
+        let mut image = image_with(&[(&[1, 2, 3], -1, &[1]), (&[2, 3, 1], 2, &[2, 3])]);
+        image.apply(&MetadataRecord::BrokerFenced { node_id: 1 });
+        let results = elect_leaders(&image, ELECTION_UNCLEAN, None);
+        assert_eq!(
+            errors(&results),
+            vec![(0, None), (1, Some(ElectError::ElectionNotNeeded))]
+        );
+        let elected: Vec<MetadataRecord> =
+            results.into_iter().filter_map(|(_, _, r)| r.ok()).collect();
+        assert_eq!(moves(&elected), vec![(0, 2, vec![2], 6)]);
+        for id in [2, 3] {
+            image.apply(&MetadataRecord::BrokerFenced { node_id: id });
+        }
+        assert_eq!(
+            errors(&elect_leaders(&image, ELECTION_UNCLEAN, None))[0],
+            (0, Some(ElectError::EligibleLeadersNotAvailable))
+        );
     }
 }

@@ -13,14 +13,14 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use ferry_core::cluster::{ClusterLink, MarkersFuture, MetadataStore};
+use ferry_core::cluster::{ClusterLink, ElectFuture, MarkersFuture, MetadataStore};
 use ferry_core::metadata::{MetadataImage, MetadataRecord};
 use ferry_core::{Broker, BrokerOptions, Clock, CoreError, Partition, TopicPartition};
 use tokio::runtime::Handle;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::controller::{BrokerRegistration, Controller};
+use crate::controller::{BrokerRegistration, Controller, LeaderRebalance};
 use crate::fetcher::ReplicaFetchers;
 use crate::types::{ControllerRequest, ControllerResponse};
 use crate::{MetadataQuorum, QuorumConfig, QuorumError};
@@ -67,10 +67,23 @@ impl ClusterNode {
             Duration::from_millis(static_config.long("broker.session.timeout.ms").max(1) as u64);
         let heartbeat_interval =
             Duration::from_millis(static_config.long("broker.heartbeat.interval.ms").max(1) as u64);
+        let rebalance =
+            static_config
+                .bool("auto.leader.rebalance.enable")
+                .then(|| LeaderRebalance {
+                    check_interval: Duration::from_secs(
+                        static_config
+                            .long("leader.imbalance.check.interval.seconds")
+                            .max(1) as u64,
+                    ),
+                    imbalance_percentage: static_config
+                        .long("leader.imbalance.per.broker.percentage"),
+                });
         let controller = Controller::new(
             &quorum,
             session_timeout,
             static_config.bool("unclean.leader.election.enable"),
+            rebalance,
         );
         quorum.set_handler(controller.clone());
 
@@ -258,7 +271,7 @@ impl MetadataStore for QuorumStore {
     }
 }
 
-/// ISR changes go to the active controller.
+/// ISR changes and leader elections go to the active controller.
 struct QuorumLink {
     quorum: Weak<MetadataQuorum>,
 }
@@ -286,6 +299,46 @@ impl ClusterLink for QuorumLink {
         Box::pin(async move {
             let addr = addr.ok_or(CoreError::NotLeaderOrFollower)?;
             crate::markers::write(&addr, producer_id, producer_epoch, commit, partitions).await
+        })
+    }
+
+    fn elect_leaders(
+        &self,
+        election_type: i8,
+        partitions: Option<Vec<TopicPartition>>,
+    ) -> ElectFuture {
+        use ferry_core::cluster::{ELECTION_PREFERRED, ELECTION_UNCLEAN};
+        let quorum = self.quorum.clone();
+        Box::pin(async move {
+            if election_type != ELECTION_PREFERRED && election_type != ELECTION_UNCLEAN {
+                return Err(CoreError::InvalidRequest(format!(
+                    "unknown election type {election_type}"
+                )));
+            }
+            let quorum = quorum.upgrade().ok_or(CoreError::ShuttingDown)?;
+            let request = ControllerRequest::ElectLeaders {
+                election_type,
+                partitions: partitions
+                    .map(|ps| ps.into_iter().map(|tp| (tp.topic, tp.partition)).collect()),
+            };
+            match quorum.call_leader(request).await {
+                Ok(ControllerResponse::ElectLeaders { results }) => Ok(results
+                    .into_iter()
+                    .map(|(topic, partition, r)| (TopicPartition::new(topic, partition), r))
+                    .collect()),
+                // The election type is checked above: the controller is
+                // stopping or could not commit the new leaders.
+                Ok(ControllerResponse::Rejected { reason }) => {
+                    tracing::warn!(%reason, "the controller did not elect leaders");
+                    Err(CoreError::RequestTimedOut)
+                }
+                Ok(other) => Err(CoreError::Storage(format!(
+                    "unexpected answer to a leader election: {other:?}"
+                ))),
+                Err(QuorumError::Timeout(_)) => Err(CoreError::RequestTimedOut),
+                Err(QuorumError::Shutdown) => Err(CoreError::ShuttingDown),
+                Err(e) => Err(CoreError::Storage(format!("metadata quorum: {e}"))),
+            }
         })
     }
 

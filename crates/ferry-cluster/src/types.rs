@@ -82,6 +82,12 @@ pub enum ControllerRequest {
         leader_epoch: i32,
         new_isr: Vec<i32>,
     },
+    /// An admin asks for leader elections (Kafka's ElectLeaders): `election_type`
+    /// 0 preferred, 1 unclean; `partitions` (topic, partition) or `None` for all.
+    ElectLeaders {
+        election_type: i8,
+        partitions: Option<Vec<(String, i32)>>,
+    },
 }
 
 /// The leader's answer to a [`ControllerRequest`].
@@ -93,6 +99,10 @@ pub enum ControllerResponse {
     },
     /// The partition's state after the request (changed or not).
     AlterPartition { leader_epoch: i32, isr: Vec<i32> },
+    /// Per partition (topic, partition): elected (committed), or why not.
+    ElectLeaders {
+        results: Vec<(String, i32, Result<(), ferry_core::cluster::ElectError>)>,
+    },
     /// The controller refused the request (stale epoch, unknown partition, …).
     Rejected { reason: String },
 }

@@ -195,6 +195,9 @@ impl ControllerHandler for EchoHandler {
                     leader_epoch,
                     isr: new_isr,
                 },
+                ControllerRequest::ElectLeaders { .. } => {
+                    ControllerResponse::ElectLeaders { results: vec![] }
+                }
             }
             .with_node(node)
         })

@@ -400,6 +400,43 @@ impl Broker {
         }
     }
 
+    /// Leader elections by the active controller (ElectLeaders); `None` for
+    /// every partition. On one node every partition has its only leader already.
+    pub async fn elect_leaders(
+        &self,
+        election_type: i8,
+        partitions: Option<Vec<TopicPartition>>,
+    ) -> Result<crate::cluster::ElectResults, CoreError> {
+        if let Some(link) = self.cluster_link.get() {
+            return link.elect_leaders(election_type, partitions).await;
+        }
+        let image = self.image();
+        let exists = |tp: &TopicPartition| {
+            image
+                .topic(&tp.topic)
+                .is_some_and(|t| t.partitions.iter().any(|p| p.partition == tp.partition))
+        };
+        let partitions = partitions.unwrap_or_else(|| {
+            let all = image.topics.values().flat_map(|t| {
+                t.partitions
+                    .iter()
+                    .map(|p| TopicPartition::new(t.name.clone(), p.partition))
+            });
+            all.collect()
+        });
+        Ok(partitions
+            .into_iter()
+            .map(|tp| {
+                let e = if exists(&tp) {
+                    crate::cluster::ElectError::ElectionNotNeeded
+                } else {
+                    crate::cluster::ElectError::UnknownTopicOrPartition
+                };
+                (tp, Err(e))
+            })
+            .collect())
+    }
+
     /// Sends a leader's ISR change to the controller; on one node there is no
     /// controller and no follower, so the change is dropped.
     pub fn propose_isr(&self, partition: &Arc<Partition>, isr: Vec<i32>) {

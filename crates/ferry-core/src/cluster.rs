@@ -6,6 +6,7 @@
 //!     ▲                                       └─ cluster: the Raft quorum (ferry-cluster)
 //!     └──apply_image(image)◄── every committed image, on every node
 //!  Broker ──alter_isr(...)───► ClusterLink ── the active controller
+//!         ──elect_leaders(...)─►
 //! ```
 
 use std::sync::Arc;
@@ -67,9 +68,33 @@ impl MetadataStore for LocalMetadataStore {
 pub type MarkersFuture =
     std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), CoreError>> + Send>>;
 
+/// Why a leader election (Kafka's ElectLeaders) left a partition as it was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum ElectError {
+    /// The partition already has the leader the election would choose
+    /// (preferred: the preferred replica leads; unclean: it has a leader).
+    ElectionNotNeeded,
+    /// The preferred replica is fenced, unregistered or out of the ISR.
+    PreferredLeaderNotAvailable,
+    /// No live replica can lead the leaderless partition.
+    EligibleLeadersNotAvailable,
+    UnknownTopicOrPartition,
+}
+
+/// Kafka's election types (ElectLeaders' `election_type`).
+pub const ELECTION_PREFERRED: i8 = 0;
+pub const ELECTION_UNCLEAN: i8 = 1;
+
+/// The outcome of a leader election per partition.
+pub type ElectResults = Vec<(crate::TopicPartition, Result<(), ElectError>)>;
+
+/// A leader election by the active controller.
+pub type ElectFuture =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<ElectResults, CoreError>> + Send>>;
+
 /// What a broker of a cluster asks of the other nodes: ISR changes of the
 /// active controller (fire and forget: the outcome arrives as a metadata
-/// change), and transaction markers of partition leaders.
+/// change), leader elections, and transaction markers of partition leaders.
 pub trait ClusterLink: Send + Sync {
     /// Asks for `isr` to become the in-sync replicas of `partition`, which this
     /// broker leads in `leader_epoch` (Kafka's AlterPartition). A refused or
@@ -89,6 +114,18 @@ pub trait ClusterLink: Send + Sync {
         commit: bool,
         partitions: Vec<crate::TopicPartition>,
     ) -> MarkersFuture;
+
+    /// Has the active controller elect leaders (Kafka's ElectLeaders):
+    /// [`ELECTION_PREFERRED`] moves leadership to the preferred replica (the
+    /// first assigned) when it is live and in sync; [`ELECTION_UNCLEAN`] gives a
+    /// leaderless partition any live replica. `None` elects for every
+    /// partition. Answers once the new leaders are committed; another election
+    /// type is an [`CoreError::InvalidRequest`].
+    fn elect_leaders(
+        &self,
+        election_type: i8,
+        partitions: Option<Vec<crate::TopicPartition>>,
+    ) -> ElectFuture;
 }
 
 /// Longest an internal topic's append waits for the in-sync replicas.

@@ -97,6 +97,7 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DescribeTransactions, 0, 0),
     (ApiKey::ListTransactions, 0, 1),
     (ApiKey::WriteTxnMarkers, 1, 1),
+    (ApiKey::ElectLeaders, 0, 2),
 ];
 
 /// The version range ferry implements for `key`.
@@ -218,6 +219,7 @@ pub async fn handle(ctx: RequestContext, parsed: ParsedHeader, mut body: Bytes) 
         DescribeTransactions => DescribeTransactionsRequest => handlers::describe_transactions::handle,
         ListTransactions => ListTransactionsRequest => handlers::list_transactions::handle,
         WriteTxnMarkers => WriteTxnMarkersRequest => handlers::write_txn_markers::handle,
+        ElectLeaders => ElectLeadersRequest => handlers::elect_leaders::handle,
     })
 }
 
@@ -281,6 +283,7 @@ pub fn decode_request(api_key: ApiKey, version: i16, body: &mut Bytes) -> anyhow
         DescribeTransactions => DescribeTransactionsRequest,
         ListTransactions => ListTransactionsRequest,
         WriteTxnMarkers => WriteTxnMarkersRequest,
+        ElectLeaders => ElectLeadersRequest,
     )
 }
 

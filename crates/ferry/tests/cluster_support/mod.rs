@@ -63,6 +63,11 @@ impl Cluster {
     /// controller ports, which every voter must know up front, are picked while
     /// all three are held, so they differ.
     pub fn start(voters: usize) -> Cluster {
+        Cluster::start_with(voters, &[])
+    }
+
+    /// Like [`Cluster::start`], with `extra` broker arguments after [`FAST`].
+    pub fn start_with(voters: usize, extra: &[&str]) -> Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let held: Vec<TcpListener> = (0..3)
             .map(|_| TcpListener::bind("127.0.0.1:0").expect("free port"))
@@ -90,7 +95,7 @@ impl Cluster {
                         "--controller-addr".into(),
                         format!("127.0.0.1:{}", controller[&id]),
                     ];
-                    args.extend(FAST.iter().map(|s| s.to_string()));
+                    args.extend(FAST.iter().chain(extra).map(|s| s.to_string()));
                     let data = dir.path().join(format!("node{id}"));
                     scope.spawn(move || {
                         let args: Vec<&str> = args.iter().map(String::as_str).collect();
