@@ -251,6 +251,18 @@ fn apply(
         // current leader.
         return true;
     }
+    if data.error_code == ResponseError::OffsetOutOfRange.code()
+        && data.log_start_offset > partition.log_end_offset()
+    {
+        // The leader no longer has what this replica would fetch next.
+        return match partition.truncate_fully_and_start_at(data.log_start_offset) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(partition = %tp, error = %e, "could not restart the log at the leader's log start");
+                false
+            }
+        };
+    }
     if data.error_code != 0 {
         let error = ResponseError::try_from_code(data.error_code);
         tracing::debug!(partition = %tp, ?error, "replica fetch error");
@@ -274,8 +286,30 @@ fn apply(
         return true;
     }
     let records: &[u8] = data.records.as_deref().unwrap_or(&[]);
+    // Fetching from the leader's log start, a freshly restarted (empty) log gets
+    // the whole batch holding that offset, which starts below it: the log then
+    // starts at the batch instead, as Kafka's follower does on its
+    // UnexpectedAppendOffsetException.
+    let first_base = records
+        .get(..8)
+        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+        .map(i64::from_be_bytes);
+    if let Some(base) = first_base {
+        let (start, end) = (partition.log_start_offset(), partition.log_end_offset());
+        if base < end && start == end {
+            if let Err(e) = partition.truncate_fully_and_start_at(base) {
+                tracing::warn!(partition = %tp, error = %e, "could not restart the log at the leader's first batch");
+                return false;
+            }
+        }
+    }
     match partition.append_as_follower(records, data.high_watermark, broker.now_ms()) {
-        Ok(_) => true,
+        Ok(_) => {
+            if let Err(e) = partition.follow_log_start(data.log_start_offset) {
+                tracing::warn!(partition = %tp, error = %e, "could not follow the leader's log start");
+            }
+            true
+        }
         Err(e) => {
             tracing::warn!(partition = %tp, error = %e, "could not append replicated records");
             false

@@ -683,6 +683,39 @@ impl Partition {
             .map_or(-1, |(epoch, _)| *epoch)
     }
 
+    /// Follower: the log ends below the leader's log start (retention or
+    /// DeleteRecords there), so nothing of it can be fetched: it restarts empty at
+    /// `offset` (Kafka's `truncateFullyAndStartAt`), with no epochs and no
+    /// producer state of its own.
+    pub fn truncate_fully_and_start_at(&self, offset: i64) -> Result<(), CoreError> {
+        let mut state = self.state.lock();
+        if self.is_leader() {
+            return Err(CoreError::NotLeaderOrFollower);
+        }
+        self.log.truncate_fully_and_start_at(offset)?;
+        state.epoch_cache.clear();
+        self.write_epoch_cache(&state.epoch_cache);
+        *self.producers.lock() = ProducerStateManager::new();
+        self.first_unstable_offset
+            .store(i64::MAX, Ordering::Release);
+        self.snapshot_segment_base.store(-1, Ordering::Relaxed);
+        let role = self.role.lock();
+        self.publish_high_watermark(offset);
+        drop(role);
+        tracing::info!(partition = %self.tp, offset, "restarted the log at the leader's log start");
+        Ok(())
+    }
+
+    /// Follower: the leader's log start moved up (retention or DeleteRecords);
+    /// this replica drops what the leader dropped, up to its own high watermark.
+    pub fn follow_log_start(&self, leader_log_start: i64) -> Result<(), CoreError> {
+        let target = leader_log_start.min(self.high_watermark());
+        if target > self.log_start_offset() {
+            self.log.delete_records_before(target)?;
+        }
+        Ok(())
+    }
+
     /// DeleteRecords: raises the log start offset.
     pub fn delete_records_before(&self, offset: i64) -> Result<i64, CoreError> {
         let target = if offset == -1 {
@@ -1950,5 +1983,45 @@ mod tests {
         p.append_as_follower(&[], 2, 6_300)
             .expect("append as follower");
         assert_eq!(p.high_watermark(), 2);
+    }
+
+    #[test]
+    fn a_follower_behind_the_leaders_log_start_restarts_there_and_follows_it() {
+        let dirs: Vec<_> = (0..3)
+            .map(|_| tempfile::tempdir().expect("tempdir"))
+            .collect();
+        let leader = leader(dirs[0].path(), 1, &[1, 2], &[1]);
+        for v in ["a", "b", "c", "d"] {
+            leader
+                .append(batch(Compression::None, &[v]), 5_000)
+                .expect("append");
+        }
+        let f = follower(dirs[1].path(), 1, 1);
+        f.append_as_follower(&fetch_from(&leader, 0), 4, 5_000)
+            .expect("append as follower");
+        // The leader drops 0-1; the follower drops them too, up to its high watermark.
+        leader.delete_records_before(2).expect("delete records");
+        f.follow_log_start(leader.log_start_offset())
+            .expect("follow log start");
+        assert_eq!((f.log_start_offset(), f.log_end_offset()), (2, 4));
+        // A follower with nothing the leader still has restarts at its log start.
+        let behind = follower(dirs[2].path(), 1, 1);
+        behind.truncate_fully_and_start_at(3).expect("restart");
+        assert_eq!(
+            (
+                behind.log_start_offset(),
+                behind.log_end_offset(),
+                behind.high_watermark()
+            ),
+            (3, 3, 3)
+        );
+        behind
+            .append_as_follower(&fetch_from(&leader, 3), 4, 5_100)
+            .expect("append after the restart");
+        assert_eq!(behind.log_end_offset(), 4);
+        assert!(
+            leader.truncate_fully_and_start_at(0).is_err(),
+            "only followers restart"
+        );
     }
 }

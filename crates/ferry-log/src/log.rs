@@ -704,6 +704,29 @@ impl Log {
         Ok(())
     }
 
+    /// Empties the log and restarts it at `offset`, which becomes both the log start
+    /// and end offset (Kafka's `truncateFullyAndStartAt`): what a follower does when
+    /// its log ends below the leader's log start.
+    pub fn truncate_fully_and_start_at(&self, offset: i64) -> Result<(), LogError> {
+        let _writer = self.writer.lock();
+        self.check_open()?;
+        if offset < 0 {
+            return Err(LogError::OffsetOutOfRange {
+                offset,
+                log_start: self.log_start_offset.load(Ordering::Acquire),
+                log_end: self.log_end_offset.load(Ordering::Acquire),
+            });
+        }
+        self.truncations.fetch_add(1, Ordering::AcqRel);
+        let now_ms = self.last_now_ms.load(Ordering::Acquire);
+        let mut flush = self.flush.lock();
+        let segments = self.snapshot();
+        checkpoint::write(&self.dir, RECOVERY_POINT, offset)?;
+        flush.checkpointed_recovery_point = offset;
+        self.flushed_offset.store(offset, Ordering::Release);
+        self.restart_at(&segments, offset, now_ms)
+    }
+
     /// Replaces every segment with one empty segment at `offset`, which becomes both
     /// the log start and end offset. Caller holds the writer and flush locks.
     fn restart_at(

@@ -129,3 +129,77 @@ fn two_brokers_down_acks_all_is_refused_and_they_catch_up_when_back() {
         assert!(ok, "node {id}: {report}");
     }
 }
+
+/// A follower that was down while the leader dropped records it never got
+/// (DeleteRecords) restarts its log at the leader's log start, catches up and
+/// rejoins the ISR; the others drop what the leader dropped.
+#[test]
+fn a_follower_behind_the_leaders_log_start_restarts_there_and_rejoins() {
+    use rdkafka::admin::{AdminClient, AdminOptions};
+    let mut cluster = Cluster::start(3);
+    let bootstrap = cluster.bootstrap();
+    create_replicated_topic(&bootstrap, "trim", 1);
+    let (leader, _) = wait_for(&bootstrap, "trim", 0, "a full ISR", |l, isr| {
+        l >= 0 && isr.len() == 3
+    });
+    let send = |prefix: &str| {
+        let acks = std::sync::Arc::new(Acks::default());
+        let p = producer(&bootstrap, "all", acks.clone());
+        for i in 0..100 {
+            p.send(
+                BaseRecord::<(), str>::to("trim")
+                    .partition(0)
+                    .payload(&format!("{prefix}-{i}")),
+            )
+            .expect("queue");
+        }
+        p.flush(Duration::from_secs(30)).expect("flush");
+        assert_eq!(acks.acked.lock().expect("acks").len(), 100);
+    };
+    send("first");
+    let behind = (1..=3).find(|id| *id != leader).expect("a follower");
+    cluster.node(behind).kill9();
+    wait_for(
+        &bootstrap,
+        "trim",
+        0,
+        "the dead follower out of the ISR",
+        |_, isr| !isr.contains(&behind),
+    );
+    send("second");
+
+    // The leader drops everything the dead follower has, and more.
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> =
+        client(&bootstrap).create().expect("admin");
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    tpl.add_partition_offset("trim", 0, rdkafka::Offset::Offset(150))
+        .expect("offset");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let result = runtime
+        .block_on(admin.delete_records(&tpl, &AdminOptions::new()))
+        .expect("delete records");
+    let low = result
+        .find_partition("trim", 0)
+        .map(|e| e.offset())
+        .expect("result");
+    assert_eq!(low, rdkafka::Offset::Offset(150), "new log start");
+
+    cluster.node(behind).restart();
+    wait_for(
+        &bootstrap,
+        "trim",
+        0,
+        "the restarted follower back in the ISR",
+        |_, isr| isr.len() == 3,
+    );
+    let read = read_partition(&bootstrap, "trim", 0).expect("read");
+    assert_eq!(read.len(), 50, "offsets 150-199 remain");
+    for id in 1..=3 {
+        cluster.node(id).stop();
+        let (ok, report) = verify(&cluster.data_dir(id));
+        assert!(ok, "node {id}: {report}");
+    }
+}
