@@ -7,7 +7,16 @@
 //!                                                   (new leader from the ISR, epoch + 1)
 //!  tick, every leader.imbalance.check.interval ──► PartitionChanged (preferred leads again)
 //!  admin ──ElectLeaders──────────────────────────► PartitionChanged (preferred / unclean)
+//!  admin ──AlterPartitionReassignments───────────► PartitionReassignment (target + removing)
+//!  tick: every target replica in sync ───────────► PartitionReassigned (replicas = target)
 //! ```
+//!
+//! A reassignment follows Kafka's: the partition is first assigned the union of
+//! its replicas and the target (target first), so the added replicas open and
+//! fetch from the leader; once every target replica is in the ISR the controller
+//! drops the others, and elects a leader from the target if the old one left.
+//! Replication throttles (`leader/follower.replication.throttled.*`) are not
+//! implemented: added replicas catch up as fast as the fetchers go.
 //!
 //! Decisions read the committed image and are written back as metadata records,
 //! so every node sees the same history. One decision at a time: each reads the
@@ -20,7 +29,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
-use ferry_core::cluster::{ElectError, ELECTION_PREFERRED, ELECTION_UNCLEAN};
+use ferry_core::cluster::{
+    ElectError, OngoingReassignment, ReassignError, ELECTION_PREFERRED, ELECTION_UNCLEAN,
+};
 use ferry_core::metadata::{MetadataImage, MetadataRecord, PartitionMetadata};
 use parking_lot::Mutex;
 
@@ -153,6 +164,67 @@ impl Controller {
                     tracing::warn!(error = %e, "could not rebalance leaders");
                 }
             }
+        }
+        if quorum
+            .image()
+            .topics
+            .values()
+            .any(|t| t.partitions.iter().any(PartitionMetadata::is_reassigning))
+        {
+            let _decision = self.decisions.lock().await;
+            let records = completed_reassignments(&quorum.image());
+            if !records.is_empty() {
+                tracing::info!(partitions = records.len(), "completing reassignments");
+                if let Err(e) = quorum.propose(records).await {
+                    tracing::warn!(error = %e, "could not complete reassignments");
+                }
+            }
+        }
+    }
+
+    /// AlterPartitionReassignments: starts, replaces or cancels each
+    /// reassignment, commits them together, and answers per partition. A
+    /// reassignment whose target replicas are all in sync already completes in
+    /// the same commit.
+    async fn alter_partition_reassignments(
+        &self,
+        reassignments: Vec<(String, i32, Option<Vec<i32>>)>,
+    ) -> ControllerResponse {
+        let Some(quorum) = self.quorum() else {
+            return rejected("the controller is stopping");
+        };
+        let _decision = self.decisions.lock().await;
+        // Each partition is decided on the image the ones before it leave.
+        let mut image = MetadataImage::clone(&quorum.image());
+        let mut records = Vec::new();
+        let mut results = Vec::with_capacity(reassignments.len());
+        for (topic, partition, target) in reassignments {
+            let result = reassign(&image, &topic, partition, target.as_deref()).map(|decided| {
+                for r in &decided {
+                    image.apply(r);
+                }
+                records.extend(decided);
+            });
+            results.push((topic, partition, result));
+        }
+        if !records.is_empty() {
+            tracing::info!(records = records.len(), "reassigning partitions on request");
+            if let Err(e) = quorum.propose(records).await {
+                return rejected(&format!("could not commit the reassignments: {e}"));
+            }
+        }
+        ControllerResponse::AlterPartitionReassignments { results }
+    }
+
+    async fn list_partition_reassignments(
+        &self,
+        partitions: Option<Vec<(String, i32)>>,
+    ) -> ControllerResponse {
+        let Some(quorum) = self.quorum() else {
+            return rejected("the controller is stopping");
+        };
+        ControllerResponse::ListPartitionReassignments {
+            ongoing: ongoing_reassignments(&quorum.image(), partitions.as_deref()),
         }
     }
 
@@ -313,6 +385,12 @@ impl ControllerHandler for Controller {
                     election_type,
                     partitions,
                 } => self.elect_leaders(election_type, partitions).await,
+                ControllerRequest::AlterPartitionReassignments { reassignments } => {
+                    self.alter_partition_reassignments(reassignments).await
+                }
+                ControllerRequest::ListPartitionReassignments { partitions } => {
+                    self.list_partition_reassignments(partitions).await
+                }
             }
         })
     }
@@ -539,6 +617,211 @@ pub fn preferred_leader_moves(
             not_led.get(id).copied().unwrap_or(0) * 100 > imbalance_percentage * total
         })
         .flat_map(|(_, (_, moves))| moves)
+        .collect()
+}
+
+/// The records that start, replace (`Some(target)`) or cancel (`None`) the
+/// reassignment of `topic`'s `partition`, or why it is refused. A target equal
+/// to the replicas of a partition not being reassigned needs no record.
+pub fn reassign(
+    image: &MetadataImage,
+    topic: &str,
+    partition: i32,
+    target: Option<&[i32]>,
+) -> Result<Vec<MetadataRecord>, ReassignError> {
+    let (topic_id, p) = image
+        .topic(topic)
+        .and_then(|t| {
+            t.partitions
+                .iter()
+                .find(|p| p.partition == partition)
+                .map(|p| (t.topic_id, p))
+        })
+        .ok_or(ReassignError::UnknownTopicOrPartition)?;
+    let Some(target) = target else {
+        return cancel_reassignment(image, topic_id, p).map(|r| vec![r]);
+    };
+    let distinct: std::collections::BTreeSet<i32> = target.iter().copied().collect();
+    if target.is_empty()
+        || distinct.len() != target.len()
+        || target.iter().any(|id| !is_live(image, *id))
+    {
+        return Err(ReassignError::InvalidReplicaAssignment);
+    }
+    if !p.is_reassigning() && p.replicas == target {
+        return Ok(Vec::new());
+    }
+    // Replacing a reassignment in progress starts from all the replicas it
+    // holds, as Kafka does: those the new target leaves out are removed.
+    let removing: Vec<i32> = p
+        .replicas
+        .iter()
+        .copied()
+        .filter(|r| !target.contains(r))
+        .collect();
+    let adding: Vec<i32> = target
+        .iter()
+        .copied()
+        .filter(|r| !p.replicas.contains(r))
+        .collect();
+    let mut replicas = target.to_vec();
+    replicas.extend(&removing);
+    let start = MetadataRecord::PartitionReassignment {
+        topic_id,
+        partition,
+        replicas: replicas.clone(),
+        adding: adding.clone(),
+        removing: removing.clone(),
+    };
+    let started = PartitionMetadata {
+        replicas,
+        adding_replicas: adding,
+        removing_replicas: removing,
+        ..p.clone()
+    };
+    let mut records = vec![start];
+    if started.is_reassigning() {
+        records.extend(complete_reassignment(image, topic_id, &started));
+    } else {
+        // Same replicas in a new order: nothing to wait for.
+        records.push(MetadataRecord::PartitionReassigned {
+            topic_id,
+            partition,
+            replicas: started.replicas.clone(),
+            isr: started.isr.clone(),
+            leader: started.leader,
+            leader_epoch: started.leader_epoch,
+        });
+    }
+    Ok(records)
+}
+
+/// The record that reverts `p`'s reassignment in progress: the replicas it
+/// added leave, and a leader among them gives way to an original in-sync
+/// replica. Refused when no original replica is in sync (that would take an
+/// unclean election).
+fn cancel_reassignment(
+    image: &MetadataImage,
+    topic_id: uuid::Uuid,
+    p: &PartitionMetadata,
+) -> Result<MetadataRecord, ReassignError> {
+    if !p.is_reassigning() {
+        return Err(ReassignError::NoReassignmentInProgress);
+    }
+    let original: Vec<i32> = p
+        .replicas
+        .iter()
+        .copied()
+        .filter(|r| !p.adding_replicas.contains(r))
+        .collect();
+    let (replicas, isr, leader, leader_epoch) =
+        shrink_to(image, p, original).ok_or(ReassignError::InvalidReplicaAssignment)?;
+    Ok(MetadataRecord::PartitionReassigned {
+        topic_id,
+        partition: p.partition,
+        replicas,
+        isr,
+        leader,
+        leader_epoch,
+    })
+}
+
+/// `p` assigned only `replicas`: (replicas, ISR, leader, leader epoch). The
+/// leader stays if it is among them, else the first live one in the ISR leads
+/// with a new epoch (none live: no leader until one returns). `None` when no
+/// in-sync replica is among them.
+fn shrink_to(
+    image: &MetadataImage,
+    p: &PartitionMetadata,
+    replicas: Vec<i32>,
+) -> Option<(Vec<i32>, Vec<i32>, i32, i32)> {
+    let isr: Vec<i32> = p
+        .isr
+        .iter()
+        .copied()
+        .filter(|r| replicas.contains(r))
+        .collect();
+    if isr.is_empty() {
+        return None;
+    }
+    let (leader, leader_epoch) = if p.leader >= 0 && replicas.contains(&p.leader) {
+        (p.leader, p.leader_epoch)
+    } else {
+        let next = replicas
+            .iter()
+            .copied()
+            .find(|r| isr.contains(r) && is_live(image, *r))
+            .unwrap_or(-1);
+        (next, p.leader_epoch + 1)
+    };
+    Some((replicas, isr, leader, leader_epoch))
+}
+
+/// The record that completes `p`'s reassignment: once every target replica
+/// is in the ISR, the removed replicas go (from the ISR too), and if the
+/// leader is one of them a live target replica leads with a new epoch.
+fn complete_reassignment(
+    image: &MetadataImage,
+    topic_id: uuid::Uuid,
+    p: &PartitionMetadata,
+) -> Option<MetadataRecord> {
+    let target = p.target_replicas();
+    if !p.is_reassigning() || target.iter().any(|r| !p.isr.contains(r)) {
+        return None;
+    }
+    let (replicas, isr, leader, leader_epoch) = shrink_to(image, p, target)?;
+    if leader < 0 {
+        // Wait for a target replica to be live rather than leave it leaderless.
+        return None;
+    }
+    Some(MetadataRecord::PartitionReassigned {
+        topic_id,
+        partition: p.partition,
+        replicas,
+        isr,
+        leader,
+        leader_epoch,
+    })
+}
+
+/// The records that complete every reassignment whose target replicas are
+/// all in sync.
+pub fn completed_reassignments(image: &MetadataImage) -> Vec<MetadataRecord> {
+    image
+        .topics
+        .values()
+        .flat_map(|t| {
+            t.partitions
+                .iter()
+                .filter_map(|p| complete_reassignment(image, t.topic_id, p))
+        })
+        .collect()
+}
+
+/// The reassignments in progress of the asked (topic, partition)s, or of
+/// every partition; unknown ones are left out, as Kafka does.
+pub fn ongoing_reassignments(
+    image: &MetadataImage,
+    partitions: Option<&[(String, i32)]>,
+) -> Vec<OngoingReassignment> {
+    let asked = |topic: &str, partition: i32| {
+        partitions.is_none_or(|ps| ps.iter().any(|(t, p)| t == topic && *p == partition))
+    };
+    image
+        .topics
+        .values()
+        .flat_map(|t| {
+            t.partitions
+                .iter()
+                .filter(|p| p.is_reassigning() && asked(&t.name, p.partition))
+                .map(|p| OngoingReassignment {
+                    topic: t.name.clone(),
+                    partition: p.partition,
+                    replicas: p.replicas.clone(),
+                    adding: p.adding_replicas.clone(),
+                    removing: p.removing_replicas.clone(),
+                })
+        })
         .collect()
 }
 
@@ -806,6 +1089,96 @@ mod tests {
         assert_eq!(
             errors(&elect_leaders(&image, ELECTION_UNCLEAN, None))[0],
             (0, Some(ElectError::EligibleLeadersNotAvailable))
+        );
+    }
+    fn reassigned(
+        image: &mut MetadataImage,
+        target: Option<&[i32]>,
+    ) -> Result<usize, ReassignError> {
+        let records = reassign(image, "t", 0, target)?;
+        for r in &records {
+            image.apply(r);
+        }
+        Ok(records.len())
+    }
+
+    #[test]
+    fn a_reassignment_adds_first_and_removes_once_the_target_is_in_sync() {
+        let mut image = image_with(&[(&[1, 2], 1, &[1, 2])]);
+        assert_eq!(reassigned(&mut image, Some(&[2, 3])), Ok(1));
+        let p = partition(&image);
+        assert_eq!(
+            (
+                p.replicas.clone(),
+                p.adding_replicas.clone(),
+                p.removing_replicas.clone()
+            ),
+            (vec![2, 3, 1], vec![3], vec![1])
+        );
+        assert_eq!(ongoing_reassignments(&image, None).len(), 1);
+        assert!(
+            completed_reassignments(&image).is_empty(),
+            "3 is not in sync yet"
+        );
+        image.apply(&changed(
+            image.topic("t").expect("topic").topic_id,
+            &p,
+            1,
+            vec![1, 2, 3],
+            5,
+        ));
+        for r in completed_reassignments(&image) {
+            image.apply(&r);
+        }
+        let p = partition(&image);
+        assert_eq!(
+            (p.replicas.clone(), p.isr.clone(), p.leader, p.leader_epoch),
+            (vec![2, 3], vec![2, 3], 2, 6),
+            "the removed leader gives way to the first target replica in sync"
+        );
+        assert!(!p.is_reassigning());
+        assert!(ongoing_reassignments(&image, None).is_empty());
+    }
+
+    #[test]
+    fn a_cancelled_reassignment_reverts_to_the_original_replicas() {
+        let mut image = image_with(&[(&[1, 2], 1, &[1, 2])]);
+        assert_eq!(
+            reassigned(&mut image, None),
+            Err(ReassignError::NoReassignmentInProgress)
+        );
+        reassigned(&mut image, Some(&[2, 3])).expect("start");
+        reassigned(&mut image, None).expect("cancel");
+        let p = partition(&image);
+        assert_eq!(
+            (p.replicas.clone(), p.isr.clone(), p.leader, p.leader_epoch),
+            (vec![2, 1], vec![1, 2], 1, 5)
+        );
+        assert!(!p.is_reassigning());
+    }
+
+    #[test]
+    fn a_reassignment_is_refused_for_bad_targets_and_unknown_partitions() {
+        let mut image = image_with(&[(&[1, 2], 1, &[1, 2])]);
+        image.apply(&MetadataRecord::BrokerFenced { node_id: 3 });
+        for target in [&[][..], &[2, 2], &[2, 4], &[2, 3]] {
+            assert_eq!(
+                reassign(&image, "t", 0, Some(target)).map(|r| r.len()),
+                Err(ReassignError::InvalidReplicaAssignment),
+                "{target:?}"
+            );
+        }
+        assert_eq!(
+            reassign(&image, "t", 7, Some(&[1])).map(|r| r.len()),
+            Err(ReassignError::UnknownTopicOrPartition)
+        );
+        assert_eq!(reassign(&image, "t", 0, Some(&[1, 2])), Ok(vec![]));
+        // Dropping a replica that is in sync completes at once.
+        assert_eq!(reassigned(&mut image, Some(&[2])), Ok(2));
+        let p = partition(&image);
+        assert_eq!(
+            (p.replicas.clone(), p.isr.clone(), p.leader),
+            (vec![2], vec![2], 2)
         );
     }
 }

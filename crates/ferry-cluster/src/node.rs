@@ -13,7 +13,9 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use ferry_core::cluster::{ClusterLink, ElectFuture, MarkersFuture, MetadataStore};
+use ferry_core::cluster::{
+    ClusterLink, ElectFuture, ListReassignmentsFuture, MarkersFuture, MetadataStore, ReassignFuture,
+};
 use ferry_core::metadata::{MetadataImage, MetadataRecord};
 use ferry_core::{Broker, BrokerOptions, Clock, CoreError, Partition, TopicPartition};
 use tokio::runtime::Handle;
@@ -271,7 +273,16 @@ impl MetadataStore for QuorumStore {
     }
 }
 
-/// ISR changes and leader elections go to the active controller.
+/// A quorum error as the broker reports it to a client.
+fn quorum_error(e: QuorumError) -> CoreError {
+    match e {
+        QuorumError::Timeout(_) => CoreError::RequestTimedOut,
+        QuorumError::Shutdown => CoreError::ShuttingDown,
+        other => CoreError::Storage(format!("metadata quorum: {other}")),
+    }
+}
+
+/// ISR changes, leader elections and reassignments go to the active controller.
 struct QuorumLink {
     quorum: Weak<MetadataQuorum>,
 }
@@ -338,6 +349,62 @@ impl ClusterLink for QuorumLink {
                 Err(QuorumError::Timeout(_)) => Err(CoreError::RequestTimedOut),
                 Err(QuorumError::Shutdown) => Err(CoreError::ShuttingDown),
                 Err(e) => Err(CoreError::Storage(format!("metadata quorum: {e}"))),
+            }
+        })
+    }
+
+    fn alter_partition_reassignments(
+        &self,
+        reassignments: Vec<(TopicPartition, Option<Vec<i32>>)>,
+    ) -> ReassignFuture {
+        let quorum = self.quorum.clone();
+        Box::pin(async move {
+            let quorum = quorum.upgrade().ok_or(CoreError::ShuttingDown)?;
+            let request = ControllerRequest::AlterPartitionReassignments {
+                reassignments: reassignments
+                    .into_iter()
+                    .map(|(tp, target)| (tp.topic, tp.partition, target))
+                    .collect(),
+            };
+            match quorum.call_leader(request).await {
+                Ok(ControllerResponse::AlterPartitionReassignments { results }) => Ok(results
+                    .into_iter()
+                    .map(|(topic, partition, r)| (TopicPartition::new(topic, partition), r))
+                    .collect()),
+                // The controller is stopping or could not commit.
+                Ok(ControllerResponse::Rejected { reason }) => {
+                    tracing::warn!(%reason, "the controller did not reassign partitions");
+                    Err(CoreError::RequestTimedOut)
+                }
+                Ok(other) => Err(CoreError::Storage(format!(
+                    "unexpected answer to a partition reassignment: {other:?}"
+                ))),
+                Err(e) => Err(quorum_error(e)),
+            }
+        })
+    }
+
+    fn list_partition_reassignments(
+        &self,
+        partitions: Option<Vec<TopicPartition>>,
+    ) -> ListReassignmentsFuture {
+        let quorum = self.quorum.clone();
+        Box::pin(async move {
+            let quorum = quorum.upgrade().ok_or(CoreError::ShuttingDown)?;
+            let request = ControllerRequest::ListPartitionReassignments {
+                partitions: partitions
+                    .map(|ps| ps.into_iter().map(|tp| (tp.topic, tp.partition)).collect()),
+            };
+            match quorum.call_leader(request).await {
+                Ok(ControllerResponse::ListPartitionReassignments { ongoing }) => Ok(ongoing),
+                Ok(ControllerResponse::Rejected { reason }) => {
+                    tracing::warn!(%reason, "the controller did not list reassignments");
+                    Err(CoreError::RequestTimedOut)
+                }
+                Ok(other) => Err(CoreError::Storage(format!(
+                    "unexpected answer to a reassignment listing: {other:?}"
+                ))),
+                Err(e) => Err(quorum_error(e)),
             }
         })
     }

@@ -440,6 +440,10 @@ struct PartitionState {
     isr: Vec<i32>,
     leader: i32,
     leader_epoch: i32,
+    #[serde(default)]
+    adding_replicas: Vec<i32>,
+    #[serde(default)]
+    removing_replicas: Vec<i32>,
 }
 
 impl ImageState {
@@ -493,6 +497,8 @@ impl ImageState {
                                     isr,
                                     leader,
                                     leader_epoch,
+                                    adding_replicas,
+                                    removing_replicas,
                                 } = p;
                                 PartitionState {
                                     partition: *partition,
@@ -500,6 +506,8 @@ impl ImageState {
                                     isr: isr.clone(),
                                     leader: *leader,
                                     leader_epoch: *leader_epoch,
+                                    adding_replicas: adding_replicas.clone(),
+                                    removing_replicas: removing_replicas.clone(),
                                 }
                             })
                             .collect(),
@@ -553,6 +561,8 @@ impl ImageState {
                                     isr: p.isr,
                                     leader: p.leader,
                                     leader_epoch: p.leader_epoch,
+                                    adding_replicas: p.adding_replicas,
+                                    removing_replicas: p.removing_replicas,
                                 })
                                 .collect(),
                         },
@@ -603,6 +613,13 @@ mod tests {
             },
             MetadataRecord::ProducerIdsAllocated { end: 1000 },
             MetadataRecord::BrokerFenced { node_id: 1 },
+            MetadataRecord::PartitionReassignment {
+                topic_id: id,
+                partition: 0,
+                replicas: vec![2, 3, 1],
+                adding: vec![3],
+                removing: vec![1],
+            },
         ] {
             image.apply(&record);
         }

@@ -88,6 +88,16 @@ pub enum ControllerRequest {
         election_type: i8,
         partitions: Option<Vec<(String, i32)>>,
     },
+    /// An admin starts (`Some(target)`) or cancels (`None`) reassignments of
+    /// (topic, partition) (Kafka's AlterPartitionReassignments).
+    AlterPartitionReassignments {
+        reassignments: Vec<(String, i32, Option<Vec<i32>>)>,
+    },
+    /// An admin lists the reassignments in progress of (topic, partition), or
+    /// of every partition (Kafka's ListPartitionReassignments).
+    ListPartitionReassignments {
+        partitions: Option<Vec<(String, i32)>>,
+    },
 }
 
 /// The leader's answer to a [`ControllerRequest`].
@@ -102,6 +112,13 @@ pub enum ControllerResponse {
     /// Per partition (topic, partition): elected (committed), or why not.
     ElectLeaders {
         results: Vec<(String, i32, Result<(), ferry_core::cluster::ElectError>)>,
+    },
+    /// Per partition (topic, partition): started or cancelled (committed), or why not.
+    AlterPartitionReassignments {
+        results: Vec<(String, i32, Result<(), ferry_core::cluster::ReassignError>)>,
+    },
+    ListPartitionReassignments {
+        ongoing: Vec<ferry_core::cluster::OngoingReassignment>,
     },
     /// The controller refused the request (stale epoch, unknown partition, …).
     Rejected { reason: String },

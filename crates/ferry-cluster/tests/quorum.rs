@@ -198,6 +198,12 @@ impl ControllerHandler for EchoHandler {
                 ControllerRequest::ElectLeaders { .. } => {
                     ControllerResponse::ElectLeaders { results: vec![] }
                 }
+                ControllerRequest::AlterPartitionReassignments { .. } => {
+                    ControllerResponse::AlterPartitionReassignments { results: vec![] }
+                }
+                ControllerRequest::ListPartitionReassignments { .. } => {
+                    ControllerResponse::ListPartitionReassignments { ongoing: vec![] }
+                }
             }
             .with_node(node)
         })

@@ -437,6 +437,48 @@ impl Broker {
             .collect())
     }
 
+    /// Starts (`Some(target)`) or cancels (`None`) partition reassignments
+    /// through the active controller (AlterPartitionReassignments). On one node
+    /// the only valid target is this node, which every partition has already.
+    pub async fn alter_partition_reassignments(
+        &self,
+        reassignments: Vec<(TopicPartition, Option<Vec<i32>>)>,
+    ) -> Result<crate::cluster::ReassignResults, CoreError> {
+        use crate::cluster::ReassignError;
+        if let Some(link) = self.cluster_link.get() {
+            return link.alter_partition_reassignments(reassignments).await;
+        }
+        let image = self.image();
+        let me = self.options.node_id;
+        Ok(reassignments
+            .into_iter()
+            .map(|(tp, target)| {
+                let exists = image
+                    .topic(&tp.topic)
+                    .is_some_and(|t| t.partitions.iter().any(|p| p.partition == tp.partition));
+                let result = match target {
+                    _ if !exists => Err(ReassignError::UnknownTopicOrPartition),
+                    Some(target) if target == [me] => Ok(()),
+                    Some(_) => Err(ReassignError::InvalidReplicaAssignment),
+                    None => Err(ReassignError::NoReassignmentInProgress),
+                };
+                (tp, result)
+            })
+            .collect())
+    }
+
+    /// The partition reassignments in progress (ListPartitionReassignments) of
+    /// `partitions`, or of every partition; never any on one node.
+    pub async fn list_partition_reassignments(
+        &self,
+        partitions: Option<Vec<TopicPartition>>,
+    ) -> Result<Vec<crate::cluster::OngoingReassignment>, CoreError> {
+        match self.cluster_link.get() {
+            Some(link) => link.list_partition_reassignments(partitions).await,
+            None => Ok(Vec::new()),
+        }
+    }
+
     /// Sends a leader's ISR change to the controller; on one node there is no
     /// controller and no follower, so the change is dropped.
     pub fn propose_isr(&self, partition: &Arc<Partition>, isr: Vec<i32>) {
@@ -565,6 +607,9 @@ impl Broker {
         if let Some(partition) = removed {
             if partition.is_leader() {
                 self.coordinator_moved(tp, false);
+                // Produce requests waiting for their replicas get
+                // NOT_LEADER_OR_FOLLOWER now, and retry at the new leader.
+                let _ = partition.become_follower(partition.leader_epoch(), -1);
             }
             if let Err(e) = partition.close() {
                 tracing::warn!(partition = %tp, error = %e, "closing a removed replica");

@@ -7,6 +7,7 @@
 //!     └──apply_image(image)◄── every committed image, on every node
 //!  Broker ──alter_isr(...)───► ClusterLink ── the active controller
 //!         ──elect_leaders(...)─►
+//!         ──alter/list_partition_reassignments(...)─►
 //! ```
 
 use std::sync::Arc;
@@ -92,6 +93,41 @@ pub type ElectResults = Vec<(crate::TopicPartition, Result<(), ElectError>)>;
 pub type ElectFuture =
     std::pin::Pin<Box<dyn std::future::Future<Output = Result<ElectResults, CoreError>> + Send>>;
 
+/// Why a partition reassignment request (Kafka's AlterPartitionReassignments)
+/// was refused for a partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum ReassignError {
+    UnknownTopicOrPartition,
+    /// The target is empty, names a broker twice, or names a broker that is
+    /// unregistered or fenced; or a cancellation would leave no in-sync replica.
+    InvalidReplicaAssignment,
+    /// A cancellation for a partition that is not being reassigned.
+    NoReassignmentInProgress,
+}
+
+/// The outcome of a reassignment request per partition.
+pub type ReassignResults = Vec<(crate::TopicPartition, Result<(), ReassignError>)>;
+
+/// A reassignment request to the active controller.
+pub type ReassignFuture =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<ReassignResults, CoreError>> + Send>>;
+
+/// A partition reassignment in progress (Kafka's ListPartitionReassignments).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct OngoingReassignment {
+    pub topic: String,
+    pub partition: i32,
+    /// The target replicas, then those being removed.
+    pub replicas: Vec<i32>,
+    pub adding: Vec<i32>,
+    pub removing: Vec<i32>,
+}
+
+/// The reassignments in progress, as the active controller sees them.
+pub type ListReassignmentsFuture = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<Vec<OngoingReassignment>, CoreError>> + Send>,
+>;
+
 /// What a broker of a cluster asks of the other nodes: ISR changes of the
 /// active controller (fire and forget: the outcome arrives as a metadata
 /// change), leader elections, and transaction markers of partition leaders.
@@ -126,6 +162,22 @@ pub trait ClusterLink: Send + Sync {
         election_type: i8,
         partitions: Option<Vec<crate::TopicPartition>>,
     ) -> ElectFuture;
+
+    /// Has the active controller start (`Some(target)`) or cancel (`None`)
+    /// the reassignment of each partition (Kafka's AlterPartitionReassignments).
+    /// Answers once the reassignments are committed, not once they complete:
+    /// the controller completes each when every target replica is in sync.
+    fn alter_partition_reassignments(
+        &self,
+        reassignments: Vec<(crate::TopicPartition, Option<Vec<i32>>)>,
+    ) -> ReassignFuture;
+
+    /// The reassignments in progress of `partitions` (`None`: of every
+    /// partition), as the active controller sees them.
+    fn list_partition_reassignments(
+        &self,
+        partitions: Option<Vec<crate::TopicPartition>>,
+    ) -> ListReassignmentsFuture;
 }
 
 /// Longest an internal topic's append waits for the in-sync replicas.

@@ -77,15 +77,56 @@ pub enum MetadataRecord {
         isr: Vec<i32>,
         leader_epoch: i32,
     },
+    /// A reassignment starts or is replaced (Kafka's AlterPartitionReassignments):
+    /// `replicas` is the target followed by the replicas it drops, so the added
+    /// ones open and catch up while the removed ones still serve.
+    PartitionReassignment {
+        topic_id: Uuid,
+        partition: i32,
+        replicas: Vec<i32>,
+        adding: Vec<i32>,
+        removing: Vec<i32>,
+    },
+    /// A reassignment ends, completed or cancelled: the final replicas, and the
+    /// ISR and leader that go with them (a new leader comes with a new epoch).
+    PartitionReassigned {
+        topic_id: Uuid,
+        partition: i32,
+        replicas: Vec<i32>,
+        isr: Vec<i32>,
+        leader: i32,
+        leader_epoch: i32,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct PartitionMetadata {
     pub partition: i32,
+    /// During a reassignment: the target replicas, then those being removed.
     pub replicas: Vec<i32>,
     pub isr: Vec<i32>,
     pub leader: i32,
     pub leader_epoch: i32,
+    /// Replicas a reassignment in progress adds (empty when none is).
+    pub adding_replicas: Vec<i32>,
+    /// Replicas a reassignment in progress removes (empty when none is).
+    pub removing_replicas: Vec<i32>,
+}
+
+impl PartitionMetadata {
+    pub fn is_reassigning(&self) -> bool {
+        !self.adding_replicas.is_empty() || !self.removing_replicas.is_empty()
+    }
+
+    /// The replicas a reassignment in progress ends with (all of them when
+    /// none is in progress), in assignment order.
+    pub fn target_replicas(&self) -> Vec<i32> {
+        self.replicas
+            .iter()
+            .copied()
+            .filter(|r| !self.removing_replicas.contains(r))
+            .collect()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -213,6 +254,8 @@ impl MetadataImage {
                         isr: isr.clone(),
                         leader: *leader,
                         leader_epoch: *leader_epoch,
+                        adding_replicas: Vec::new(),
+                        removing_replicas: Vec::new(),
                     };
                     match topic
                         .partitions
@@ -275,6 +318,36 @@ impl MetadataImage {
                     p.leader = *leader;
                     p.isr = isr.clone();
                     p.leader_epoch = *leader_epoch;
+                }
+            }
+            MetadataRecord::PartitionReassignment {
+                topic_id,
+                partition,
+                replicas,
+                adding,
+                removing,
+            } => {
+                if let Some(p) = self.partition_mut(topic_id, *partition) {
+                    p.replicas = replicas.clone();
+                    p.adding_replicas = adding.clone();
+                    p.removing_replicas = removing.clone();
+                }
+            }
+            MetadataRecord::PartitionReassigned {
+                topic_id,
+                partition,
+                replicas,
+                isr,
+                leader,
+                leader_epoch,
+            } => {
+                if let Some(p) = self.partition_mut(topic_id, *partition) {
+                    p.replicas = replicas.clone();
+                    p.isr = isr.clone();
+                    p.leader = *leader;
+                    p.leader_epoch = *leader_epoch;
+                    p.adding_replicas.clear();
+                    p.removing_replicas.clear();
                 }
             }
         }
@@ -550,7 +623,7 @@ mod round_trips {
                 id.clone(),
                 any::<i32>(),
                 ids.clone(),
-                ids,
+                ids.clone(),
                 any::<i32>(),
                 any::<i32>()
             )
@@ -577,6 +650,17 @@ mod round_trips {
                 .prop_map(|(name, value)| MetadataRecord::BrokerConfigChanged { name, value }),
             id.prop_map(|topic_id| MetadataRecord::TopicDeleted { topic_id }),
             any::<i64>().prop_map(|end| MetadataRecord::ProducerIdsAllocated { end }),
+            (any::<i32>(), ids.clone(), ids.clone(), ids).prop_map(
+                |(partition, replicas, adding, removing)| {
+                    MetadataRecord::PartitionReassignment {
+                        topic_id: Uuid::nil(),
+                        partition,
+                        replicas,
+                        adding,
+                        removing,
+                    }
+                }
+            ),
         ]
     }
 

@@ -98,6 +98,8 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::ListTransactions, 0, 1),
     (ApiKey::WriteTxnMarkers, 1, 1),
     (ApiKey::ElectLeaders, 0, 2),
+    (ApiKey::AlterPartitionReassignments, 0, 0),
+    (ApiKey::ListPartitionReassignments, 0, 0),
 ];
 
 /// The version range ferry implements for `key`.
@@ -220,6 +222,8 @@ pub async fn handle(ctx: RequestContext, parsed: ParsedHeader, mut body: Bytes) 
         ListTransactions => ListTransactionsRequest => handlers::list_transactions::handle,
         WriteTxnMarkers => WriteTxnMarkersRequest => handlers::write_txn_markers::handle,
         ElectLeaders => ElectLeadersRequest => handlers::elect_leaders::handle,
+        AlterPartitionReassignments => AlterPartitionReassignmentsRequest => handlers::alter_partition_reassignments::handle,
+        ListPartitionReassignments => ListPartitionReassignmentsRequest => handlers::list_partition_reassignments::handle,
     })
 }
 
@@ -284,6 +288,8 @@ pub fn decode_request(api_key: ApiKey, version: i16, body: &mut Bytes) -> anyhow
         ListTransactions => ListTransactionsRequest,
         WriteTxnMarkers => WriteTxnMarkersRequest,
         ElectLeaders => ElectLeadersRequest,
+        AlterPartitionReassignments => AlterPartitionReassignmentsRequest,
+        ListPartitionReassignments => ListPartitionReassignmentsRequest,
     )
 }
 

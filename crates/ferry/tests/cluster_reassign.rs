@@ -1,0 +1,320 @@
+//! Partition reassignment on three `ferry serve` processes that all vote in the
+//! metadata quorum: a partition on brokers [a, b] moves to [b, c] under a
+//! continuous idempotent `acks=all` load (AlterPartitionReassignments), and
+//! ListPartitionReassignments shows it until it completes.
+//!
+//! What a user checks afterwards: every acknowledged record is stored once, at
+//! the offset it was acknowledged with, in produce order; broker a no longer
+//! holds the partition; b and c hold the same bytes.
+
+mod cluster_support;
+mod reliability;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use cluster_support::*;
+use kafka_protocol::messages::alter_partition_reassignments_request::{
+    ReassignablePartition, ReassignableTopic,
+};
+use kafka_protocol::messages::{
+    AlterPartitionReassignmentsRequest, AlterPartitionReassignmentsResponse, ApiKey, BrokerId,
+    ListPartitionReassignmentsRequest, ListPartitionReassignmentsResponse, ResponseHeader,
+    TopicName,
+};
+use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseRecord, Producer};
+use rdkafka::types::RDKafkaErrorCode;
+use reliability::*;
+
+const TOPIC: &str = "reassign";
+/// Most records the load sends (it stops earlier once the move is done).
+const SENT_MAX: u64 = 200_000;
+/// Records acknowledged before the reassignment starts.
+const WARM_UP_ACKS: usize = 200;
+const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
+const INVALID_REPLICA_ASSIGNMENT: i16 = 39;
+const NO_REASSIGNMENT_IN_PROGRESS: i16 = 85;
+
+/// One request and its decoded answer over a raw connection to `addr` (v0).
+fn call<Req: Encodable + HeaderVersion, Resp: Decodable + HeaderVersion>(
+    addr: &str,
+    api_key: ApiKey,
+    request: &Req,
+) -> Resp {
+    let mut stream = connect(addr);
+    std::io::Write::write_all(&mut stream, &encode_request(api_key, 0, 11, request)).expect("send");
+    let frame = read_frame(&mut stream).expect("an answer");
+    let mut buf = bytes::Bytes::from(frame);
+    let header = ResponseHeader::decode(&mut buf, Resp::header_version(0)).expect("header");
+    assert_eq!(header.correlation_id, 11);
+    Resp::decode(&mut buf, 0).expect("response")
+}
+
+/// AlterPartitionReassignments for one partition: its error code.
+fn reassign(addr: &str, topic: &str, partition: i32, target: Option<&[i32]>) -> i16 {
+    let request = AlterPartitionReassignmentsRequest::default()
+        .with_timeout_ms(30_000)
+        .with_topics(vec![ReassignableTopic::default()
+            .with_name(TopicName(StrBytes::from_string(topic.to_string())))
+            .with_partitions(vec![ReassignablePartition::default()
+                .with_partition_index(partition)
+                .with_replicas(
+                    target.map(|t| t.iter().copied().map(BrokerId).collect()),
+                )])]);
+    let response: AlterPartitionReassignmentsResponse =
+        call(addr, ApiKey::AlterPartitionReassignments, &request);
+    assert_eq!(response.error_code, 0, "{response:?}");
+    let results: Vec<i16> = response
+        .responses
+        .iter()
+        .flat_map(|t| t.partitions.iter().map(|p| p.error_code))
+        .collect();
+    assert_eq!(results.len(), 1, "{response:?}");
+    results[0]
+}
+
+/// ListPartitionReassignments for every partition: (topic, partition,
+/// replicas, adding, removing).
+type Ongoing = Vec<(String, i32, Vec<i32>, Vec<i32>, Vec<i32>)>;
+
+fn ongoing(addr: &str) -> Ongoing {
+    let response: ListPartitionReassignmentsResponse = call(
+        addr,
+        ApiKey::ListPartitionReassignments,
+        &ListPartitionReassignmentsRequest::default().with_timeout_ms(30_000),
+    );
+    assert_eq!(response.error_code, 0, "{response:?}");
+    let ids = |v: &[BrokerId]| v.iter().map(|b| b.0).collect::<Vec<_>>();
+    response
+        .topics
+        .iter()
+        .flat_map(|t| {
+            t.partitions.iter().map(|p| {
+                (
+                    t.name.0.to_string(),
+                    p.partition_index,
+                    ids(&p.replicas),
+                    ids(&p.adding_replicas),
+                    ids(&p.removing_replicas),
+                )
+            })
+        })
+        .collect()
+}
+
+/// The replicas of `TOPIC`-0 as the broker at `addr` reports them.
+fn replicas(addr: &str) -> Option<Vec<i32>> {
+    let metadata = raw_metadata(addr, &[TOPIC])?;
+    let topic = metadata.topics.iter().find(|t| t.error_code == 0)?;
+    let p = topic.partitions.iter().find(|p| p.partition_index == 0)?;
+    Some(p.replica_nodes.iter().map(|r| r.0).collect())
+}
+
+/// What the producing thread did.
+struct Load {
+    sent: u64,
+    fatal: Option<(RDKafkaErrorCode, String)>,
+}
+
+fn value(sequence: u64) -> String {
+    format!("r-{sequence:09}")
+}
+
+/// Produces to partition 0 until `stop` (or `SENT_MAX` records), with an
+/// idempotent `acks=all` producer, then flushes.
+fn produce_continuously(
+    bootstrap: String,
+    acks: Arc<Acks>,
+    stop: Arc<AtomicBool>,
+) -> JoinHandle<Load> {
+    std::thread::spawn(move || {
+        let producer = producer(&bootstrap, "all", acks);
+        let mut sent = 0u64;
+        'load: while !stop.load(Ordering::Relaxed) && sent < SENT_MAX {
+            let v = value(sent);
+            loop {
+                let record = BaseRecord::<(), str>::to(TOPIC).partition(0).payload(&v);
+                match producer.send(record) {
+                    Ok(()) => break,
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                        if stop.load(Ordering::Relaxed) {
+                            break 'load;
+                        }
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                    Err((e, _)) => panic!("send refused: {e}"),
+                }
+            }
+            sent += 1;
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        if let Err(e) = producer.flush(Duration::from_secs(60)) {
+            eprintln!("flush: {e}");
+        }
+        Load {
+            sent,
+            fatal: producer.client().fatal_error(),
+        }
+    })
+}
+
+/// Stops the producing thread when dropped, also when the test fails.
+struct StopOnDrop(Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+fn wait_until(what: &str, check: impl Fn() -> bool) {
+    let end = Instant::now() + Duration::from_secs(60);
+    while !check() {
+        assert!(Instant::now() < end, "waited 60 s for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// RF=2 on [a, b], moved to [b, c] while an idempotent `acks=all` producer
+/// keeps producing: the move completes, nothing acknowledged is lost,
+/// duplicated or reordered, a's copy is gone and b and c hold the same bytes.
+#[test]
+fn a_partition_moves_to_another_broker_under_acks_all_load() {
+    let cluster = Cluster::start(3);
+    let bootstrap = cluster.bootstrap();
+    let addr = bootstrap.split(',').next().expect("a broker").to_string();
+    create_topic_everywhere(&bootstrap, TOPIC, 1, 2, &[("min.insync.replicas", "2")]);
+    wait_for(&bootstrap, TOPIC, 0, "a full ISR", |l, isr| {
+        l >= 0 && isr.len() == 2
+    });
+    let before = replicas(&addr).expect("replicas");
+    let (a, b) = (before[0], before[1]);
+    let c = (1..=3)
+        .find(|id| !before.contains(id))
+        .expect("a third broker");
+
+    // Refusals, per partition.
+    assert_eq!(
+        reassign(&addr, "no-such-topic", 0, Some(&[b, c])),
+        UNKNOWN_TOPIC_OR_PARTITION
+    );
+    assert_eq!(
+        reassign(&addr, TOPIC, 0, Some(&[b, b])),
+        INVALID_REPLICA_ASSIGNMENT
+    );
+    assert_eq!(
+        reassign(&addr, TOPIC, 0, Some(&[])),
+        INVALID_REPLICA_ASSIGNMENT
+    );
+    assert_eq!(
+        reassign(&addr, TOPIC, 0, Some(&[b, 42])),
+        INVALID_REPLICA_ASSIGNMENT
+    );
+    assert_eq!(reassign(&addr, TOPIC, 0, None), NO_REASSIGNMENT_IN_PROGRESS);
+    assert_eq!(ongoing(&addr), Ongoing::new());
+
+    let acks = Arc::new(Acks::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = produce_continuously(bootstrap.clone(), acks.clone(), stop.clone());
+    let stop = StopOnDrop(stop);
+    wait_until("acknowledgements before the move", || {
+        acks.of_partition(0).len() >= WARM_UP_ACKS
+    });
+
+    let started = Instant::now();
+    assert_eq!(reassign(&addr, TOPIC, 0, Some(&[b, c])), 0);
+    let seen = ongoing(&addr);
+    eprintln!("in progress right after the request: {seen:?}");
+    for (topic, partition, replicas, adding, removing) in &seen {
+        assert_eq!((topic.as_str(), *partition), (TOPIC, 0));
+        assert_eq!(
+            (replicas.clone(), adding.clone(), removing.clone()),
+            (vec![b, c, a], vec![c], vec![a])
+        );
+    }
+    wait_until("the reassignment to complete", || {
+        ongoing(&addr).is_empty()
+            && bootstrap
+                .split(',')
+                .all(|addr| replicas(addr) == Some(vec![b, c]))
+    });
+    eprintln!(
+        "moved from {:?} to {:?} in {:?}",
+        [a, b],
+        [b, c],
+        started.elapsed()
+    );
+    // Load after the move, on the new replicas.
+    let done = Instant::now();
+    acks.wait_acked_after(0, done, Duration::from_secs(60))
+        .expect("acknowledgements after the move");
+    drop(stop);
+    let load = load.join().expect("producer thread");
+    assert_eq!(load.fatal, None, "the idempotent producer failed for good");
+    assert_eq!(acks.failed.load(Ordering::Relaxed), 0, "records failed");
+
+    let acked = acks.of_partition(0);
+    let read = read_partition(&bootstrap, TOPIC, 0).expect("read back");
+    let stored: Vec<(i64, String)> = read
+        .iter()
+        .map(|m| {
+            let v = String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned();
+            (m.offset(), v)
+        })
+        .collect();
+    let mut offset_of: HashMap<&str, i64> = HashMap::new();
+    for (offset, v) in &stored {
+        if let Some(first) = offset_of.insert(v, *offset) {
+            panic!("{v} stored twice, at {first} and {offset}");
+        }
+    }
+    let missing: Vec<_> = acked
+        .iter()
+        .filter(|(offset, v)| offset_of.get(v.as_str()) != Some(offset))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {} acknowledged records are not where they were acknowledged, e.g. {:?}",
+        missing.len(),
+        acked.len(),
+        &missing[..missing.len().min(5)]
+    );
+    let values: Vec<&String> = stored.iter().map(|(_, v)| v).collect();
+    assert!(
+        values.windows(2).all(|w| w[0] < w[1]),
+        "records are stored out of produce order"
+    );
+    eprintln!(
+        "{} sent, {} acknowledged, {} stored",
+        load.sent,
+        acked.len(),
+        stored.len()
+    );
+
+    let partition_dir = |id: i32| cluster.data_dir(id).join(format!("{TOPIC}-0"));
+    wait_until("broker a to remove its replica", || {
+        !partition_dir(a).exists()
+    });
+    // c may still be fetching the last records.
+    let end = Instant::now() + Duration::from_secs(60);
+    loop {
+        let bytes: Vec<(i32, Vec<u8>)> = [b, c]
+            .iter()
+            .map(|id| (*id, segment_bytes(&cluster.data_dir(*id), TOPIC, 0)))
+            .collect();
+        let Some(difference) = first_difference(&bytes) else {
+            break;
+        };
+        assert!(
+            Instant::now() < end,
+            "replicas b and c differ: {difference}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
