@@ -267,10 +267,6 @@ impl MetadataStore for QuorumStore {
             other => CoreError::Storage(format!("metadata quorum: {other}")),
         })
     }
-
-    fn is_replicated(&self) -> bool {
-        true
-    }
 }
 
 /// A quorum error as the broker reports it to a client.

@@ -28,12 +28,6 @@ pub trait MetadataStore: Send + Sync {
         records: Vec<MetadataRecord>,
         current: &MetadataImage,
     ) -> Result<Arc<MetadataImage>, CoreError>;
-
-    /// Whether the records come back through [`crate::Broker::apply_image`]
-    /// on their own (a replicated log) as well as from `commit`.
-    fn is_replicated(&self) -> bool {
-        false
-    }
 }
 
 /// The local metadata log of a single node.
