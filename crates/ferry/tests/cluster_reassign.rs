@@ -318,3 +318,75 @@ fn a_partition_moves_to_another_broker_under_acks_all_load() {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// `ferry cluster decommission` moves every replica off a broker: a dry run
+/// first changes nothing, then `--execute` empties the broker while the data
+/// stays readable.
+#[test]
+fn decommission_moves_every_replica_off_a_broker() {
+    let cluster = Cluster::start(3);
+    let bootstrap = cluster.bootstrap();
+    create_replicated_topic(&bootstrap, "leaving", 3);
+    for p in 0..3 {
+        wait_for(&bootstrap, "leaving", p, "a full ISR", |l, isr| {
+            l >= 0 && isr.len() == 3
+        });
+    }
+    // RF 3 on 3 brokers has nowhere to go; a topic of RF 2 does.
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+            .args(args)
+            .args(["--brokers", &bootstrap, "--json"])
+            .output()
+            .expect("run ferry");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, _, err) = cli(&["topic", "create", "pairs", "-p", "3", "-r", "2"]);
+    assert!(ok, "create: {err}");
+    let holds_3 = |bootstrap: &str| {
+        (0..3).any(|p| {
+            raw_metadata(bootstrap.split(',').next().expect("addr"), &["pairs"])
+                .and_then(|m| m.topics.into_iter().next())
+                .and_then(|t| t.partitions.into_iter().find(|x| x.partition_index == p))
+                .is_some_and(|x| x.replica_nodes.iter().any(|r| r.0 == 3))
+        })
+    };
+    let end = Instant::now() + DEADLINE;
+    while !holds_3(&bootstrap) {
+        assert!(Instant::now() < end, "broker 3 holds no replica of pairs");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (ok, dry, err) = cli(&["cluster", "decommission", "3"]);
+    assert!(!ok, "RF 3 partitions cannot leave broker 3: {dry} {err}");
+    assert!(holds_3(&bootstrap), "a refused plan moves nothing");
+    let (ok, _, err) = cli(&["topic", "delete", "leaving"]);
+    assert!(ok, "delete: {err}");
+    // Every broker learns of the delete soon; until then the plan is refused.
+    let end = Instant::now() + DEADLINE;
+    let (ok, dry, err) = loop {
+        let attempt = cli(&["cluster", "decommission", "3"]);
+        if attempt.0 || Instant::now() > end {
+            break attempt;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(ok, "dry run: {err}");
+    let plan: serde_json::Value = serde_json::from_str(&dry).expect("json");
+    assert_eq!(plan["executed"], false, "{dry}");
+    assert!(
+        plan["moves"].as_array().is_some_and(|m| !m.is_empty()),
+        "{dry}"
+    );
+    assert!(holds_3(&bootstrap), "a dry run moves nothing");
+    let (ok, out, err) = cli(&["cluster", "decommission", "3", "--execute"]);
+    assert!(ok, "execute: {out} {err}");
+    let end = Instant::now() + Duration::from_secs(60);
+    while holds_3(&bootstrap) {
+        assert!(Instant::now() < end, "broker 3 still holds replicas");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

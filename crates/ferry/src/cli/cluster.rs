@@ -1,11 +1,14 @@
-//! `ferry cluster info` and `ferry cluster config get|set`.
+//! `ferry cluster info`, `ferry cluster config get|set`, and the replica moves
+//! `ferry cluster decommission` and `ferry cluster rebalance` (dry runs unless
+//! `--execute`, carried out with AlterPartitionReassignments).
 
 use clap::{Args, Subcommand};
 use ferry_client::kafka_protocol::messages::ApiKey;
 use serde_json::{json, Value};
 
-use super::kafka::key_value;
+use super::kafka::{key_value, name};
 use super::output::{print_json, Table};
+use super::plan::{self, Assignment};
 use super::topic::{alter_configs, describe_configs};
 use super::CommonArgs;
 
@@ -27,6 +30,19 @@ pub enum ClusterCommand {
     /// Broker configs.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Move every replica off a broker so it can be removed (a dry run unless --execute).
+    Decommission {
+        node_id: i32,
+        /// Start the moves instead of only printing them
+        #[arg(long)]
+        execute: bool,
+    },
+    /// Spread replicas and preferred leaders evenly over the live brokers (a dry run unless --execute).
+    Rebalance {
+        /// Start the moves instead of only printing them
+        #[arg(long)]
+        execute: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -52,6 +68,16 @@ pub async fn run(args: ClusterArgs) -> anyhow::Result<()> {
     let client = args.common.connect().await?;
     let json = args.common.json;
     match args.command {
+        ClusterCommand::Decommission { node_id, execute } => {
+            let (current, live) = assignment(&client).await?;
+            let moves = plan::decommission(&current, &live, node_id).map_err(anyhow::Error::msg)?;
+            apply_moves(&client, &current, moves, execute, json).await
+        }
+        ClusterCommand::Rebalance { execute } => {
+            let (current, live) = assignment(&client).await?;
+            let moves = plan::rebalance(&current, &live);
+            apply_moves(&client, &current, moves, execute, json).await
+        }
         ClusterCommand::Info => {
             let m = client.refresh_metadata(Some(&[])).await?;
             let conn = client.any_connection().await?;
@@ -180,5 +206,116 @@ fn source_name(source: i8) -> &'static str {
         5 => "default",
         6 => "logger",
         _ => "unknown",
+    }
+}
+
+/// Every partition's replicas, and the live brokers.
+async fn assignment(client: &ferry_client::Client) -> anyhow::Result<(Assignment, Vec<i32>)> {
+    let m = client.refresh_metadata(None).await?;
+    let live: Vec<i32> = m.brokers.keys().copied().collect();
+    let current = m
+        .topics
+        .values()
+        .flat_map(|t| {
+            t.partitions
+                .iter()
+                .map(|p| ((t.name.clone(), p.partition), p.replicas.clone()))
+        })
+        .collect();
+    Ok((current, live))
+}
+
+/// Prints the moves, and with `execute` asks the controller to make them.
+async fn apply_moves(
+    client: &ferry_client::Client,
+    current: &Assignment,
+    moves: Assignment,
+    execute: bool,
+    json: bool,
+) -> anyhow::Result<()> {
+    use ferry_client::kafka_protocol::messages::alter_partition_reassignments_request::{
+        ReassignablePartition, ReassignableTopic,
+    };
+    use ferry_client::kafka_protocol::messages::{AlterPartitionReassignmentsRequest, BrokerId};
+    let mut errors = Vec::new();
+    if execute && !moves.is_empty() {
+        let mut topics: Vec<ReassignableTopic> = Vec::new();
+        for ((topic, partition), replicas) in &moves {
+            let p = ReassignablePartition::default()
+                .with_partition_index(*partition)
+                .with_replicas(Some(replicas.iter().copied().map(BrokerId).collect()));
+            match topics.last_mut() {
+                Some(t) if t.name.0.as_str() == topic => t.partitions.push(p),
+                _ => topics.push(
+                    ReassignableTopic::default()
+                        .with_name(name(topic))
+                        .with_partitions(vec![p]),
+                ),
+            }
+        }
+        let request = AlterPartitionReassignmentsRequest::default()
+            .with_timeout_ms(60_000)
+            .with_topics(topics);
+        let controller = client.metadata().controller_id;
+        let response = client.send_to(controller, &request).await?;
+        super::kafka::check(response.error_code, response.error_message.as_ref(), || {
+            "reassignment".to_string()
+        })?;
+        for t in &response.responses {
+            for p in &t.partitions {
+                if p.error_code != 0 {
+                    let message = p
+                        .error_message
+                        .as_ref()
+                        .map_or(String::new(), |m| m.to_string());
+                    errors.push(format!(
+                        "{}-{}: error {} {message}",
+                        t.name.0.as_str(),
+                        p.partition_index,
+                        p.error_code
+                    ));
+                }
+            }
+        }
+    }
+    if json {
+        let list: Vec<Value> = moves
+            .iter()
+            .map(|((topic, partition), target)| {
+                json!({"topic": topic, "partition": partition, "replicas": current.get(&(topic.clone(), *partition)), "target": target})
+            })
+            .collect();
+        print_json(&json!({"moves": list, "executed": execute, "errors": errors}));
+    } else {
+        let mut table = Table::new(&["TOPIC", "PARTITION", "REPLICAS", "TARGET"]);
+        let ids = |r: &[i32]| r.iter().map(i32::to_string).collect::<Vec<_>>().join(",");
+        for ((topic, partition), target) in &moves {
+            let before = current
+                .get(&(topic.clone(), *partition))
+                .map_or(String::new(), |r| ids(r));
+            table.row(vec![
+                topic.clone(),
+                partition.to_string(),
+                before,
+                ids(target),
+            ]);
+        }
+        table.print();
+        match (moves.is_empty(), execute) {
+            (true, _) => println!("nothing to move"),
+            (false, false) => println!(
+                "dry run: add --execute to start these {} moves",
+                moves.len()
+            ),
+            (false, true) => println!(
+                "started {} moves; `ferry topic describe` shows them finish",
+                moves.len()
+            ),
+        }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        anyhow::bail!("some moves were refused: {}", errors.join("; "))
     }
 }

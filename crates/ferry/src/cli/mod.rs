@@ -13,6 +13,7 @@ pub mod group;
 pub mod kafka;
 pub mod member;
 pub mod output;
+pub mod plan;
 pub mod produce;
 pub mod topic;
 
