@@ -830,6 +830,17 @@ impl Broker {
         }
     }
 
+    /// Whether this broker coordinates the keys of `partition` of an internal
+    /// topic: it leads it, or the topic does not exist yet (it is created on first
+    /// use, and on one node this broker leads it).
+    pub fn leads_internal_partition(&self, topic: &str, partition: i32) -> bool {
+        if self.image().topic(topic).is_none() {
+            return true;
+        }
+        self.partition(&TopicPartition::new(topic, partition))
+            .is_some_and(|p| p.is_leader())
+    }
+
     /// The broker coordinating a group (`transactional == false`) or a
     /// transactional id: the leader of the key's partition of the internal topic,
     /// which is created on first use. `None` while that partition has no leader.

@@ -540,16 +540,8 @@ impl GroupStorage for BrokerGroupStorage {
     }
 
     fn is_leader(&self, partition: i32) -> bool {
-        let Ok(broker) = self.broker() else {
-            return false;
-        };
-        if broker.image().topic(OFFSETS_TOPIC).is_none() {
-            // Created on first use, with this broker leading on one node.
-            return true;
-        }
-        broker
-            .partition(&TopicPartition::new(OFFSETS_TOPIC, partition))
-            .is_some_and(|p| p.is_leader())
+        self.broker()
+            .is_ok_and(|b| b.leads_internal_partition(OFFSETS_TOPIC, partition))
     }
 
     fn partition_count(&self) -> i32 {

@@ -580,15 +580,8 @@ impl TxnStorage for BrokerTxnHost {
     }
 
     fn is_leader(&self, partition: i32) -> bool {
-        let Ok(broker) = self.broker() else {
-            return false;
-        };
-        if broker.image().topic(TRANSACTION_STATE_TOPIC).is_none() {
-            return true;
-        }
-        broker
-            .partition(&TopicPartition::new(TRANSACTION_STATE_TOPIC, partition))
-            .is_some_and(|p| p.is_leader())
+        self.broker()
+            .is_ok_and(|b| b.leads_internal_partition(TRANSACTION_STATE_TOPIC, partition))
     }
 
     fn read_all(&self, partition: i32) -> Result<Vec<(Bytes, Option<Bytes>)>, CoreError> {
