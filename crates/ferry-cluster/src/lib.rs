@@ -85,8 +85,12 @@ pub struct QuorumConfig {
 }
 
 impl QuorumConfig {
-    /// A config with the default timings: elections after 500–1000 ms without a
-    /// leader, heartbeats every 100 ms, 10 s per request.
+    /// A config with the default timings: elections after 1.5–3 s without a
+    /// leader, heartbeats every 500 ms, 10 s per request. openraft also uses the
+    /// heartbeat interval as the timeout of every AppendEntries, which includes
+    /// the follower's fsync: a shorter one starves a follower on a loaded disk
+    /// (it retries the same entries forever). KRaft's own defaults are of this
+    /// order (an election after 1 s, a fetch timeout of 2 s).
     pub fn new(
         node_id: u64,
         voters: BTreeMap<u64, String>,
@@ -99,9 +103,9 @@ impl QuorumConfig {
             listen_addr: listen_addr.into(),
             advertised_addr: None,
             dir: dir.into(),
-            election_timeout_min_ms: 500,
-            election_timeout_max_ms: 1000,
-            heartbeat_interval_ms: 100,
+            election_timeout_min_ms: 1500,
+            election_timeout_max_ms: 3000,
+            heartbeat_interval_ms: 500,
             request_timeout_ms: 10_000,
             snapshot_interval_entries: 5000,
             snapshot_keep_entries: 1000,

@@ -283,6 +283,11 @@ impl Broker {
         Ok(self.image())
     }
 
+    /// Whether this broker is part of a cluster (its metadata comes from a quorum).
+    pub fn is_clustered(&self) -> bool {
+        self.cluster_link.get().is_some()
+    }
+
     /// Connects the broker to the active controller (a cluster only).
     pub fn set_cluster_link(&self, link: Arc<dyn ClusterLink>) {
         let _ = self.cluster_link.set(link);
@@ -816,7 +821,7 @@ impl Broker {
             replication_factor: crate::cluster::internal_replication_factor(
                 self,
                 replication_setting,
-            ),
+            )?,
             assignments: Vec::new(),
             configs,
         };

@@ -186,9 +186,23 @@ pub async fn durable(partition: &Partition, offset: i64, now_ms: i64) -> Result<
     partition.wait_replicated(offset, deadline).await
 }
 
-/// The replication factor of an internal topic created now: its setting, or
-/// every live broker when there are fewer.
-pub fn internal_replication_factor(broker: &crate::Broker, setting: &str) -> i16 {
-    let live = broker.image().live_brokers().count().max(1) as i64;
-    broker.config().long(setting).clamp(1, live) as i16
+/// The replication factor of an internal topic created now. In a cluster, as in
+/// Kafka, its setting: creation waits (the coordinator is not available) until
+/// that many brokers are live, so an early request cannot leave the topic on
+/// fewer replicas than asked for. A single node has one broker and caps it at 1.
+pub fn internal_replication_factor(
+    broker: &crate::Broker,
+    setting: &str,
+) -> Result<i16, CoreError> {
+    let wanted = broker.config().long(setting).clamp(1, i16::MAX as i64);
+    if !broker.is_clustered() {
+        return Ok(1);
+    }
+    let live = broker.image().live_brokers().count() as i64;
+    if live < wanted {
+        return Err(CoreError::InvalidReplicationFactor(format!(
+            "{setting} is {wanted} but only {live} brokers are live"
+        )));
+    }
+    Ok(wanted as i16)
 }
