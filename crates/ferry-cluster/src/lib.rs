@@ -26,11 +26,18 @@
 //! - `fetcher`: followers fetching from their leaders over the Kafka protocol.
 //! - `node`: [`ClusterNode`], a broker in a cluster, wiring all of the above.
 //!
-//! The voters are static, as in KRaft's `controller.quorum.voters`: every node is
-//! configured with the same id → address map. The lowest voter id initializes the
-//! cluster the first time it starts; the others wait to hear from it. A node that
-//! is not a voter asks the leader to add it as a learner and then receives the log
-//! like a follower, without a vote.
+//! The configured voters (`--controller-voters`, KRaft's
+//! `controller.quorum.voters`) are the bootstrap set: the lowest voter id
+//! initializes the cluster with all of them the first time it starts; the others
+//! wait to hear from it. A node that is not a member asks the leader to add it as
+//! a learner and then receives the log like a follower, without a vote.
+//!
+//! After that the membership is dynamic, as in KIP-853: a caught-up learner is
+//! promoted to voter and a voter demoted to learner with openraft's
+//! `change_membership` (Kafka's AddRaftVoter / RemoveRaftVoter, see
+//! [`MetadataQuorum::add_voter`]). The membership persisted in the Raft log and
+//! snapshot is then the truth, and also says where each node is reached; the
+//! configured voters only help a node find the quorum.
 //!
 //! [`MetadataRecord`]: ferry_core::metadata::MetadataRecord
 
@@ -60,13 +67,15 @@ pub use types::{
 #[derive(Debug, Clone)]
 pub struct QuorumConfig {
     pub node_id: u64,
-    /// Voter id → `host:port` of its controller listener: all voters, including
-    /// this node if it is one. Must be the same on every node.
+    /// Voter id → `host:port` of its controller listener: the voters the
+    /// cluster is initialized with (the same on every node), and where a node
+    /// looks for the quorum. Once the cluster exists, the membership in the Raft
+    /// log decides who votes and where each node is reached.
     pub voters: BTreeMap<u64, String>,
     /// Where this node's controller listener binds (`host:port`; port 0 picks one).
     pub listen_addr: String,
-    /// The address a non-voter gives the leader to reach it; the bound address
-    /// when `None`. Voters are always reached at their `voters` entry.
+    /// The address a node that joins as a learner gives the leader to reach it
+    /// (kept in the membership); the bound address when `None`.
     pub advertised_addr: Option<String>,
     /// Directory of the Raft log, vote and snapshot, e.g.
     /// `DATA_DIR/__cluster_metadata-0/raft`.
@@ -136,4 +145,7 @@ pub enum QuorumError {
     TooLarge { bytes: usize, max: usize },
     #[error("the metadata quorum is shut down")]
     Shutdown,
+    /// The leader refused a voter change.
+    #[error("{0}")]
+    Voter(#[from] ferry_core::cluster::VoterChangeError),
 }

@@ -5,7 +5,7 @@
 //!   openraft ──► PeerNetwork ─┐                 ┌─► serve_connection ──► Raft::append_entries / vote / …
 //!   propose / call_leader ────┼─ frame ─► TCP ──┤
 //!     (ConnPool)              ┘  (one request,  └─► leader: client_write / ControllerHandler / add_learner
-//!                                 one response)
+//!                                 one response)        / voter changes / quorum description
 //! ```
 //!
 //! A connection carries one request at a time and the response to it. A client
@@ -14,23 +14,25 @@
 //! the next call; the next call reconnects. Every request names the node it is
 //! meant for, so a listener that moved to another node refuses it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::error::Error;
 use std::future::Future;
 use std::io::{self, Cursor};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use ferry_core::cluster::{QuorumDescription, QuorumReplica, VoterChangeError};
 use openraft::error::{
-    ClientWriteError, Fatal, InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError,
-    RaftError, RemoteError, ReplicationClosed, StreamingError, Timeout, Unreachable,
+    ChangeMembershipError, ClientWriteError, Fatal, InstallSnapshotError, NetworkError,
+    PayloadTooLarge, RPCError, RaftError, RemoteError, ReplicationClosed, StreamingError, Timeout,
+    Unreachable,
 };
 use openraft::network::{RPCOption, RPCTypes, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     SnapshotResponse, VoteRequest, VoteResponse,
 };
-use openraft::OptionalSend;
+use openraft::{ChangeMembers, OptionalSend};
 use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
@@ -84,6 +86,17 @@ pub(crate) enum Request {
         node_id: NodeId,
         addr: String,
     },
+    /// Promote a learner to voter once it caught up (waiting up to `wait_ms`).
+    AddVoter {
+        node_id: NodeId,
+        wait_ms: u64,
+    },
+    /// Demote a voter to learner.
+    RemoveVoter {
+        node_id: NodeId,
+    },
+    /// Describe the quorum (voters, learners, their progress).
+    DescribeQuorum,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -97,6 +110,8 @@ pub(crate) enum Response {
     Propose(Result<LogId, LeaderError>),
     Controller(Result<ControllerResponse, LeaderError>),
     AddLearner(Result<(), LeaderError>),
+    VoterChange(Result<Result<(), VoterChangeError>, LeaderError>),
+    DescribeQuorum(Result<QuorumDescription, LeaderError>),
     /// The request was not served at all (meant for another node).
     Refused(String),
 }
@@ -263,8 +278,8 @@ impl ConnPool {
 
 // ---- openraft's side ----
 
-/// Creates a [`PeerNetwork`] per target; addresses come from the configured
-/// voters first, then from the membership (learners).
+/// Creates a [`PeerNetwork`] per target, reached at the address the membership
+/// records for it (the configured voters only when the membership has none).
 pub(crate) struct NetworkFactory {
     pub node_id: NodeId,
     pub voters: Arc<BTreeMap<NodeId, String>>,
@@ -280,11 +295,11 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
     type Network = PeerNetwork;
 
     async fn new_client(&mut self, target: NodeId, node: &Node) -> PeerNetwork {
-        let addr = self
-            .voters
-            .get(&target)
-            .cloned()
-            .unwrap_or_else(|| node.addr.clone());
+        let addr = if node.addr.is_empty() {
+            self.voters.get(&target).cloned().unwrap_or_default()
+        } else {
+            node.addr.clone()
+        };
         PeerNetwork {
             node_id: self.node_id,
             target,
@@ -439,13 +454,19 @@ pub(crate) struct ServerCtx {
 }
 
 impl ServerCtx {
-    pub(crate) fn leader_id(&self) -> Option<NodeId> {
-        self.raft.metrics().borrow().current_leader
-    }
-
+    /// `Some` unless this node leads (a leader that stepped down may still name
+    /// itself as leader until it hears of the next one).
     fn not_leader(&self) -> Option<LeaderError> {
-        let leader_id = self.leader_id();
-        (leader_id != Some(self.node_id)).then_some(LeaderError::NotLeader { leader_id })
+        let (leader_id, state) = {
+            let metrics = self.raft.metrics();
+            let m = metrics.borrow();
+            (m.current_leader, m.state)
+        };
+        if leader_id == Some(self.node_id) && state == openraft::ServerState::Leader {
+            return None;
+        }
+        let leader_id = leader_id.filter(|l| *l != self.node_id);
+        Some(LeaderError::NotLeader { leader_id })
     }
 
     /// Appends a proposal on this node, which must be the leader.
@@ -483,6 +504,19 @@ impl ServerCtx {
         if let Some(e) = self.not_leader() {
             return Err(e);
         }
+        // Already a member (a voter, or a learner whose answer was lost): nothing
+        // to write.
+        let member = self
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .get_node(&node_id)
+            .is_some();
+        if member {
+            return Ok(());
+        }
         let add = self.raft.add_learner(node_id, Node::new(addr), false);
         match tokio::time::timeout(self.request_timeout, add).await {
             Err(_) => Err(LeaderError::Failed("add learner timed out".into())),
@@ -491,6 +525,165 @@ impl ServerCtx {
                 Err(LeaderError::NotLeader {
                     leader_id: f.leader_id,
                 })
+            }
+            Ok(Err(e)) => Err(LeaderError::Failed(e.to_string())),
+        }
+    }
+
+    /// The quorum as this node, which must be the leader, sees it.
+    pub(crate) fn describe_local(&self) -> Result<QuorumDescription, LeaderError> {
+        if let Some(e) = self.not_leader() {
+            return Err(e);
+        }
+        let m = self.raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let progress = m.replication.clone().unwrap_or_default();
+        let replica = |id: NodeId, node: &Node| {
+            let log_end_offset = if id == self.node_id {
+                m.last_log_index.map_or(0, |i| i as i64 + 1)
+            } else {
+                match progress.get(&id) {
+                    Some(Some(matched)) => matched.index as i64 + 1,
+                    Some(None) => 0,
+                    None => -1,
+                }
+            };
+            QuorumReplica {
+                node_id: i32::try_from(id).unwrap_or(-1),
+                addr: node.addr.clone(),
+                log_end_offset,
+            }
+        };
+        let (mut voter_list, mut observers) = (Vec::new(), Vec::new());
+        for (id, node) in membership.nodes() {
+            if voters.contains(id) {
+                voter_list.push(replica(*id, node));
+            } else {
+                observers.push(replica(*id, node));
+            }
+        }
+        Ok(QuorumDescription {
+            leader_id: i32::try_from(self.node_id).unwrap_or(-1),
+            leader_epoch: i32::try_from(m.current_term).unwrap_or(i32::MAX),
+            high_watermark: m.last_applied.map_or(0, |l| l.index as i64 + 1),
+            voters: voter_list,
+            observers,
+        })
+    }
+
+    /// Promotes learner `node_id` to voter on this node, which must be the
+    /// leader, once the learner has every entry this node has applied (waiting
+    /// up to `wait` for that).
+    pub(crate) async fn add_voter_local(
+        &self,
+        node_id: NodeId,
+        wait: Duration,
+    ) -> Result<Result<(), VoterChangeError>, LeaderError> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            if let Some(e) = self.not_leader() {
+                return Err(e);
+            }
+            let (is_voter, is_learner, caught_up) = {
+                let metrics = self.raft.metrics();
+                let m = metrics.borrow();
+                let membership = m.membership_config.membership();
+                let is_voter = membership.voter_ids().any(|id| id == node_id);
+                let is_learner = membership.learner_ids().any(|id| id == node_id);
+                let matched = m
+                    .replication
+                    .as_ref()
+                    .and_then(|r| r.get(&node_id).cloned())
+                    .flatten()
+                    .map(|l| l.index);
+                let applied = m.last_applied.map(|l| l.index);
+                (is_voter, is_learner, matched >= applied)
+            };
+            if is_voter {
+                return Ok(Err(VoterChangeError::DuplicateVoter(format!(
+                    "node {node_id} is a voter already"
+                ))));
+            }
+            if is_learner && caught_up {
+                break;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                let why = if is_learner {
+                    format!("node {node_id} has not caught up with the metadata log")
+                } else {
+                    format!(
+                        "node {node_id} is not a learner of the metadata quorum: start it first \
+                         (with --controller-voters naming the current voters)"
+                    )
+                };
+                return Ok(Err(VoterChangeError::TimedOut(why)));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let changes = ChangeMembers::AddVoterIds(BTreeSet::from([node_id]));
+        self.change_membership(changes, true).await
+    }
+
+    /// Demotes voter `node_id` to learner on this node, which must be the leader.
+    /// The leader itself leaves the membership instead (openraft keeps a leader
+    /// that is a learner leading, and steps down only one that is no member),
+    /// and joins again as a learner once another leader is elected.
+    pub(crate) async fn remove_voter_local(
+        &self,
+        node_id: NodeId,
+    ) -> Result<Result<(), VoterChangeError>, LeaderError> {
+        if let Some(e) = self.not_leader() {
+            return Err(e);
+        }
+        let voters: BTreeSet<NodeId> = self
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .collect();
+        if !voters.contains(&node_id) {
+            return Ok(Err(VoterChangeError::VoterNotFound(format!(
+                "node {node_id} is not a voter (the voters are {voters:?})"
+            ))));
+        }
+        if voters.len() == 1 {
+            return Ok(Err(VoterChangeError::Invalid(format!(
+                "node {node_id} is the only voter: add another voter first"
+            ))));
+        }
+        let changes = ChangeMembers::RemoveVoters(BTreeSet::from([node_id]));
+        self.change_membership(changes, node_id != self.node_id)
+            .await
+    }
+
+    /// Commits a membership change (both steps of a joint change), keeping
+    /// removed voters as learners if `retain`.
+    async fn change_membership(
+        &self,
+        changes: ChangeMembers<NodeId, Node>,
+        retain: bool,
+    ) -> Result<Result<(), VoterChangeError>, LeaderError> {
+        let change = self.raft.change_membership(changes, retain);
+        match tokio::time::timeout(self.request_timeout, change).await {
+            Err(_) => Ok(Err(VoterChangeError::TimedOut(
+                "the membership change was not committed in time".into(),
+            ))),
+            Ok(Ok(_)) => Ok(Ok(())),
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
+                Err(LeaderError::NotLeader {
+                    leader_id: f.leader_id,
+                })
+            }
+            Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e)))) => {
+                Ok(Err(match e {
+                    ChangeMembershipError::EmptyMembership(e) => {
+                        VoterChangeError::Invalid(e.to_string())
+                    }
+                    other => VoterChangeError::TimedOut(other.to_string()),
+                }))
             }
             Ok(Err(e)) => Err(LeaderError::Failed(e.to_string())),
         }
@@ -529,6 +722,14 @@ impl ServerCtx {
             Request::AddLearner { node_id, addr } => {
                 Response::AddLearner(self.add_learner(node_id, addr).await)
             }
+            Request::AddVoter { node_id, wait_ms } => Response::VoterChange(
+                self.add_voter_local(node_id, Duration::from_millis(wait_ms))
+                    .await,
+            ),
+            Request::RemoveVoter { node_id } => {
+                Response::VoterChange(self.remove_voter_local(node_id).await)
+            }
+            Request::DescribeQuorum => Response::DescribeQuorum(self.describe_local()),
         }
     }
 }

@@ -14,7 +14,8 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use ferry_core::cluster::{
-    ClusterLink, ElectFuture, ListReassignmentsFuture, MarkersFuture, MetadataStore, ReassignFuture,
+    ClusterLink, DescribeQuorumFuture, ElectFuture, ListReassignmentsFuture, MarkersFuture,
+    MetadataStore, ReassignFuture, VoterChangeFuture,
 };
 use ferry_core::metadata::{MetadataImage, MetadataRecord};
 use ferry_core::{Broker, BrokerOptions, Clock, CoreError, Partition, TopicPartition};
@@ -30,7 +31,9 @@ use crate::{MetadataQuorum, QuorumConfig, QuorumError};
 /// How a node joins its cluster.
 #[derive(Debug, Clone)]
 pub struct ClusterOptions {
-    /// Voter id → `host:port` of its controller listener.
+    /// Voter id → `host:port` of its controller listener: the voters a new
+    /// cluster is initialized with, and where a node looks for the quorum (the
+    /// membership in the metadata log decides once the cluster exists).
     pub voters: BTreeMap<u64, String>,
     /// Where this node's controller listener binds.
     pub controller_addr: String,
@@ -56,12 +59,24 @@ impl ClusterNode {
             .data_dir
             .join(ferry_core::broker::METADATA_DIR)
             .join("raft");
-        let quorum_config = QuorumConfig::new(
+        let mut quorum_config = QuorumConfig::new(
             node_id as u64,
             cluster.voters.clone(),
             cluster.controller_addr.clone(),
             raft_dir,
         );
+        // The membership records where a joining node is reached: a wildcard
+        // listener is reached at the host the broker advertises to clients.
+        if let Ok(bind) = cluster.controller_addr.parse::<std::net::SocketAddr>() {
+            if bind.ip().is_unspecified() && bind.port() != 0 {
+                let host = &options.advertised_host;
+                quorum_config.advertised_addr = Some(if host.contains(':') {
+                    format!("[{host}]:{}", bind.port())
+                } else {
+                    format!("{host}:{}", bind.port())
+                });
+            }
+        }
         let quorum = MetadataQuorum::start(quorum_config).await?;
         let static_config = ferry_core::config::BrokerConfig::new(options.configs.clone())
             .map_err(|e| QuorumError::Config(e.to_string()))?;
@@ -278,7 +293,19 @@ fn quorum_error(e: QuorumError) -> CoreError {
     }
 }
 
-/// ISR changes, leader elections and reassignments go to the active controller.
+/// A voter change's outcome as the broker reports it.
+fn voter_change(
+    result: Result<(), QuorumError>,
+) -> Result<Result<(), ferry_core::cluster::VoterChangeError>, CoreError> {
+    match result {
+        Ok(()) => Ok(Ok(())),
+        Err(QuorumError::Voter(e)) => Ok(Err(e)),
+        Err(e) => Err(quorum_error(e)),
+    }
+}
+
+/// ISR changes, leader elections, reassignments and voter changes go to the
+/// active controller (the quorum's leader).
 struct QuorumLink {
     quorum: Weak<MetadataQuorum>,
 }
@@ -402,6 +429,40 @@ impl ClusterLink for QuorumLink {
                 ))),
                 Err(e) => Err(quorum_error(e)),
             }
+        })
+    }
+
+    fn describe_quorum(&self) -> DescribeQuorumFuture {
+        let quorum = self.quorum.clone();
+        Box::pin(async move {
+            let quorum = quorum.upgrade().ok_or(CoreError::ShuttingDown)?;
+            quorum.describe().await.map_err(quorum_error)
+        })
+    }
+
+    fn add_voter(&self, node_id: i32, timeout: Duration) -> VoterChangeFuture {
+        let quorum = self.quorum.clone();
+        Box::pin(async move {
+            let quorum = quorum.upgrade().ok_or(CoreError::ShuttingDown)?;
+            let Ok(id) = u64::try_from(node_id) else {
+                return Ok(Err(ferry_core::cluster::VoterChangeError::TimedOut(
+                    format!("node {node_id} is not a learner of the metadata quorum"),
+                )));
+            };
+            voter_change(quorum.add_voter(id, timeout).await)
+        })
+    }
+
+    fn remove_voter(&self, node_id: i32) -> VoterChangeFuture {
+        let quorum = self.quorum.clone();
+        Box::pin(async move {
+            let quorum = quorum.upgrade().ok_or(CoreError::ShuttingDown)?;
+            let Ok(id) = u64::try_from(node_id) else {
+                return Ok(Err(ferry_core::cluster::VoterChangeError::VoterNotFound(
+                    format!("node {node_id} is not a voter"),
+                )));
+            };
+            voter_change(quorum.remove_voter(id).await)
         })
     }
 

@@ -11,13 +11,22 @@
 //! A proposal keeps its request id across retries, and the state machine skips
 //! an id it has already applied, so a retry after a lost answer never applies the
 //! records twice.
+//!
+//! Voters change at run time ([`MetadataQuorum::add_voter`],
+//! [`MetadataQuorum::remove_voter`]); the membership persisted in the log is
+//! what a restarted node goes by. A node restarted as a voter of its persisted
+//! membership does not campaign until it has heard from a leader or one election
+//! timeout has passed: a voter that was removed while it was down learns of its
+//! removal from the leader (which still replicates to it, now a learner) instead
+//! of deposing that leader with a higher term.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use ferry_core::cluster::{QuorumDescription, VoterChangeError};
 use ferry_core::metadata::{MetadataImage, MetadataRecord};
 use openraft::error::{InitializeError, RaftError};
 use openraft::{Config, ServerState, SnapshotPolicy};
@@ -69,12 +78,17 @@ enum LeaderCall {
     Propose(Proposal),
     Controller(ControllerRequest),
     AddLearner { node_id: NodeId, addr: String },
+    AddVoter { node_id: NodeId, wait_ms: u64 },
+    RemoveVoter { node_id: NodeId },
+    DescribeQuorum,
 }
 
 enum LeaderReply {
     Propose(#[allow(dead_code)] LogId),
     Controller(ControllerResponse),
     AddLearner,
+    VoterChange(Result<(), VoterChangeError>),
+    DescribeQuorum(QuorumDescription),
 }
 
 /// Why one attempt to reach the leader failed.
@@ -118,6 +132,8 @@ fn raft_config(config: &QuorumConfig) -> Result<Config, QuorumError> {
         install_snapshot_timeout: config.request_timeout_ms,
         snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_interval_entries),
         max_in_snapshot_log_to_keep: config.snapshot_keep_entries,
+        // Turned on once the node knows it may campaign (see `start_inner`).
+        enable_elect: false,
         ..Default::default()
     }
     .validate()
@@ -128,7 +144,8 @@ impl MetadataQuorum {
     /// Opens the storage in `config.dir`, binds `config.listen_addr` and starts the
     /// Raft node. On the lowest voter id of a cluster that was never initialized,
     /// it also initializes the membership with all voters (a no-op on every later
-    /// start). A non-voter keeps asking the leader to add it as a learner until it is.
+    /// start). A node that is not in the membership keeps asking the leader to add
+    /// it as a learner until it is.
     pub async fn start(config: QuorumConfig) -> Result<Arc<MetadataQuorum>, QuorumError> {
         validate(&config)?;
         let listener = TcpListener::bind(&config.listen_addr).await?;
@@ -199,12 +216,31 @@ impl MetadataQuorum {
             stopped: AtomicBool::new(false),
         });
 
+        let initialized = match raft.is_initialized().await {
+            Ok(initialized) => initialized,
+            Err(e) => {
+                quorum.shutdown().await;
+                return Err(QuorumError::Raft(e.to_string()));
+            }
+        };
+        let sole_voter = {
+            let metrics = raft.metrics();
+            let m = metrics.borrow();
+            let ids: Vec<NodeId> = m.membership_config.membership().voter_ids().collect();
+            ids == [node_id]
+        };
+        if !initialized || sole_voter {
+            // A new node has no stale term to disrupt anyone with; a sole voter
+            // cannot have been removed without its own vote.
+            raft.runtime_config().elect(true);
+        } else {
+            let grace = Duration::from_millis(config.election_timeout_max_ms);
+            let gate = tokio::spawn(allow_elections_after_leader_or(raft.clone(), grace));
+            quorum.tasks.lock().push(gate);
+        }
+
         if config.is_voter() {
             let lowest = voters.keys().next().copied();
-            let initialized = raft
-                .is_initialized()
-                .await
-                .map_err(|e| QuorumError::Raft(e.to_string()))?;
             if lowest == Some(node_id) && !initialized {
                 let members: BTreeMap<NodeId, Node> = voters
                     .iter()
@@ -219,17 +255,31 @@ impl MetadataQuorum {
                     }
                 }
             }
-        } else {
+        }
+        {
             let addr = config
                 .advertised_addr
                 .clone()
                 .unwrap_or_else(|| local_addr.to_string());
+            // A configured voter is normally made a member by the initializing
+            // voter: it asks only if that has not happened after a while (its
+            // data was lost, or the cluster was formed without it). The task
+            // keeps watching: a leader that removed itself from the voters left
+            // the membership to step down, and joins again as a learner.
+            let first_wait = if config.is_voter() {
+                Duration::from_millis(config.election_timeout_max_ms * 2)
+            } else {
+                Duration::ZERO
+            };
             let weak = Arc::downgrade(&quorum);
             let join = tokio::spawn(async move {
+                tokio::time::sleep(first_wait).await;
                 loop {
                     let Some(quorum) = weak.upgrade() else { return };
                     if quorum.is_member() {
-                        return;
+                        drop(quorum);
+                        tokio::time::sleep(JOIN_RETRY).await;
+                        continue;
                     }
                     let call = LeaderCall::AddLearner {
                         node_id,
@@ -332,6 +382,80 @@ impl MetadataQuorum {
         }
     }
 
+    /// Promotes `node_id`, a learner, to voter (Kafka's AddRaftVoter): the
+    /// leader waits up to `wait` for the learner to have every entry it has
+    /// applied, then commits the new membership. A voter already is
+    /// [`VoterChangeError::DuplicateVoter`]; a node that is not a caught-up
+    /// learner in time [`VoterChangeError::TimedOut`].
+    pub async fn add_voter(&self, node_id: NodeId, wait: Duration) -> Result<(), QuorumError> {
+        let wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
+        match self
+            .leader_call(LeaderCall::AddVoter { node_id, wait_ms }, wait)
+            .await?
+        {
+            LeaderReply::VoterChange(r) => r.map_err(QuorumError::Voter),
+            _ => Err(QuorumError::Raft("mismatched leader reply".into())),
+        }
+    }
+
+    /// Demotes voter `node_id` to learner (Kafka's RemoveRaftVoter): it keeps
+    /// receiving the log without a vote. The leader may remove itself: it steps
+    /// down once the change is committed and the other voters elect a leader.
+    /// A node that is not a voter is [`VoterChangeError::VoterNotFound`]; the
+    /// last voter [`VoterChangeError::Invalid`].
+    pub async fn remove_voter(&self, node_id: NodeId) -> Result<(), QuorumError> {
+        match self
+            .leader_call(LeaderCall::RemoveVoter { node_id }, Duration::ZERO)
+            .await?
+        {
+            LeaderReply::VoterChange(r) => r.map_err(QuorumError::Voter),
+            _ => Err(QuorumError::Raft("mismatched leader reply".into())),
+        }
+    }
+
+    /// The quorum as its leader sees it (Kafka's DescribeQuorum).
+    pub async fn describe(&self) -> Result<QuorumDescription, QuorumError> {
+        match self
+            .leader_call(LeaderCall::DescribeQuorum, Duration::ZERO)
+            .await?
+        {
+            LeaderReply::DescribeQuorum(d) => Ok(d),
+            _ => Err(QuorumError::Raft("mismatched leader reply".into())),
+        }
+    }
+
+    /// Runs `call` on the leader with the request deadline plus `extra`.
+    async fn leader_call(
+        &self,
+        call: LeaderCall,
+        extra: Duration,
+    ) -> Result<LeaderReply, QuorumError> {
+        if self.stopped.load(Ordering::Acquire) {
+            return Err(QuorumError::Shutdown);
+        }
+        let deadline = Instant::now() + self.request_timeout + extra;
+        self.to_leader(&call, deadline, &mut || false).await
+    }
+
+    /// The voters of the membership this node has.
+    pub fn voter_ids(&self) -> BTreeSet<NodeId> {
+        let membership = self.raft.metrics().borrow().membership_config.clone();
+        let voters = membership.membership().voter_ids().collect();
+        voters
+    }
+
+    /// The learners of the membership this node has.
+    pub fn learner_ids(&self) -> BTreeSet<NodeId> {
+        let membership = self.raft.metrics().borrow().membership_config.clone();
+        let learners = membership.membership().learner_ids().collect();
+        learners
+    }
+
+    /// The Raft term this node is in.
+    pub fn term(&self) -> u64 {
+        self.raft.metrics().borrow().current_term
+    }
+
     /// Installs the handler that answers controller RPCs while this node leads.
     pub fn set_handler(&self, handler: Arc<dyn ControllerHandler>) {
         *self.ctx.handler.write() = Some(handler);
@@ -351,8 +475,13 @@ impl MetadataQuorum {
         self.image_rx.borrow().clone()
     }
 
+    /// The leader this node knows of (not itself once it stepped down, though
+    /// its vote still names it until it hears of the next leader).
     pub fn leader_id(&self) -> Option<NodeId> {
-        self.raft.metrics().borrow().current_leader
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        m.current_leader
+            .filter(|l| *l != self.node_id || m.state == ServerState::Leader)
     }
 
     pub fn is_leader(&self) -> bool {
@@ -410,17 +539,27 @@ impl MetadataQuorum {
         self.pool.clear();
     }
 
-    /// Where to reach `node`: the configured voters first, then the membership.
+    /// Where to reach `node`: the address the membership records, else its
+    /// configured voter address.
     fn addr_of(&self, node: NodeId) -> Option<String> {
-        if let Some(addr) = self.voters.get(&node) {
-            return Some(addr.clone());
-        }
         let membership = self.raft.metrics().borrow().membership_config.clone();
         let addr = membership
             .membership()
             .get_node(&node)
-            .map(|n| n.addr.clone());
-        addr
+            .map(|n| n.addr.clone())
+            .filter(|a| !a.is_empty());
+        addr.or_else(|| self.voters.get(&node).cloned())
+    }
+
+    /// Every other node this one knows of: the membership's, then the
+    /// configured voters.
+    fn known_nodes(&self) -> Vec<NodeId> {
+        let membership = self.raft.metrics().borrow().membership_config.clone();
+        let mut ids: BTreeSet<NodeId> =
+            membership.membership().nodes().map(|(id, _)| *id).collect();
+        ids.extend(self.voters.keys().copied());
+        ids.remove(&self.node_id);
+        ids.into_iter().collect()
     }
 
     /// Runs `call` on the leader, following leader changes until `deadline`, or
@@ -432,7 +571,6 @@ impl MetadataQuorum {
         deadline: Instant,
         done: &mut (dyn FnMut() -> bool + Send),
     ) -> Result<LeaderReply, QuorumError> {
-        let voters: Vec<NodeId> = self.voters.keys().copied().collect();
         let mut hint: Option<NodeId> = None;
         let mut next_voter = 0usize;
         let mut last_error = String::from("no leader known");
@@ -445,16 +583,16 @@ impl MetadataQuorum {
                 return Err(QuorumError::Timeout(last_error));
             }
             // Who to ask: the leader this node knows, else a hint from a previous
-            // answer, else (on a non-voter, which may never hear of a leader until
-            // it is a learner) each voter in turn.
-            let target = self.leader_id().or(hint.take()).or_else(|| {
-                if self.voters.contains_key(&self.node_id) {
-                    None
-                } else {
-                    let v = voters.get(next_voter % voters.len().max(1)).copied();
-                    next_voter += 1;
-                    v
-                }
+            // answer, else every other node it knows of in turn (a node outside
+            // the membership, or one the leader no longer replicates to, may
+            // never hear of a leader otherwise).
+            let leader = self.leader_id();
+            let hint_elsewhere = hint.take().filter(|h| *h != self.node_id);
+            let target = leader.or(hint_elsewhere).or_else(|| {
+                let others = self.known_nodes();
+                let v = others.get(next_voter % others.len().max(1)).copied();
+                next_voter += 1;
+                v
             });
             let Some(target) = target else {
                 tokio::time::sleep(RETRY_BACKOFF.min(deadline - now)).await;
@@ -507,10 +645,23 @@ impl MetadataQuorum {
                     .controller_local(r)
                     .await
                     .map(LeaderReply::Controller),
-                // A leader is a voter; only non-voters join.
+                // A leader is a member; only non-members join.
                 LeaderCall::AddLearner { .. } => Err(LeaderError::Failed(
-                    "a voter does not join as a learner".into(),
+                    "a member does not join as a learner".into(),
                 )),
+                LeaderCall::AddVoter { node_id, wait_ms } => self
+                    .ctx
+                    .add_voter_local(node_id, Duration::from_millis(wait_ms))
+                    .await
+                    .map(LeaderReply::VoterChange),
+                LeaderCall::RemoveVoter { node_id } => self
+                    .ctx
+                    .remove_voter_local(node_id)
+                    .await
+                    .map(LeaderReply::VoterChange),
+                LeaderCall::DescribeQuorum => {
+                    self.ctx.describe_local().map(LeaderReply::DescribeQuorum)
+                }
             }
         };
         match tokio::time::timeout(ttl, work).await {
@@ -536,6 +687,9 @@ impl MetadataQuorum {
             LeaderCall::Propose(p) => Request::Propose(p),
             LeaderCall::Controller(r) => Request::Controller(r),
             LeaderCall::AddLearner { node_id, addr } => Request::AddLearner { node_id, addr },
+            LeaderCall::AddVoter { node_id, wait_ms } => Request::AddVoter { node_id, wait_ms },
+            LeaderCall::RemoveVoter { node_id } => Request::RemoveVoter { node_id },
+            LeaderCall::DescribeQuorum => Request::DescribeQuorum,
         };
         let request = RequestEnvelope { to: target, body };
         let reply = self
@@ -549,11 +703,51 @@ impl MetadataQuorum {
             Response::AddLearner(r) => r
                 .map(|()| LeaderReply::AddLearner)
                 .map_err(AttemptError::Leader),
+            Response::VoterChange(r) => r
+                .map(LeaderReply::VoterChange)
+                .map_err(AttemptError::Leader),
+            Response::DescribeQuorum(r) => r
+                .map(LeaderReply::DescribeQuorum)
+                .map_err(AttemptError::Leader),
             other => Err(AttemptError::Unexpected(format!(
                 "unexpected reply {other:?}"
             ))),
         }
     }
+}
+
+/// Lets a restarted voter campaign once it has heard from a leader (then it
+/// has the membership that leader replicates, which may have removed it) or
+/// after `grace` without one (the whole quorum restarted). Heard from means
+/// something arrived: a new vote, entries or membership (the leader the metrics
+/// name right after the start is only the one of the persisted vote).
+async fn allow_elections_after_leader_or(raft: Raft, grace: Duration) {
+    let mut metrics = raft.metrics();
+    let (node_id, vote, last_log, membership) = {
+        let m = metrics.borrow_and_update();
+        (
+            m.id,
+            m.vote,
+            m.last_log_index,
+            m.membership_config.log_id().to_owned(),
+        )
+    };
+    let heard = async {
+        loop {
+            if metrics.changed().await.is_err() {
+                return;
+            }
+            let m = metrics.borrow_and_update();
+            let news = m.vote != vote
+                || m.last_log_index != last_log
+                || m.membership_config.log_id() != &membership;
+            if news && m.current_leader.is_some_and(|l| l != node_id) {
+                return;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(grace, heard).await;
+    raft.runtime_config().elect(true);
 }
 
 impl Drop for MetadataQuorum {

@@ -12,6 +12,7 @@ use ferry_cluster::{
     ControllerHandler, ControllerRequest, ControllerResponse, HandlerFuture, MetadataQuorum,
     QuorumConfig, QuorumError,
 };
+use ferry_core::cluster::VoterChangeError;
 use ferry_core::metadata::{MetadataImage, MetadataRecord};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use uuid::Uuid;
@@ -53,28 +54,43 @@ fn config(id: u64, voters: &BTreeMap<u64, String>, dir: &Path) -> QuorumConfig {
 struct Cluster {
     _root: tempfile::TempDir,
     dirs: BTreeMap<u64, PathBuf>,
+    /// The configured voters (every node's `voters`).
     voters: BTreeMap<u64, String>,
+    /// Every node's listener address.
+    addrs: BTreeMap<u64, String>,
     nodes: BTreeMap<u64, Arc<MetadataQuorum>>,
     tune: fn(&mut QuorumConfig),
 }
 
 impl Cluster {
     async fn start(n: u64, tune: fn(&mut QuorumConfig)) -> Cluster {
+        Cluster::start_with_voters(n, n, tune).await
+    }
+
+    /// `n` nodes of which the first `voters` are the configured voters; the
+    /// others join as learners.
+    async fn start_with_voters(n: u64, voters: u64, tune: fn(&mut QuorumConfig)) -> Cluster {
         init_tracing();
         let root = tempfile::tempdir().expect("tempdir");
         let mut listeners = BTreeMap::new();
-        let mut voters = BTreeMap::new();
+        let mut addrs = BTreeMap::new();
         let mut dirs = BTreeMap::new();
         for id in 1..=n {
             let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-            voters.insert(id, l.local_addr().expect("addr").to_string());
+            addrs.insert(id, l.local_addr().expect("addr").to_string());
             listeners.insert(id, l);
             dirs.insert(id, root.path().join(format!("node-{id}")));
         }
+        let voters = addrs
+            .iter()
+            .filter(|(id, _)| **id <= voters)
+            .map(|(id, a)| (*id, a.clone()))
+            .collect();
         let mut cluster = Cluster {
             _root: root,
             dirs,
             voters,
+            addrs,
             nodes: BTreeMap::new(),
             tune,
         };
@@ -95,7 +111,7 @@ impl Cluster {
 
     /// Restarts a stopped node from its directory, on its old address.
     async fn restart(&mut self, id: u64) {
-        let listener = rebind(&self.voters[&id]).await;
+        let listener = rebind(&self.addrs[&id]).await;
         self.start_node(id, listener).await;
     }
 
@@ -524,4 +540,231 @@ async fn garbage_on_the_listener_closes_that_connection_only() {
         .expect("propose");
     assert!(has_topics(&image, &["still-up"]));
     node.shutdown().await;
+}
+
+/// Waits until node `on` sees exactly `voters` and `learners` in its membership.
+async fn wait_for_membership(cluster: &Cluster, on: u64, voters: &[u64], learners: &[u64]) {
+    let node = cluster.node(on);
+    let (voters, learners) = (
+        voters
+            .iter()
+            .copied()
+            .collect::<std::collections::BTreeSet<_>>(),
+        learners
+            .iter()
+            .copied()
+            .collect::<std::collections::BTreeSet<_>>(),
+    );
+    wait_until(
+        &format!("node {on} sees voters {voters:?} and learners {learners:?}"),
+        || node.voter_ids() == voters && node.learner_ids() == learners,
+    )
+    .await;
+}
+
+fn refused(result: Result<(), QuorumError>) -> VoterChangeError {
+    match result {
+        Err(QuorumError::Voter(e)) => e,
+        other => panic!("expected a refused voter change, got {other:?}"),
+    }
+}
+
+/// KIP-853's way to grow a quorum from one voter: learners are promoted, the
+/// original voter dies, the two others carry on (and a restarted one comes back
+/// as a voter from its persisted membership, not from its flags); the dead voter
+/// is removed, and restarted with its old flags it comes back as a learner
+/// without deposing the leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn learners_become_voters_and_outlive_the_original_voter() {
+    let mut cluster = Cluster::start_with_voters(3, 1, no_tuning).await;
+    for id in 1..=3 {
+        wait_for_membership(&cluster, id, &[1], &[2, 3]).await;
+    }
+    cluster
+        .node(1)
+        .propose(vec![topic("one-voter")])
+        .await
+        .expect("propose");
+    cluster.all_have(&["one-voter"]).await;
+
+    // Described by the leader, asked on a learner.
+    let d = cluster.node(3).describe().await.expect("describe");
+    assert_eq!(d.leader_id, 1);
+    let ids = |rs: &[ferry_core::cluster::QuorumReplica]| {
+        rs.iter().map(|r| r.node_id).collect::<Vec<_>>()
+    };
+    assert_eq!(ids(&d.voters), [1]);
+    assert_eq!(ids(&d.observers), [2, 3]);
+    assert_eq!(d.voters[0].addr, cluster.addrs[&1]);
+    assert!(d.high_watermark > 0, "{d:?}");
+    assert!(d.voters[0].log_end_offset >= d.high_watermark, "{d:?}");
+
+    // Refusals, each with its Kafka meaning.
+    let node2 = cluster.node(2).clone();
+    assert!(matches!(
+        refused(node2.add_voter(1, Duration::from_millis(200)).await),
+        VoterChangeError::DuplicateVoter(_)
+    ));
+    assert!(matches!(
+        refused(node2.add_voter(9, Duration::from_millis(200)).await),
+        VoterChangeError::TimedOut(_)
+    ));
+    assert!(matches!(
+        refused(node2.remove_voter(9).await),
+        VoterChangeError::VoterNotFound(_)
+    ));
+    assert!(matches!(
+        refused(node2.remove_voter(1).await),
+        VoterChangeError::Invalid(_)
+    ));
+
+    // Promoted from a learner (forwarded to the leader).
+    node2
+        .add_voter(2, Duration::from_secs(5))
+        .await
+        .expect("add voter 2");
+    node2
+        .add_voter(3, Duration::from_secs(5))
+        .await
+        .expect("add voter 3");
+    for id in 1..=3 {
+        wait_for_membership(&cluster, id, &[1, 2, 3], &[]).await;
+    }
+    let d = cluster.node(1).describe().await.expect("describe");
+    assert_eq!(ids(&d.voters), [1, 2, 3]);
+    assert!(d.observers.is_empty());
+
+    // The original voter dies: 2 and 3 are a majority of three.
+    cluster.stop(1).await;
+    let leader = cluster.leader().await;
+    assert!(leader == 2 || leader == 3);
+    cluster
+        .node(2)
+        .propose(vec![topic("without-1")])
+        .await
+        .expect("propose without node 1");
+
+    // Restarted with its original flags (node 1 the only configured voter, and
+    // down), node 3 is a voter again: without its vote nothing would commit.
+    cluster.stop(3).await;
+    cluster.restart(3).await;
+    wait_for_membership(&cluster, 3, &[1, 2, 3], &[]).await;
+    cluster
+        .node(3)
+        .propose(vec![topic("after-restart")])
+        .await
+        .expect("propose with the restarted voter");
+    cluster
+        .all_have(&["one-voter", "without-1", "after-restart"])
+        .await;
+
+    // The dead voter is removed (it stays a learner).
+    cluster
+        .node(3)
+        .remove_voter(1)
+        .await
+        .expect("remove voter 1");
+    wait_for_membership(&cluster, 2, &[2, 3], &[1]).await;
+    wait_for_membership(&cluster, 3, &[2, 3], &[1]).await;
+    let leader = cluster.leader().await;
+    let term = cluster.node(leader).term();
+
+    // Node 1 comes back with its old flags and an old log that says it votes:
+    // it learns from the leader that it is a learner, and the leader stays.
+    cluster.restart(1).await;
+    wait_for_membership(&cluster, 1, &[2, 3], &[1]).await;
+    cluster
+        .node(1)
+        .propose(vec![topic("from-removed")])
+        .await
+        .expect("propose from the removed voter");
+    cluster.all_have(&["from-removed"]).await;
+    // Past several election timeouts of node 1.
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    assert_eq!(cluster.leader().await, leader, "the leader was deposed");
+    assert_eq!(cluster.node(leader).term(), term, "an election took place");
+    assert!(!cluster.node(1).is_leader());
+    cluster.shutdown().await;
+}
+
+/// Removing the leader: it commits its own removal, steps down to a learner,
+/// and the remaining voters elect a leader among themselves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn removing_the_leader_hands_over_to_another_voter() {
+    let mut cluster = Cluster::start(3, no_tuning).await;
+    let old = cluster.leader().await;
+    let follower = cluster.follower(old);
+    cluster
+        .node(follower)
+        .remove_voter(old)
+        .await
+        .expect("remove the leader");
+    // The old leader steps down once its removal is committed; until the others
+    // elect a leader, every node may still name it.
+    wait_until("a leader other than the removed one", || {
+        cluster.nodes.values().all(|n| {
+            n.leader_id()
+                .is_some_and(|l| l != old && cluster.nodes.contains_key(&l))
+        })
+    })
+    .await;
+    let new = cluster.leader().await;
+    assert_ne!(new, old);
+    let rest: Vec<u64> = (1..=3).filter(|id| *id != old).collect();
+    for id in 1..=3 {
+        wait_for_membership(&cluster, id, &rest, &[old]).await;
+    }
+    let image = cluster
+        .node(old)
+        .propose(vec![topic("from-old-leader")])
+        .await
+        .expect("propose from the demoted leader");
+    assert!(has_topics(&image, &["from-old-leader"]));
+
+    // Restarted, it is still a learner: its persisted membership says so.
+    cluster.stop(old).await;
+    cluster.restart(old).await;
+    wait_for_membership(&cluster, old, &rest, &[old]).await;
+    assert_eq!(cluster.leader().await, new);
+
+    // And can be promoted back.
+    cluster
+        .node(new)
+        .add_voter(old, Duration::from_secs(5))
+        .await
+        .expect("add the old leader back");
+    wait_for_membership(&cluster, old, &[1, 2, 3], &[]).await;
+    cluster.shutdown().await;
+}
+
+/// A follower removed from the voters while it was down comes back with its
+/// old flags and a log that says it votes: it must learn from the leader that
+/// it is a learner, not depose that leader with an election.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_voter_removed_while_down_comes_back_as_a_learner_without_an_election() {
+    let mut cluster = Cluster::start(3, no_tuning).await;
+    let leader = cluster.leader().await;
+    let removed = cluster.follower(leader);
+    cluster.stop(removed).await;
+    cluster
+        .node(leader)
+        .remove_voter(removed)
+        .await
+        .expect("remove the stopped voter");
+    cluster
+        .node(leader)
+        .propose(vec![topic("while-away")])
+        .await
+        .expect("propose");
+    let rest: Vec<u64> = (1..=3).filter(|id| *id != removed).collect();
+    let term = cluster.node(leader).term();
+
+    cluster.restart(removed).await;
+    wait_for_membership(&cluster, removed, &rest, &[removed]).await;
+    cluster.all_have(&["while-away"]).await;
+    // Past several of its election timeouts.
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    assert_eq!(cluster.leader().await, leader, "the leader was deposed");
+    assert_eq!(cluster.node(leader).term(), term, "an election took place");
+    cluster.shutdown().await;
 }

@@ -288,6 +288,12 @@ impl Broker {
         self.cluster_link.get().is_some()
     }
 
+    /// The link to the cluster's controller and metadata quorum (`None` on a
+    /// single node).
+    pub fn cluster_link(&self) -> Option<&Arc<dyn ClusterLink>> {
+        self.cluster_link.get()
+    }
+
     /// Connects the broker to the active controller (a cluster only).
     pub fn set_cluster_link(&self, link: Arc<dyn ClusterLink>) {
         let _ = self.cluster_link.set(link);
@@ -1068,9 +1074,16 @@ impl Broker {
                 "acks must be -1, 0 or 1, not {acks}"
             )));
         }
-        if acks == -1 && (partition.in_sync_count() as i64) < partition.config().min_insync_replicas
-        {
-            return Err(CoreError::NotEnoughReplicas);
+        if acks == -1 {
+            // A follower has no ISR to count: the client must go to the leader
+            // (NOT_LEADER_OR_FOLLOWER makes it refresh its metadata; a retriable
+            // NOT_ENOUGH_REPLICAS would keep it retrying here).
+            if !partition.is_leader() {
+                return Err(CoreError::NotLeaderOrFollower);
+            }
+            if (partition.in_sync_count() as i64) < partition.config().min_insync_replicas {
+                return Err(CoreError::NotEnoughReplicas);
+            }
         }
         let now = self.now_ms();
         let result = partition.append(records, now)?;
@@ -1381,5 +1394,44 @@ mod placement_tests {
         );
         image.apply(&MetadataRecord::BrokerFenced { node_id: 2 });
         assert_eq!(rack_alternated(&image), vec![1, 3]);
+    }
+}
+
+#[cfg(test)]
+mod produce_tests {
+    use super::*;
+
+    #[test]
+    fn a_follower_answers_acks_all_with_not_leader_or_follower() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let options = BrokerOptions {
+            node_id: 1,
+            data_dir: dir.path().to_path_buf(),
+            advertised_host: "127.0.0.1".into(),
+            advertised_port: 9092,
+            rack: None,
+            configs: BTreeMap::new(),
+        };
+        let broker = Broker::open(options, Arc::new(crate::SystemClock)).expect("broker");
+        let topic = NewTopic {
+            name: "t".into(),
+            num_partitions: 1,
+            replication_factor: 1,
+            ..Default::default()
+        };
+        broker.create_topic(topic, false).expect("topic");
+        let tp = TopicPartition::new("t", 0);
+        let partition = broker.partition(&tp).expect("partition");
+        partition.become_follower(1, 2).expect("follower");
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        // Before its ISR (none on a follower) is compared with min.insync.replicas.
+        let result = runtime.block_on(broker.produce(&tp, Bytes::new(), -1, 1000));
+        assert!(
+            matches!(result, Err(CoreError::NotLeaderOrFollower)),
+            "{result:?}"
+        );
     }
 }

@@ -8,6 +8,7 @@
 //!  Broker ──alter_isr(...)───► ClusterLink ── the active controller
 //!         ──elect_leaders(...)─►
 //!         ──alter/list_partition_reassignments(...)─►
+//!         ──describe_quorum / add_voter / remove_voter─► the quorum's leader
 //! ```
 
 use std::sync::Arc;
@@ -122,6 +123,60 @@ pub type ListReassignmentsFuture = std::pin::Pin<
     Box<dyn std::future::Future<Output = Result<Vec<OngoingReassignment>, CoreError>> + Send>,
 >;
 
+/// One replica of the metadata quorum as its leader sees it (a voter or an
+/// observer of Kafka's DescribeQuorum; ferry's observers are openraft learners).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct QuorumReplica {
+    pub node_id: i32,
+    /// Where its controller listener is reached (`host:port`), as the
+    /// membership in the metadata log records it.
+    pub addr: String,
+    /// The offset after the last metadata log entry the leader knows the
+    /// replica has (the leader's own log end for the leader); -1 if unknown.
+    pub log_end_offset: i64,
+}
+
+/// The metadata quorum as its leader describes it (Kafka's DescribeQuorum).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct QuorumDescription {
+    pub leader_id: i32,
+    /// The leader's Raft term (KRaft's leader epoch).
+    pub leader_epoch: i32,
+    /// The offset after the last entry the leader has applied (committed).
+    pub high_watermark: i64,
+    pub voters: Vec<QuorumReplica>,
+    /// Replicas that receive the log without a vote.
+    pub observers: Vec<QuorumReplica>,
+}
+
+/// Why a voter change (Kafka's AddRaftVoter / RemoveRaftVoter) was refused.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, thiserror::Error)]
+pub enum VoterChangeError {
+    /// The node is a voter already (Kafka's DUPLICATE_VOTER).
+    #[error("{0}")]
+    DuplicateVoter(String),
+    /// The node is not a voter (Kafka's VOTER_NOT_FOUND).
+    #[error("{0}")]
+    VoterNotFound(String),
+    /// The node is not a caught-up learner, another change is in progress, or
+    /// the change was not committed in time (Kafka's REQUEST_TIMED_OUT).
+    #[error("{0}")]
+    TimedOut(String),
+    /// The change would leave no voter (Kafka's INVALID_REQUEST).
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// The metadata quorum's description, from its leader.
+pub type DescribeQuorumFuture = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<QuorumDescription, CoreError>> + Send>,
+>;
+
+/// A voter change: committed (`Ok(Ok(()))`), refused, or not delivered.
+pub type VoterChangeFuture = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<Result<(), VoterChangeError>, CoreError>> + Send>,
+>;
+
 /// What a broker of a cluster asks of the other nodes: ISR changes of the
 /// active controller (fire and forget: the outcome arrives as a metadata
 /// change), leader elections, and transaction markers of partition leaders.
@@ -172,6 +227,26 @@ pub trait ClusterLink: Send + Sync {
         &self,
         partitions: Option<Vec<crate::TopicPartition>>,
     ) -> ListReassignmentsFuture;
+
+    /// The metadata quorum as its leader sees it: voters, observers, leader and
+    /// each replica's log end (Kafka's DescribeQuorum).
+    fn describe_quorum(&self) -> DescribeQuorumFuture {
+        Box::pin(async { Err(CoreError::InvalidRequest("no metadata quorum".into())) })
+    }
+
+    /// Promotes `node_id`, a learner of the metadata quorum, to voter once it
+    /// has caught up (waiting up to `timeout` for that) (Kafka's AddRaftVoter).
+    fn add_voter(&self, node_id: i32, timeout: std::time::Duration) -> VoterChangeFuture {
+        let _ = (node_id, timeout);
+        Box::pin(async { Err(CoreError::InvalidRequest("no metadata quorum".into())) })
+    }
+
+    /// Demotes voter `node_id` to a learner: it keeps receiving the metadata
+    /// log, as every broker does, without a vote (Kafka's RemoveRaftVoter).
+    fn remove_voter(&self, node_id: i32) -> VoterChangeFuture {
+        let _ = node_id;
+        Box::pin(async { Err(CoreError::InvalidRequest("no metadata quorum".into())) })
+    }
 }
 
 /// Longest an internal topic's append waits for the in-sync replicas.

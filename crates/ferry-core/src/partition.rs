@@ -929,12 +929,17 @@ impl Partition {
         let before = (self.log.log_start_offset(), self.log.log_end_offset());
         self.log.truncate_to(offset)?;
         let leo = self.log.log_end_offset();
+        // Epochs that start at the new end go even when the log itself is
+        // unchanged (Kafka's `truncateTo` does the same): a replica that became
+        // leader and appended nothing before losing the leadership has its epoch
+        // at its log end, and would report it as its last fetched epoch forever,
+        // to be told to truncate again and again.
+        let len = state.epoch_cache.len();
+        state.epoch_cache.retain(|(_, start)| *start < leo);
+        if state.epoch_cache.len() != len {
+            self.write_epoch_cache(&state.epoch_cache);
+        }
         if (self.log.log_start_offset(), leo) != before {
-            let len = state.epoch_cache.len();
-            state.epoch_cache.retain(|(_, start)| *start < leo);
-            if state.epoch_cache.len() != len {
-                self.write_epoch_cache(&state.epoch_cache);
-            }
             // Kafka's `loadProducerState(truncateOffset)`: snapshots past the new end
             // go, then the log after the newest remaining one is replayed.
             let rebuilt = recover_producer_state(&self.log, &self.dir)?;
@@ -1840,6 +1845,37 @@ mod tests {
         assert_eq!(next.base_offset, 5);
         assert_eq!(f.end_offset_for_epoch(3), (3, 5));
         assert_eq!(f.end_offset_for_epoch(4), (4, 6));
+    }
+
+    /// A replica that led an epoch without appending anything, then follows a
+    /// leader of a later epoch: told to truncate at its own log end, it drops
+    /// that empty epoch, so its next fetch is not told to truncate again.
+    #[test]
+    fn truncating_at_the_log_end_drops_an_epoch_that_holds_no_records() {
+        let dirs: Vec<tempfile::TempDir> = (0..3)
+            .map(|_| tempfile::tempdir().expect("tempdir"))
+            .collect();
+        let old = leader(dirs[0].path(), 1, &[1, 2, 3], &[1]);
+        old.append(batch(Compression::None, &["a", "b"]), 5_000)
+            .expect("append");
+        let f = follower(dirs[1].path(), 1, 1);
+        f.append_as_follower(&fetch_from(&old, 0), 2, 5_000)
+            .expect("append as follower");
+        let new = follower(dirs[2].path(), 1, 1);
+        new.append_as_follower(&fetch_from(&old, 0), 2, 5_000)
+            .expect("append as follower");
+        // Epoch 2: `f` leads briefly and appends nothing; epoch 3: `new` leads.
+        f.become_leader(2, 2, vec![1, 2, 3], vec![2, 3], 6_000)
+            .expect("become leader");
+        assert_eq!(f.latest_epoch(), 2);
+        new.become_leader(3, 3, vec![1, 2, 3], vec![3, 2], 7_000)
+            .expect("become leader");
+        f.become_follower(3, 3).expect("become follower");
+
+        assert_eq!(new.diverging_epoch(f.latest_epoch(), 2), Some((1, 2)));
+        assert_eq!(f.truncate_to(2).expect("truncate"), 2);
+        assert_eq!(f.latest_epoch(), 1);
+        assert_eq!(new.diverging_epoch(f.latest_epoch(), 2), None);
     }
 
     #[test]

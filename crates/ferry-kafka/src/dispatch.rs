@@ -100,6 +100,9 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::ElectLeaders, 0, 2),
     (ApiKey::AlterPartitionReassignments, 0, 0),
     (ApiKey::ListPartitionReassignments, 0, 0),
+    (ApiKey::DescribeQuorum, 0, 2),
+    (ApiKey::AddRaftVoter, 0, 0),
+    (ApiKey::RemoveRaftVoter, 0, 0),
 ];
 
 /// The version range ferry implements for `key`.
@@ -224,6 +227,9 @@ pub async fn handle(ctx: RequestContext, parsed: ParsedHeader, mut body: Bytes) 
         ElectLeaders => ElectLeadersRequest => handlers::elect_leaders::handle,
         AlterPartitionReassignments => AlterPartitionReassignmentsRequest => handlers::alter_partition_reassignments::handle,
         ListPartitionReassignments => ListPartitionReassignmentsRequest => handlers::list_partition_reassignments::handle,
+        DescribeQuorum => DescribeQuorumRequest => handlers::raft_quorum::describe_quorum,
+        AddRaftVoter => AddRaftVoterRequest => handlers::raft_quorum::add_raft_voter,
+        RemoveRaftVoter => RemoveRaftVoterRequest => handlers::raft_quorum::remove_raft_voter,
     })
 }
 
@@ -290,6 +296,9 @@ pub fn decode_request(api_key: ApiKey, version: i16, body: &mut Bytes) -> anyhow
         ElectLeaders => ElectLeadersRequest,
         AlterPartitionReassignments => AlterPartitionReassignmentsRequest,
         ListPartitionReassignments => ListPartitionReassignmentsRequest,
+        DescribeQuorum => DescribeQuorumRequest,
+        AddRaftVoter => AddRaftVoterRequest,
+        RemoveRaftVoter => RemoveRaftVoterRequest,
     )
 }
 

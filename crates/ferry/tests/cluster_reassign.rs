@@ -10,7 +10,7 @@
 mod cluster_support;
 mod reliability;
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -27,7 +27,6 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
 use rdkafka::error::KafkaError;
-use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode;
 use reliability::*;
@@ -260,36 +259,7 @@ fn a_partition_moves_to_another_broker_under_acks_all_load() {
     assert_eq!(acks.failed.load(Ordering::Relaxed), 0, "records failed");
 
     let acked = acks.of_partition(0);
-    let read = read_partition(&bootstrap, TOPIC, 0).expect("read back");
-    let stored: Vec<(i64, String)> = read
-        .iter()
-        .map(|m| {
-            let v = String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned();
-            (m.offset(), v)
-        })
-        .collect();
-    let mut offset_of: HashMap<&str, i64> = HashMap::new();
-    for (offset, v) in &stored {
-        if let Some(first) = offset_of.insert(v, *offset) {
-            panic!("{v} stored twice, at {first} and {offset}");
-        }
-    }
-    let missing: Vec<_> = acked
-        .iter()
-        .filter(|(offset, v)| offset_of.get(v.as_str()) != Some(offset))
-        .collect();
-    assert!(
-        missing.is_empty(),
-        "{} of {} acknowledged records are not where they were acknowledged, e.g. {:?}",
-        missing.len(),
-        acked.len(),
-        &missing[..missing.len().min(5)]
-    );
-    let values: Vec<&String> = stored.iter().map(|(_, v)| v).collect();
-    assert!(
-        values.windows(2).all(|w| w[0] < w[1]),
-        "records are stored out of produce order"
-    );
+    let stored = check_acked_stored_once(&bootstrap, TOPIC, 0, &acked);
     eprintln!(
         "{} sent, {} acknowledged, {} stored",
         load.sent,
@@ -389,4 +359,164 @@ fn decommission_moves_every_replica_off_a_broker() {
         assert!(Instant::now() < end, "broker 3 still holds replicas");
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+const SPREAD: &str = "spread";
+const SPREAD_PARTITIONS: i32 = 8;
+
+/// (replicas held, preferred leaderships, current leaderships) per broker of
+/// every partition of `SPREAD`, as the broker at `addr` reports them.
+fn spread_of(addr: &str) -> Option<[BTreeMap<i32, usize>; 3]> {
+    let metadata = raw_metadata(addr, &[SPREAD])?;
+    let topic = metadata.topics.iter().find(|t| t.error_code == 0)?;
+    if topic.partitions.len() != SPREAD_PARTITIONS as usize {
+        return None;
+    }
+    let mut counts: [BTreeMap<i32, usize>; 3] = Default::default();
+    for p in &topic.partitions {
+        for r in &p.replica_nodes {
+            *counts[0].entry(r.0).or_default() += 1;
+        }
+        *counts[1].entry(p.replica_nodes.first()?.0).or_default() += 1;
+        *counts[2].entry(p.leader_id.0).or_default() += 1;
+    }
+    Some(counts)
+}
+
+/// A fourth broker joins a running cluster and is given nothing until asked;
+/// `ferry cluster rebalance` (a dry run, then `--execute`) spreads replicas,
+/// preferred leaders and, with the controller's automatic leader rebalancing,
+/// leaderships evenly over the four brokers while an idempotent `acks=all`
+/// producer keeps writing; nothing acknowledged is lost.
+#[test]
+fn rebalance_spreads_the_cluster_over_a_fourth_broker() {
+    let mut cluster =
+        Cluster::start_with(3, &["--set", "leader.imbalance.check.interval.seconds=1"]);
+    let bootstrap = cluster.bootstrap();
+    create_topic_everywhere(&bootstrap, SPREAD, SPREAD_PARTITIONS, 2, &[]);
+    for p in 0..SPREAD_PARTITIONS {
+        wait_for(&bootstrap, SPREAD, p, "a full ISR", |l, isr| {
+            l >= 0 && isr.len() == 2
+        });
+    }
+    let acks = Arc::new(Acks::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let _stop_on_drop = StopOnDrop(stop.clone());
+    let load = {
+        let (bootstrap, acks, stop) = (bootstrap.clone(), acks.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let producer = producer(&bootstrap, "all", acks);
+            let mut sent = 0u64;
+            while !stop.load(Ordering::Relaxed) && sent < SENT_MAX {
+                let v = value(sent);
+                let p = (sent % SPREAD_PARTITIONS as u64) as i32;
+                match producer.send(BaseRecord::<(), str>::to(SPREAD).partition(p).payload(&v)) {
+                    Ok(()) => sent += 1,
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {}
+                    Err((e, _)) => panic!("send refused: {e}"),
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            if let Err(e) = producer.flush(Duration::from_secs(60)) {
+                eprintln!("flush: {e}");
+            }
+            Load {
+                sent,
+                fatal: producer.client().fatal_error(),
+            }
+        })
+    };
+    acks.wait_acked_after(0, Instant::now(), Duration::from_secs(60))
+        .expect("acknowledgements before the fourth broker joins");
+
+    cluster.add_broker(4);
+    let addr = cluster.node(1).addr.clone();
+    let before = spread_of(&addr).expect("metadata");
+    assert_eq!(
+        before[0].get(&4),
+        None,
+        "a new broker gets no replica unasked"
+    );
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+            .args(args)
+            .args(["--brokers", &bootstrap, "--json"])
+            .output()
+            .expect("run ferry");
+        assert!(
+            out.status.success(),
+            "ferry {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).expect("json")
+    };
+    let dry = cli(&["cluster", "rebalance"]);
+    assert_eq!(dry["executed"], false, "{dry}");
+    assert!(
+        dry["moves"].as_array().is_some_and(|m| !m.is_empty()),
+        "{dry}"
+    );
+    assert_eq!(
+        spread_of(&addr).expect("metadata")[0].get(&4),
+        None,
+        "a dry run moves nothing"
+    );
+
+    let started = Instant::now();
+    let done = cli(&["cluster", "rebalance", "--execute"]);
+    assert_eq!(done["executed"], true, "{done}");
+    // 16 replicas and 8 leaderships over 4 brokers: 4 and 2 each.
+    let even =
+        |counts: &BTreeMap<i32, usize>, each: usize| (1..=4).all(|b| counts.get(&b) == Some(&each));
+    let end = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (moving, spread) = (ongoing(&addr), spread_of(&addr));
+        let balanced = spread
+            .as_ref()
+            .is_some_and(|[replicas, preferred, leaders]| {
+                even(replicas, 4) && even(preferred, 2) && even(leaders, 2)
+            });
+        if moving.is_empty() && balanced {
+            break;
+        }
+        assert!(
+            Instant::now() < end,
+            "not spread evenly over four brokers after 60 s: (replicas, preferred \
+             leaders, leaders) per broker {spread:?}, moves under way {moving:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    eprintln!("rebalanced in {:?}", started.elapsed());
+    for p in 0..SPREAD_PARTITIONS {
+        wait_for(&bootstrap, SPREAD, p, "a full ISR", |l, isr| {
+            l >= 0 && isr.len() == 2
+        });
+    }
+    let after = Instant::now();
+    for p in 0..SPREAD_PARTITIONS {
+        acks.wait_acked_after(p, after, Duration::from_secs(60))
+            .unwrap_or_else(|| {
+                panic!(
+                    "{SPREAD}-{p}: nothing acknowledged after the rebalance; (leader, isr) {:?}, \
+                     {} failed, the latest with {:?}",
+                    leader_and_isr(&bootstrap, SPREAD, p),
+                    acks.failed.load(Ordering::Relaxed),
+                    acks.last_error.lock().expect("acks"),
+                )
+            });
+    }
+    drop(_stop_on_drop);
+    let load = load.join().expect("producer thread");
+    assert_eq!(load.fatal, None, "the idempotent producer failed for good");
+    assert_eq!(acks.failed.load(Ordering::Relaxed), 0, "records failed");
+    let mut acked_total = 0;
+    for p in 0..SPREAD_PARTITIONS {
+        let acked = acks.of_partition(p);
+        check_acked_stored_once(&bootstrap, SPREAD, p, &acked);
+        acked_total += acked.len();
+    }
+    eprintln!(
+        "{} sent, {acked_total} acknowledged, all stored once",
+        load.sent
+    );
 }

@@ -77,6 +77,8 @@ pub async fn handle(
                         | CoreError::Storage(_)
                 ) {
                     tracing::warn!(peer = %ctx.peer, client_id = %ctx.client_id, partition = %tp, error = %e, "produce refused");
+                } else {
+                    tracing::debug!(peer = %ctx.peer, partition = %tp, error = %e, "produce failed");
                 }
                 PartitionProduceResponse::default()
                     .with_index(tp.partition)

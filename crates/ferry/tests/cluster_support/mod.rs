@@ -43,6 +43,10 @@ pub struct Cluster {
     /// Kept on disk (data and broker logs) after a failing test when
     /// `FERRY_KEEP_TEST_DIRS` is set, after any test when it is `always`.
     dir: Option<tempfile::TempDir>,
+    /// `--controller-voters` of every node.
+    voter_list: String,
+    /// Broker arguments every node gets after [`FAST`].
+    extra: Vec<String>,
 }
 
 impl Drop for Cluster {
@@ -111,9 +115,50 @@ impl Cluster {
         let cluster = Cluster {
             dir: Some(dir),
             nodes,
+            voter_list,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
         };
         cluster.wait_for_brokers(3);
         cluster
+    }
+
+    /// Starts broker `id` (not a voter: it joins the quorum as a learner) with
+    /// the cluster's voters and settings, as an operator adds a broker to a
+    /// running cluster, and waits until every broker lists it.
+    pub fn add_broker(&mut self, id: i32) {
+        let dir = self
+            .dir
+            .as_ref()
+            .expect("cluster dir")
+            .path()
+            .join(format!("node{id}"));
+        let controller = format!("127.0.0.1:{}", free_port());
+        let node_id = id.to_string();
+        let mut args: Vec<&str> = vec![
+            "--node-id",
+            &node_id,
+            "--controller-voters",
+            &self.voter_list,
+            "--controller-addr",
+            &controller,
+        ];
+        args.extend(FAST.iter().copied());
+        args.extend(self.extra.iter().map(String::as_str));
+        let node = Proc::start(&dir, "127.0.0.1:0", &args);
+        self.nodes.insert(id, node);
+        self.wait_for_brokers(self.nodes.len());
+    }
+
+    /// A cluster of brokers started by the caller (e.g. in network namespaces),
+    /// with their data under `dir`.
+    pub fn from_nodes(nodes: BTreeMap<i32, Proc>, dir: tempfile::TempDir) -> Cluster {
+        Cluster {
+            dir: Some(dir),
+            nodes,
+            // Not for add_broker, which starts on 127.0.0.1.
+            voter_list: String::new(),
+            extra: Vec::new(),
+        }
     }
 
     /// The Kafka addresses of the brokers that are running.
@@ -380,6 +425,8 @@ pub struct Acks {
     pub failed: std::sync::atomic::AtomicUsize,
     /// When the latest acknowledgement of each partition arrived.
     pub last_acked_at: std::sync::Mutex<BTreeMap<i32, Instant>>,
+    /// The latest delivery error, for a failing test to show.
+    pub last_error: std::sync::Mutex<Option<String>>,
 }
 
 impl Acks {
@@ -442,10 +489,15 @@ impl ProducerContext for AckContext {
                     .expect("acks")
                     .insert(m.partition(), Instant::now());
             }
-            Err(_) => {
+            Err((e, m)) => {
                 self.0
                     .failed
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.0
+                    .last_error
+                    .lock()
+                    .expect("acks")
+                    .replace(format!("partition {}: {e}", m.partition()));
             }
         }
     }
@@ -530,4 +582,55 @@ pub fn first_difference(replicas: &[(i32, Vec<u8>)]) -> Option<String> {
         ));
     }
     Some(out.join("; "))
+}
+
+/// Reads `topic`-`partition` back and checks the records `acked` (as
+/// [`Acks::of_partition`] gives them) against it: every record is stored once,
+/// each acknowledged one at the offset it was acknowledged with, and the values,
+/// which the tests make sort in produce order, ascend along the log. Returns
+/// what is stored, as (offset, value).
+pub fn check_acked_stored_once(
+    bootstrap: &str,
+    topic: &str,
+    partition: i32,
+    acked: &[(i64, String)],
+) -> Vec<(i64, String)> {
+    use rdkafka::message::Message;
+    let read = read_partition(bootstrap, topic, partition).expect("read back");
+    let stored: Vec<(i64, String)> = read
+        .iter()
+        .map(|m| {
+            let v = String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned();
+            (m.offset(), v)
+        })
+        .collect();
+    let mut offset_of: std::collections::HashMap<&str, i64> = Default::default();
+    for (offset, v) in &stored {
+        if let Some(first) = offset_of.insert(v, *offset) {
+            panic!("{topic}-{partition}: {v} stored twice, at {first} and {offset}");
+        }
+    }
+    let missing: Vec<_> = acked
+        .iter()
+        .filter(|(offset, v)| offset_of.get(v.as_str()) != Some(offset))
+        .collect();
+    if let Some(first) = missing.first() {
+        panic!(
+            "{topic}-{partition}: {} of {} acknowledged records are not where they were \
+             acknowledged, e.g. {first:?} (stored at {:?})",
+            missing.len(),
+            acked.len(),
+            offset_of.get(first.1.as_str()),
+        );
+    }
+    let out_of_order = stored.windows(2).find(|w| w[0].1 >= w[1].1);
+    assert_eq!(
+        out_of_order, None,
+        "{topic}-{partition}: stored out of produce order"
+    );
+    assert!(
+        acked.windows(2).all(|w| w[0].0 < w[1].0),
+        "{topic}-{partition}: acknowledged offsets do not ascend"
+    );
+    stored
 }

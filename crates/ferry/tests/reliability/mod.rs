@@ -36,6 +36,8 @@ pub struct Proc {
     /// What `--kafka-addr` asks for; after a start, the bound address.
     pub addr: String,
     args: Vec<String>,
+    /// A command the broker runs under (e.g. `ip netns exec NS`); empty for none.
+    prefix: Vec<String>,
     stderr: PathBuf,
     pub starts: u32,
 }
@@ -44,12 +46,19 @@ impl Proc {
     /// Starts a broker; `addr` may be `127.0.0.1:0` (a fresh port each start) or a
     /// fixed port (kept across restarts).
     pub fn start(data_dir: &Path, addr: &str, args: &[&str]) -> Proc {
+        Proc::start_under(&[], data_dir, addr, args)
+    }
+
+    /// Like [`Proc::start`], with the broker run under `prefix` (a command that
+    /// runs its arguments, such as `ip netns exec NS`), also on restarts.
+    pub fn start_under(prefix: &[&str], data_dir: &Path, addr: &str, args: &[&str]) -> Proc {
         let stderr = data_dir.with_extension("stderr.log");
         let mut p = Proc {
             child: None,
             data_dir: data_dir.to_path_buf(),
             addr: addr.to_string(),
             args: args.iter().map(|s| s.to_string()).collect(),
+            prefix: prefix.iter().map(|s| s.to_string()).collect(),
             stderr,
             starts: 0,
         };
@@ -72,7 +81,15 @@ impl Proc {
             .open(&self.stderr)
             .map_err(|e| e.to_string())?;
         let _ = writeln!(log, "=== start #{} ===", self.starts);
-        let mut child = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        let mut command = match self.prefix.split_first() {
+            Some((program, rest)) => {
+                let mut c = Command::new(program);
+                c.args(rest).arg(env!("CARGO_BIN_EXE_ferry"));
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_ferry")),
+        };
+        let mut child = command
             .arg("serve")
             .arg("--data-dir")
             .arg(&self.data_dir)
