@@ -6,6 +6,8 @@
 #
 # Installs, when missing:
 #   - kcat (Debian package; needs root for apt-get)
+#   - ip (iproute2), for the network-namespace tests (they skip, saying so,
+#     where namespaces cannot be made, e.g. without root)
 #   - .venv: a Python virtualenv with kafka-python 3.x and its codec packages
 # Environment:
 #   FERRY_PYTHON   interpreter for the kafka-python tests (default: .venv/bin/python)
@@ -34,6 +36,12 @@ apt_install() {
 if ! command -v kcat >/dev/null 2>&1; then
     log "installing kcat"
     apt_install kcat
+fi
+
+# --- ip, for the network-namespace tests ------------------------------------
+if ! command -v ip >/dev/null 2>&1 && [ "$(id -u)" -eq 0 ]; then
+    log "installing iproute2"
+    apt_install iproute2
 fi
 
 # --- Python virtualenv with kafka-python --------------------------------------
