@@ -8,6 +8,13 @@
 //!       ├─ records ──► Partition::append_as_follower (leader's offsets, leader's HW)
 //!       └─ diverging epoch ──► Partition::truncate_to, then fetch again
 //! ```
+//!
+//! Replication throttling (ferry-core's quota.rs), Kafka's
+//! `shouldFollowerThrottle`: a partition listed in
+//! `follower.replication.throttled.replicas` for this broker sits a fetch out
+//! while this replica is out of the ISR and the follower's measured rate is over
+//! `follower.replication.throttled.rate`; the bytes fetched for listed
+//! partitions count toward the rate. In-sync replicas are never held back.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -19,6 +26,7 @@ use ferry_client::kafka_protocol::protocol::StrBytes;
 use ferry_client::kafka_protocol::ResponseError;
 use ferry_client::{Connection, ConnectionConfig};
 use ferry_core::metadata::MetadataImage;
+use ferry_core::quota::{self, Throttle};
 use ferry_core::{Broker, TopicPartition};
 use parking_lot::Mutex;
 use tokio::sync::watch;
@@ -31,8 +39,18 @@ const FETCH_VERSION: i16 = 12;
 /// taken the roles its assignment expects.
 const ROLE_RECHECK: Duration = Duration::from_millis(100);
 
-/// What one leader's fetcher fetches: partition → the leader epoch it follows.
-type Assignment = BTreeMap<TopicPartition, i32>;
+/// What one leader's fetcher fetches: partition → how it is followed.
+type Assignment = BTreeMap<TopicPartition, Followed>;
+
+/// One partition a fetcher follows, as the metadata image has it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Followed {
+    leader_epoch: i32,
+    /// This replica is in the partition's ISR.
+    in_sync: bool,
+    /// `follower.replication.throttled.replicas` names this replica.
+    throttled: bool,
+}
 
 pub struct ReplicaFetchers {
     broker: Arc<Broker>,
@@ -70,7 +88,16 @@ impl ReplicaFetchers {
                     .or_default()
                     .insert(
                         TopicPartition::new(topic.name.clone(), p.partition),
-                        p.leader_epoch,
+                        Followed {
+                            leader_epoch: p.leader_epoch,
+                            in_sync: p.isr.contains(&me),
+                            throttled: quota::is_throttled(
+                                &topic.configs,
+                                quota::FOLLOWER_REPLICAS,
+                                p.partition,
+                                me,
+                            ),
+                        },
                     );
             }
         }
@@ -144,7 +171,19 @@ async fn run(
         backoff = Duration::from_millis(100);
         loop {
             let current = assignment.borrow_and_update().clone();
-            let request = fetch_request(&broker, &current, wait_ms, partition_max_bytes);
+            // The cap is read only when something is throttled (the broker's
+            // config is assembled from the image at each call).
+            let throttle = current
+                .values()
+                .any(|f| f.throttled)
+                .then(|| Throttle::follower(&broker.config()));
+            let request = fetch_request(
+                &broker,
+                &current,
+                throttle.as_ref(),
+                wait_ms,
+                partition_max_bytes,
+            );
             let Some(request) = request else {
                 // Nothing to fetch yet: wait for a new assignment, or for the broker
                 // to take the roles of the image this one came from (it may lag the
@@ -170,10 +209,14 @@ async fn run(
             for topic in &response.responses {
                 for data in &topic.partitions {
                     let tp = TopicPartition::new(topic.topic.0.as_str(), data.partition_index);
-                    let Some(leader_epoch) = current.get(&tp) else {
+                    let Some(followed) = current.get(&tp) else {
                         continue;
                     };
-                    back_off |= !apply(&broker, &tp, *leader_epoch, data);
+                    if let Some(throttle) = throttle.as_ref().filter(|_| followed.throttled) {
+                        let bytes = data.records.as_ref().map_or(0, |r| r.len());
+                        quota::follower().record(throttle, bytes as u64);
+                    }
+                    back_off |= !apply(&broker, &tp, followed.leader_epoch, data);
                 }
             }
             if back_off {
@@ -184,15 +227,28 @@ async fn run(
     }
 }
 
-/// The next fetch for `assignment`: each partition from its log end offset.
+/// The next fetch for `assignment`: each partition from its log end offset,
+/// but for throttled, out-of-sync ones while the follower's rate is over the
+/// cap (`throttle`: the cap, when some partition is throttled).
 fn fetch_request(
     broker: &Broker,
     assignment: &Assignment,
+    throttle: Option<&Throttle>,
     wait_ms: i32,
     partition_max_bytes: i32,
 ) -> Option<FetchRequest> {
     let mut topics: Vec<FetchTopic> = Vec::new();
-    for (tp, leader_epoch) in assignment {
+    let mut exceeded = None;
+    for (tp, followed) in assignment {
+        let leader_epoch = &followed.leader_epoch;
+        if followed.throttled && !followed.in_sync {
+            if let Some(throttle) = throttle {
+                if *exceeded.get_or_insert_with(|| quota::follower().is_exceeded(throttle)) {
+                    quota::follower().count_throttled();
+                    continue;
+                }
+            }
+        }
         let Some(partition) = broker.partition(tp) else {
             continue;
         };

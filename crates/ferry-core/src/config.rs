@@ -369,6 +369,38 @@ pub const BROKER_CONFIGS: &[ConfigDef] = &[
         &[],
         "ferry: a connection whose client takes longer than this to read a response is closed, giving back the memory its responses held.",
     ),    def(
+        "leader.replication.throttled.rate",
+        ConfigType::Long,
+        LONG_MAX,
+        0,
+        &[],
+        "Bytes per second a leader sends to followers of the replicas in leader.replication.throttled.replicas while they are out of the ISR (the default: no cap).",
+    ),
+    def(
+        "follower.replication.throttled.rate",
+        ConfigType::Long,
+        LONG_MAX,
+        0,
+        &[],
+        "Bytes per second a follower fetches for its replicas in follower.replication.throttled.replicas while they are out of the ISR (the default: no cap).",
+    ),
+    def(
+        "replication.quota.window.num",
+        ConfigType::Int,
+        "11",
+        1,
+        &[],
+        "Samples the replication throttle's rate is measured over.",
+    ),
+    def(
+        "replication.quota.window.size.seconds",
+        ConfigType::Int,
+        "1",
+        1,
+        &[],
+        "Length of one sample of the replication throttle's rate.",
+    ),
+    def(
         "group.initial.rebalance.delay.ms",
         ConfigType::Int,
         "3000",
@@ -685,6 +717,30 @@ pub const TOPIC_CONFIGS: &[(&str, &str, ConfigDef)] = &[
         ),
     ),
     (
+        "leader.replication.throttled.replicas",
+        "leader.replication.throttled.replicas",
+        def(
+            "leader.replication.throttled.replicas",
+            ConfigType::List,
+            "",
+            NO_MIN,
+            &[],
+            "Replicas throttled on the leader side (leader.replication.throttled.rate): partitionId:brokerId pairs, or * for all.",
+        ),
+    ),
+    (
+        "follower.replication.throttled.replicas",
+        "follower.replication.throttled.replicas",
+        def(
+            "follower.replication.throttled.replicas",
+            ConfigType::List,
+            "",
+            NO_MIN,
+            &[],
+            "Replicas throttled on the follower side (follower.replication.throttled.rate): partitionId:brokerId pairs, or * for all.",
+        ),
+    ),
+    (
         "unclean.leader.election.enable",
         "unclean.leader.election.enable",
         def(
@@ -704,6 +760,11 @@ pub const TOPIC_CONFIGS: &[(&str, &str, ConfigDef)] = &[
 pub struct ConfigError(pub String);
 
 fn check_value(def: &ConfigDef, value: &str) -> Result<(), ConfigError> {
+    if def.name == crate::quota::LEADER_REPLICAS || def.name == crate::quota::FOLLOWER_REPLICAS {
+        return crate::quota::parse_throttled_replicas(def.name, value)
+            .map(|_| ())
+            .map_err(ConfigError);
+    }
     let bad = |why: &str| ConfigError(format!("invalid value {value:?} for {}: {why}", def.name));
     match def.config_type {
         ConfigType::Boolean => {
@@ -951,5 +1012,26 @@ mod tests {
         );
         assert!(validate_topic_configs(&map(&[("segment.bytes", "99999999999")])).is_err());
         assert!(validate_broker_configs(&map(&[("num.partitions", "0")])).is_err());
+    }
+
+    #[test]
+    fn replication_throttles_are_validated() {
+        for ok in ["", "*", "0:1,1:2"] {
+            let configs = map(&[("follower.replication.throttled.replicas", ok)]);
+            assert!(validate_topic_configs(&configs).is_ok(), "{ok}");
+        }
+        for bad in ["0", "*,0:1", "0:x"] {
+            let configs = map(&[("leader.replication.throttled.replicas", bad)]);
+            assert!(validate_topic_configs(&configs).is_err(), "{bad}");
+        }
+        let rate = |v| map(&[("leader.replication.throttled.rate", v)]);
+        assert!(validate_broker_configs(&rate("1048576")).is_ok());
+        assert!(validate_broker_configs(&rate("-1")).is_err());
+        let defaults = BrokerConfig::default();
+        assert_eq!(
+            defaults.long("follower.replication.throttled.rate"),
+            i64::MAX
+        );
+        assert_eq!(defaults.long("replication.quota.window.num"), 11);
     }
 }

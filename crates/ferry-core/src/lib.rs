@@ -23,6 +23,7 @@ pub mod metadata;
 pub mod metrics;
 pub mod partition;
 pub mod producer_state;
+pub mod quota;
 pub mod replica;
 pub mod txn;
 

@@ -346,6 +346,7 @@ impl Metrics {
         );
         self.fsync_duration
             .render(out, "ferry_log_fsync_duration_seconds", "");
+        crate::quota::render(out);
     }
 }
 

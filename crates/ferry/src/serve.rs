@@ -15,7 +15,12 @@ use crate::settings::{self, ServeArgs, Settings};
 pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
     let settings = Settings::resolve(args)?;
     // openraft narrates every vote and replication step at info.
-    crate::init_logs(settings.log_level.as_deref().unwrap_or("info,openraft=warn"));
+    crate::init_logs(
+        settings
+            .log_level
+            .as_deref()
+            .unwrap_or("info,openraft=warn"),
+    );
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

@@ -19,6 +19,12 @@
 //!                     answer early when the HW moved, so followers learn it soon
 //! ```
 //!
+//! Replication throttling (ferry-core's quota.rs): a follower fetch of a
+//! partition listed in `leader.replication.throttled.replicas` for this broker
+//! gets no records while that follower is out of the ISR and the leader's
+//! measured rate is over `leader.replication.throttled.rate`; what such
+//! partitions send counts toward the rate.
+//!
 //! Consumers and followers alike get NOT_LEADER_OR_FOLLOWER from a replica that
 //! does not lead the partition (ferry does not serve consumers from followers).
 
@@ -26,6 +32,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use ferry_core::quota::{self, Throttle};
 use ferry_core::{CoreError, Isolation, Partition, TopicPartition};
 use futures_util::future::select_all;
 use kafka_protocol::messages::fetch_response::{
@@ -49,6 +56,9 @@ struct Wanted {
     last_fetched_epoch: i32,
     /// Follower fetches: what the leader made of the fetch when it arrived.
     follower: Option<FollowerStart>,
+    /// Follower fetches of a partition throttled on this leader: the
+    /// follower's id and the cap.
+    throttle: Option<(i32, Throttle)>,
 }
 
 /// The leader's first look at one partition of a follower fetch.
@@ -116,6 +126,7 @@ pub async fn handle(ctx: &RequestContext, version: i16, req: FetchRequest) -> Fe
                     -1
                 },
                 follower: None,
+                throttle: None,
             });
         }
     }
@@ -124,8 +135,23 @@ pub async fn handle(ctx: &RequestContext, version: i16, req: FetchRequest) -> Fe
     let mut hw_at_start = Vec::new();
     if let Some(id) = follower_id {
         let now_ms = broker.now_ms();
+        let image = broker.image();
+        // The broker config is assembled only when a partition is throttled.
+        let mut throttle = None;
         for w in wanted.iter_mut() {
             w.follower = Some(start_follower_fetch(ctx, w, id, now_ms));
+            let listed = image.topic(&w.tp.topic).is_some_and(|t| {
+                quota::is_throttled(
+                    &t.configs,
+                    quota::LEADER_REPLICAS,
+                    w.tp.partition,
+                    broker.node_id(),
+                )
+            });
+            if listed {
+                let cap = *throttle.get_or_insert_with(|| Throttle::leader(&broker.config()));
+                w.throttle = Some((id, cap));
+            }
         }
         hw_at_start = wanted
             .iter()
@@ -170,6 +196,7 @@ pub async fn handle(ctx: &RequestContext, version: i16, req: FetchRequest) -> Fe
         {
             reservation.shrink_to(bytes);
             ctx.hold(reservation);
+            record_throttled(&wanted, &results);
             return build_response(version, results);
         }
         drop((results, reservation));
@@ -180,10 +207,38 @@ pub async fn handle(ctx: &RequestContext, version: i16, req: FetchRequest) -> Fe
                 let (results, bytes, _) = read_all(ctx, &wanted, isolation, reservation.bytes());
                 reservation.shrink_to(bytes);
                 ctx.hold(reservation);
+                record_throttled(&wanted, &results);
                 return build_response(version, results);
             }
         }
     }
+}
+
+/// Counts what throttled partitions send toward the leader's replication rate
+/// (in sync or not, as Kafka counts them).
+fn record_throttled(wanted: &[Wanted], results: &[(TopicPartition, PartitionData)]) {
+    for (w, (_, data)) in wanted.iter().zip(results) {
+        if let Some((_, throttle)) = &w.throttle {
+            let bytes = data.records.as_ref().map_or(0, |r| r.len());
+            quota::leader().record(throttle, bytes as u64);
+        }
+    }
+}
+
+/// Kafka's `shouldLeaderThrottle`: a throttled partition whose follower is out
+/// of the ISR while the leader's rate is over the cap.
+fn leader_throttled(p: &Partition, w: &Wanted) -> bool {
+    let Some((follower_id, throttle)) = &w.throttle else {
+        return false;
+    };
+    if throttle.is_unlimited() || p.isr().contains(follower_id) {
+        return false;
+    }
+    if quota::leader().is_exceeded(throttle) {
+        quota::leader().count_throttled();
+        return true;
+    }
+    false
 }
 
 /// Checks a follower's fetch of one partition and records its position.
@@ -330,7 +385,8 @@ fn read_one(
     // The response limit may cut a partition to nothing, except the first data of
     // the response, which is returned whole.
     let limit = w.partition_max_bytes.min(remaining);
-    let (records, next_offset) = if limit == 0 && !first {
+    let throttled = leader_throttled(&p, w);
+    let (records, next_offset) = if (limit == 0 && !first) || throttled {
         (Bytes::new(), w.offset)
     } else if w.follower.is_some() {
         let read = p.read_for_follower(w.offset, limit.max(1))?;
@@ -612,6 +668,67 @@ mod tests {
                 code(ResponseError::NotLeaderOrFollower)
             );
         }
+    }
+
+    #[tokio::test]
+    async fn a_throttled_follower_out_of_the_isr_is_held_back_once_over_the_rate() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let configs = [
+            ("leader.replication.throttled.rate", "10"),
+            ("replication.quota.window.num", "2"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let ctx = context_with(dir.path(), configs);
+        let topic = "throttled";
+        create_topics_ok(
+            &ctx,
+            vec![creatable(
+                topic,
+                1,
+                &[("leader.replication.throttled.replicas", "0:1")],
+            )],
+        )
+        .await;
+        let p = ctx
+            .broker
+            .partition(&TopicPartition::new(topic, 0))
+            .expect("partition");
+        // Node 2 is being added: assigned, not in the ISR.
+        p.become_leader(1, 0, vec![1, 2], vec![1], ctx.broker.now_ms())
+            .expect("become leader");
+        p.append(batch(3), ctx.broker.now_ms()).expect("append");
+        let recorded = quota::leader().recorded_bytes();
+        let follower = |offset| Fetch {
+            replica_id: 2,
+            offset,
+            current_leader_epoch: 0,
+            ..Fetch::default()
+        };
+
+        // Under the rate: the first fetch gets the records, and counts them.
+        let got = fetch(&ctx, topic, follower(0)).await;
+        assert_eq!(record_count(&got), 3);
+        let sent = got.records.as_ref().map_or(0, |r| r.len()) as u64;
+        assert!(quota::leader().recorded_bytes() >= recorded + sent);
+
+        // Now over 10 bytes/s: nothing more for the out-of-sync follower, no error.
+        p.append(batch(2), ctx.broker.now_ms()).expect("append");
+        let held = quota::leader().throttled_count();
+        let got = fetch(&ctx, topic, follower(3)).await;
+        assert_eq!((got.error_code, record_count(&got)), (0, 0));
+        assert!(quota::leader().throttled_count() > held);
+        // Consumers are not replicas: never throttled (the ISR is the leader
+        // alone, so all five are committed).
+        let consumer = fetch(&ctx, topic, Fetch::default()).await;
+        assert_eq!(record_count(&consumer), 5);
+
+        // In the ISR, a follower is never held back.
+        p.become_leader(1, 0, vec![1, 2], vec![1, 2], ctx.broker.now_ms())
+            .expect("become leader");
+        let got = fetch(&ctx, topic, follower(3)).await;
+        assert_eq!(record_count(&got), 2);
     }
 
     #[tokio::test]

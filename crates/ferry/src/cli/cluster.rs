@@ -1,6 +1,17 @@
-//! `ferry cluster info`, `ferry cluster config get|set`, and the replica moves
+//! `ferry cluster info`, `ferry cluster config get|set`, the replica moves
 //! `ferry cluster decommission` and `ferry cluster rebalance` (dry runs unless
-//! `--execute`, carried out with AlterPartitionReassignments).
+//! `--execute`, carried out with AlterPartitionReassignments), and the metadata
+//! quorum's voters: `ferry cluster quorum`, `ferry cluster add-voter` and
+//! `ferry cluster remove-voter` (DescribeQuorum, AddRaftVoter, RemoveRaftVoter).
+//!
+//! `--execute --throttle BYTES_PER_SEC` caps the copy as
+//! `kafka-reassign-partitions --throttle` does: it sets
+//! `leader.replication.throttled.rate` and `follower.replication.throttled.rate`
+//! (cluster-wide) and the moving partitions' throttled-replica lists, starts the
+//! moves, waits until they are done, then removes what it set (Kafka's
+//! `--verify` step). `ferry cluster unthrottle` removes them by hand.
+
+use std::collections::BTreeSet;
 
 use clap::{Args, Subcommand};
 use ferry_client::kafka_protocol::messages::ApiKey;
@@ -12,6 +23,8 @@ use super::plan::{self, Assignment};
 use super::topic::{alter_configs, describe_configs};
 use super::CommonArgs;
 
+/// Kafka's `ConfigResource.Type` of a topic.
+const RESOURCE_TOPIC: i8 = 2;
 /// Kafka's `ConfigResource.Type` of a broker.
 const RESOURCE_BROKER: i8 = 4;
 
@@ -36,13 +49,53 @@ pub enum ClusterCommand {
         /// Start the moves instead of only printing them
         #[arg(long)]
         execute: bool,
+        /// Cap the replica copy at this many bytes per second (both the leaders'
+        /// sending and the new replicas' fetching); waits for the moves, then
+        /// removes the throttle
+        #[arg(long, value_name = "BYTES_PER_SEC", requires = "execute")]
+        throttle: Option<u64>,
     },
     /// Spread replicas and preferred leaders evenly over the live brokers (a dry run unless --execute).
     Rebalance {
         /// Start the moves instead of only printing them
         #[arg(long)]
         execute: bool,
+        /// Cap the replica copy at this many bytes per second (both the leaders'
+        /// sending and the new replicas' fetching); waits for the moves, then
+        /// removes the throttle
+        #[arg(long, value_name = "BYTES_PER_SEC", requires = "execute")]
+        throttle: Option<u64>,
     },
+    /// Move partitions to the replicas given (a dry run unless --execute), e.g.
+    /// `ferry cluster reassign orders:0=2,3`; the first replica is the preferred leader.
+    Reassign {
+        #[arg(required = true, value_name = "TOPIC:PARTITION=REPLICAS")]
+        moves: Vec<String>,
+        /// Start the moves instead of only printing them
+        #[arg(long)]
+        execute: bool,
+        /// Cap the replica copy at this many bytes per second (both the leaders'
+        /// sending and the new replicas' fetching); waits for the moves, then
+        /// removes the throttle
+        #[arg(long, value_name = "BYTES_PER_SEC", requires = "execute")]
+        throttle: Option<u64>,
+    },
+    /// Remove the replication throttle that `--throttle` sets (the rates, and
+    /// every topic's throttled-replica lists), e.g. after an interrupted move.
+    Unthrottle,
+    /// The metadata quorum: its leader, voters and learners, and each one's log end.
+    Quorum,
+    /// Make a learner of the metadata quorum (a broker started with --controller-voters
+    /// that does not name it) a voter, once it has caught up.
+    AddVoter {
+        node_id: i32,
+        /// How long the quorum's leader waits for the node to catch up
+        #[arg(long, default_value_t = 10_000)]
+        timeout_ms: i32,
+    },
+    /// Make a voter of the metadata quorum a learner (it keeps the metadata log,
+    /// without a vote). Removing the leader has the other voters elect another.
+    RemoveVoter { node_id: i32 },
 }
 
 #[derive(Subcommand, Debug)]
@@ -68,15 +121,57 @@ pub async fn run(args: ClusterArgs) -> anyhow::Result<()> {
     let client = args.common.connect().await?;
     let json = args.common.json;
     match args.command {
-        ClusterCommand::Decommission { node_id, execute } => {
+        ClusterCommand::Quorum => quorum::describe(&client, json).await,
+        ClusterCommand::AddVoter {
+            node_id,
+            timeout_ms,
+        } => quorum::add_voter(&client, node_id, timeout_ms, json).await,
+        ClusterCommand::RemoveVoter { node_id } => {
+            quorum::remove_voter(&client, node_id, json).await
+        }
+        ClusterCommand::Decommission {
+            node_id,
+            execute,
+            throttle,
+        } => {
             let (current, live) = assignment(&client).await?;
             let moves = plan::decommission(&current, &live, node_id).map_err(anyhow::Error::msg)?;
-            apply_moves(&client, &current, moves, execute, json).await
+            apply_moves(&client, &current, moves, execute, throttle, json).await
         }
-        ClusterCommand::Rebalance { execute } => {
+        ClusterCommand::Rebalance { execute, throttle } => {
             let (current, live) = assignment(&client).await?;
             let moves = plan::rebalance(&current, &live);
-            apply_moves(&client, &current, moves, execute, json).await
+            apply_moves(&client, &current, moves, execute, throttle, json).await
+        }
+        ClusterCommand::Reassign {
+            moves,
+            execute,
+            throttle,
+        } => {
+            let (current, _) = assignment(&client).await?;
+            let mut planned = Assignment::new();
+            for m in &moves {
+                let (tp, replicas) = plan::parse_move(m).map_err(anyhow::Error::msg)?;
+                anyhow::ensure!(
+                    current.contains_key(&tp),
+                    "{}:{}: no such partition",
+                    tp.0,
+                    tp.1
+                );
+                planned.insert(tp, replicas);
+            }
+            apply_moves(&client, &current, planned, execute, throttle, json).await
+        }
+        ClusterCommand::Unthrottle => {
+            let (current, _) = assignment(&client).await?;
+            let topics: BTreeSet<String> = current.keys().map(|(t, _)| t.clone()).collect();
+            remove_throttle(&client, topics.iter()).await?;
+            if json {
+                print_json(&json!({"unthrottled": topics.len()}));
+            } else {
+                println!("removed the replication throttle ({} topics)", topics.len());
+            }
+            Ok(())
         }
         ClusterCommand::Info => {
             let m = client.refresh_metadata(Some(&[])).await?;
@@ -225,14 +320,121 @@ async fn assignment(client: &ferry_client::Client) -> anyhow::Result<(Assignment
     Ok((current, live))
 }
 
-/// Prints the moves, and with `execute` asks the controller to make them.
+/// The broker configs of the replication throttle.
+const THROTTLE_RATES: [&str; 2] = [
+    "leader.replication.throttled.rate",
+    "follower.replication.throttled.rate",
+];
+/// The topic configs of the replication throttle.
+const THROTTLED_REPLICAS: [&str; 2] = [
+    "leader.replication.throttled.replicas",
+    "follower.replication.throttled.replicas",
+];
+
+/// Sets the throttle of `moves` before they start: the rates cluster-wide, the
+/// throttled-replica lists on each moving topic.
+async fn set_throttle(
+    client: &ferry_client::Client,
+    current: &Assignment,
+    moves: &Assignment,
+    bytes_per_sec: u64,
+) -> anyhow::Result<()> {
+    let rate = bytes_per_sec.min(i64::MAX as u64).to_string();
+    let rates: Vec<(String, String)> = THROTTLE_RATES
+        .iter()
+        .map(|k| (k.to_string(), rate.clone()))
+        .collect();
+    alter_configs(client, None, RESOURCE_BROKER, "", &rates, &[]).await?;
+    for (topic, (leader, follower)) in plan::throttled_replicas(current, moves) {
+        let lists = vec![
+            (THROTTLED_REPLICAS[0].to_string(), leader),
+            (THROTTLED_REPLICAS[1].to_string(), follower),
+        ];
+        alter_configs(client, None, RESOURCE_TOPIC, &topic, &lists, &[]).await?;
+    }
+    Ok(())
+}
+
+/// Removes the throttle: the rates, and the lists of `topics`.
+async fn remove_throttle(
+    client: &ferry_client::Client,
+    topics: impl Iterator<Item = &String>,
+) -> anyhow::Result<()> {
+    let delete = |names: [&str; 2]| names.map(str::to_string);
+    for topic in topics {
+        alter_configs(
+            client,
+            None,
+            RESOURCE_TOPIC,
+            topic,
+            &[],
+            &delete(THROTTLED_REPLICAS),
+        )
+        .await?;
+    }
+    alter_configs(
+        client,
+        None,
+        RESOURCE_BROKER,
+        "",
+        &[],
+        &delete(THROTTLE_RATES),
+    )
+    .await
+}
+
+/// Waits until none of `moves` is still in progress (ListPartitionReassignments),
+/// telling how many remain now and then.
+async fn wait_for_moves(client: &ferry_client::Client, moves: &Assignment) -> anyhow::Result<()> {
+    use ferry_client::kafka_protocol::messages::ListPartitionReassignmentsRequest;
+    let started = std::time::Instant::now();
+    let mut told = started;
+    loop {
+        let controller = client.refresh_metadata(Some(&[])).await?.controller_id;
+        let request = ListPartitionReassignmentsRequest::default().with_timeout_ms(30_000);
+        let response = client.send_to(controller, &request).await?;
+        super::kafka::check(response.error_code, response.error_message.as_ref(), || {
+            "listing reassignments".to_string()
+        })?;
+        let remaining = response
+            .topics
+            .iter()
+            .flat_map(|t| {
+                t.partitions
+                    .iter()
+                    .map(move |p| (t.name.0.to_string(), p.partition_index))
+            })
+            .filter(|tp| moves.contains_key(tp))
+            .count();
+        if remaining == 0 {
+            return Ok(());
+        }
+        if told.elapsed() >= std::time::Duration::from_secs(10) {
+            told = std::time::Instant::now();
+            eprintln!(
+                "{remaining} of {} moves still copying after {}s",
+                moves.len(),
+                started.elapsed().as_secs()
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+}
+
+/// Prints the moves, and with `execute` asks the controller to make them;
+/// with a `throttle`, under that replication throttle, removed once they are done.
 async fn apply_moves(
     client: &ferry_client::Client,
     current: &Assignment,
     moves: Assignment,
     execute: bool,
+    throttle: Option<u64>,
     json: bool,
 ) -> anyhow::Result<()> {
+    let throttle = throttle.filter(|_| execute && !moves.is_empty());
+    if let Some(rate) = throttle {
+        set_throttle(client, current, &moves, rate).await?;
+    }
     use ferry_client::kafka_protocol::messages::alter_partition_reassignments_request::{
         ReassignablePartition, ReassignableTopic,
     };
@@ -285,7 +487,9 @@ async fn apply_moves(
                 json!({"topic": topic, "partition": partition, "replicas": current.get(&(topic.clone(), *partition)), "target": target})
             })
             .collect();
-        print_json(&json!({"moves": list, "executed": execute, "errors": errors}));
+        print_json(
+            &json!({"moves": list, "executed": execute, "throttle": throttle, "errors": errors}),
+        );
     } else {
         let mut table = Table::new(&["TOPIC", "PARTITION", "REPLICAS", "TARGET"]);
         let ids = |r: &[i32]| r.iter().map(i32::to_string).collect::<Vec<_>>().join(",");
@@ -313,9 +517,154 @@ async fn apply_moves(
             ),
         }
     }
+    if let Some(rate) = throttle {
+        if !json {
+            println!("throttled at {rate} bytes/s; waiting for the moves to finish");
+        }
+        let waited = if errors.len() < moves.len() {
+            wait_for_moves(client, &moves).await
+        } else {
+            Ok(())
+        };
+        let topics: BTreeSet<String> = moves.keys().map(|(t, _)| t.clone()).collect();
+        remove_throttle(client, topics.iter()).await?;
+        waited?;
+        if !json {
+            println!("moves done; throttle removed");
+        }
+    }
     if errors.is_empty() {
         Ok(())
     } else {
         anyhow::bail!("some moves were refused: {}", errors.join("; "))
+    }
+}
+
+/// The metadata quorum's voters (DescribeQuorum, AddRaftVoter, RemoveRaftVoter).
+/// Any broker takes these requests and passes them to the quorum's leader.
+mod quorum {
+    use ferry_client::kafka_protocol::messages::describe_quorum_request::{
+        PartitionData, TopicData,
+    };
+    use ferry_client::kafka_protocol::messages::describe_quorum_response::ReplicaState;
+    use ferry_client::kafka_protocol::messages::{
+        AddRaftVoterRequest, DescribeQuorumRequest, RemoveRaftVoterRequest,
+    };
+    use serde_json::{json, Value};
+
+    use super::super::kafka::{check, name};
+    use super::super::output::{print_json, Table};
+
+    /// The metadata log's topic, as KRaft names it.
+    const METADATA_TOPIC: &str = "__cluster_metadata";
+
+    pub async fn describe(client: &ferry_client::Client, json: bool) -> anyhow::Result<()> {
+        let request = DescribeQuorumRequest::default().with_topics(vec![TopicData::default()
+            .with_topic_name(name(METADATA_TOPIC))
+            .with_partitions(vec![PartitionData::default().with_partition_index(0)])]);
+        let response = client.any_connection().await?.send(&request).await?;
+        check(response.error_code, response.error_message.as_ref(), || {
+            "describing the metadata quorum".to_string()
+        })?;
+        let partition = response
+            .topics
+            .iter()
+            .flat_map(|t| t.partitions.iter())
+            .next()
+            .ok_or_else(|| anyhow::anyhow!("the answer describes no partition"))?;
+        check(
+            partition.error_code,
+            partition.error_message.as_ref(),
+            || "describing the metadata quorum".to_string(),
+        )?;
+        let addr = |id: i32| {
+            response
+                .nodes
+                .iter()
+                .find(|n| n.node_id.0 == id)
+                .and_then(|n| n.listeners.first())
+                .map(|l| format!("{}:{}", l.host.as_str(), l.port))
+        };
+        if json {
+            let replica = |r: &ReplicaState| json!({"node_id": r.replica_id.0, "log_end_offset": r.log_end_offset, "addr": addr(r.replica_id.0)});
+            print_json(&json!({
+                "leader_id": partition.leader_id.0,
+                "leader_epoch": partition.leader_epoch,
+                "high_watermark": partition.high_watermark,
+                "voters": partition.current_voters.iter().map(replica).collect::<Vec<Value>>(),
+                "learners": partition.observers.iter().map(replica).collect::<Vec<Value>>(),
+            }));
+            return Ok(());
+        }
+        println!(
+            "leader {} (epoch {}), high watermark {}",
+            partition.leader_id.0, partition.leader_epoch, partition.high_watermark
+        );
+        println!();
+        let mut table = Table::new(&["NODE", "ROLE", "LOG END", "LAG", "ADDRESS"]);
+        let voters = partition.current_voters.iter().map(|r| (r, "voter"));
+        let learners = partition.observers.iter().map(|r| (r, "learner"));
+        for (r, role) in voters.chain(learners) {
+            let role = if r.replica_id == partition.leader_id {
+                "leader"
+            } else {
+                role
+            };
+            let lag = if r.log_end_offset < 0 {
+                "-".to_string()
+            } else {
+                (partition.high_watermark - r.log_end_offset)
+                    .max(0)
+                    .to_string()
+            };
+            table.row(vec![
+                r.replica_id.0.to_string(),
+                role.to_string(),
+                r.log_end_offset.to_string(),
+                lag,
+                addr(r.replica_id.0).unwrap_or_default(),
+            ]);
+        }
+        table.print();
+        Ok(())
+    }
+
+    pub async fn add_voter(
+        client: &ferry_client::Client,
+        node_id: i32,
+        timeout_ms: i32,
+        json: bool,
+    ) -> anyhow::Result<()> {
+        let request = AddRaftVoterRequest::default()
+            .with_voter_id(node_id)
+            .with_timeout_ms(timeout_ms);
+        let response = client.any_connection().await?.send(&request).await?;
+        check(response.error_code, response.error_message.as_ref(), || {
+            format!("adding voter {node_id}")
+        })?;
+        done(json, "added", node_id);
+        Ok(())
+    }
+
+    pub async fn remove_voter(
+        client: &ferry_client::Client,
+        node_id: i32,
+        json: bool,
+    ) -> anyhow::Result<()> {
+        let request = RemoveRaftVoterRequest::default().with_voter_id(node_id);
+        let response = client.any_connection().await?.send(&request).await?;
+        check(response.error_code, response.error_message.as_ref(), || {
+            format!("removing voter {node_id}")
+        })?;
+        done(json, "removed", node_id);
+        Ok(())
+    }
+
+    fn done(json: bool, what: &str, node_id: i32) {
+        if json {
+            print_json(&json!({"voter": node_id, "result": what}));
+        } else {
+            println!("{what} voter {node_id}");
+        }
     }
 }

@@ -97,7 +97,20 @@ pub fn rebalance(assignment: &Assignment, live: &[i32]) -> Assignment {
         *counts.entry(max_b).or_default() -= 1;
         *counts.entry(min_b).or_default() += 1;
     }
-    // Preferred leaders spread likewise.
+    spread_preferred_leaders(&mut target, live);
+    target
+        .into_iter()
+        .filter(|(tp, r)| assignment.get(tp) != Some(r))
+        .collect()
+}
+
+/// Makes the first replica of each partition (its preferred leader) the one
+/// that leads fewest so far, then, while some broker leads at least two more
+/// partitions than another it can hand leadership to through a chain of
+/// partitions (A leads one that B holds, B leads one that C holds, ...), shifts
+/// one leadership along that chain: the counts end within one wherever the
+/// replica placement allows it.
+fn spread_preferred_leaders(target: &mut Assignment, live: &[i32]) {
     let mut leads: BTreeMap<i32, usize> = live.iter().map(|b| (*b, 0)).collect();
     for replicas in target.values_mut() {
         if let Some(i) =
@@ -107,15 +120,150 @@ pub fn rebalance(assignment: &Assignment, live: &[i32]) -> Assignment {
             *leads.entry(replicas[0]).or_default() += 1;
         }
     }
-    target
+    // Each shift lowers the sum of squared counts, so this ends.
+    while let Some(path) = leadership_chain(target, &leads) {
+        for (tp, to) in path {
+            if let Some(replicas) = target.get_mut(&tp) {
+                let from = replicas[0];
+                if let Some(i) = replicas.iter().position(|r| *r == to) {
+                    replicas.swap(0, i);
+                    *leads.entry(from).or_default() -= 1;
+                    *leads.entry(to).or_default() += 1;
+                }
+            }
+        }
+    }
+}
+
+/// Broker → (the partition handed to it, the broker that handed it).
+type CameFrom = BTreeMap<i32, Option<((String, i32), i32)>>;
+
+/// A chain of leadership hand-overs, (partition, new leader) from a broker
+/// leading the most to one leading at least two fewer; `None` when there is
+/// none (a breadth-first search over "leads a partition the other holds").
+fn leadership_chain(
+    target: &Assignment,
+    leads: &BTreeMap<i32, usize>,
+) -> Option<Vec<((String, i32), i32)>> {
+    let max = *leads.values().max()?;
+    for (&start, _) in leads.iter().filter(|(_, c)| **c == max) {
+        // broker → (partition handed to it, broker that handed it)
+        let mut came_from: CameFrom = BTreeMap::new();
+        came_from.insert(start, None);
+        let mut queue = std::collections::VecDeque::from([start]);
+        while let Some(b) = queue.pop_front() {
+            if leads.get(&b).is_some_and(|c| c + 2 <= max) {
+                let mut path = Vec::new();
+                let mut at = b;
+                while let Some(Some((tp, prev))) = came_from.get(&at) {
+                    path.push((tp.clone(), at));
+                    at = *prev;
+                }
+                path.reverse();
+                return Some(path);
+            }
+            for (tp, replicas) in target.iter().filter(|(_, r)| r.first() == Some(&b)) {
+                for r in &replicas[1..] {
+                    if leads.contains_key(r) && !came_from.contains_key(r) {
+                        came_from.insert(*r, Some((tp.clone(), b)));
+                        queue.push_back(*r);
+                    }
+                }
+            }
+        }
+    }
+    None
+}
+
+/// Parses one move of `ferry cluster reassign`: `TOPIC:PARTITION=REPLICAS`,
+/// the replicas comma-separated broker ids.
+pub fn parse_move(s: &str) -> Result<((String, i32), Vec<i32>), String> {
+    let bad = || format!("{s:?}: expected TOPIC:PARTITION=BROKER[,BROKER...]");
+    let (tp, replicas) = s.split_once('=').ok_or_else(bad)?;
+    let (topic, partition) = tp.rsplit_once(':').ok_or_else(bad)?;
+    let partition: i32 = partition.trim().parse().map_err(|_| bad())?;
+    let replicas = replicas
+        .split(',')
+        .map(|r| r.trim().parse::<i32>().map_err(|_| bad()))
+        .collect::<Result<Vec<_>, _>>()?;
+    if topic.is_empty() || partition < 0 {
+        return Err(bad());
+    }
+    Ok(((topic.to_string(), partition), replicas))
+}
+
+/// The replication throttle of a move, per topic, as
+/// `kafka-reassign-partitions --throttle` sets it: the
+/// `leader.replication.throttled.replicas` list names every current replica of
+/// each moving partition (any of them may lead while the new ones copy), the
+/// `follower.replication.throttled.replicas` list the replicas being added.
+pub fn throttled_replicas(
+    current: &Assignment,
+    moves: &Assignment,
+) -> BTreeMap<String, (String, String)> {
+    let mut lists: BTreeMap<String, (Vec<String>, Vec<String>)> = BTreeMap::new();
+    for ((topic, partition), target) in moves {
+        let before = current
+            .get(&(topic.clone(), *partition))
+            .map_or(&[][..], |r| r.as_slice());
+        let (leader, follower) = lists.entry(topic.clone()).or_default();
+        leader.extend(before.iter().map(|b| format!("{partition}:{b}")));
+        follower.extend(
+            target
+                .iter()
+                .filter(|b| !before.contains(b))
+                .map(|b| format!("{partition}:{b}")),
+        );
+    }
+    lists
         .into_iter()
-        .filter(|(tp, r)| assignment.get(tp) != Some(r))
+        .map(|(topic, (leader, follower))| (topic, (leader.join(","), follower.join(","))))
         .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn moves_parse_from_topic_partition_and_replicas() {
+        assert_eq!(
+            parse_move("orders.v1:3=2, 3"),
+            Ok((("orders.v1".to_string(), 3), vec![2, 3]))
+        );
+        for bad in [
+            "orders:3",
+            "orders=1",
+            ":0=1",
+            "orders:x=1",
+            "orders:0=",
+            "orders:-1=1",
+        ] {
+            assert!(parse_move(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_throttle_names_the_current_replicas_as_leaders_and_the_new_as_followers() {
+        let current: Assignment = [
+            (("a".to_string(), 0), vec![1, 2]),
+            (("a".to_string(), 1), vec![2, 3]),
+            (("b".to_string(), 0), vec![3]),
+        ]
+        .into();
+        let moves: Assignment = [
+            (("a".to_string(), 0), vec![2, 4]),
+            (("a".to_string(), 1), vec![3, 2]),
+            (("b".to_string(), 0), vec![1]),
+        ]
+        .into();
+        let lists = throttled_replicas(&current, &moves);
+        assert_eq!(
+            lists["a"],
+            ("0:1,0:2,1:2,1:3".to_string(), "0:4".to_string())
+        );
+        assert_eq!(lists["b"], ("0:3".to_string(), "0:1".to_string()));
+    }
 
     fn assignment(parts: &[&[i32]]) -> Assignment {
         parts
@@ -158,6 +306,15 @@ mod tests {
             *leaders.entry(r[0]).or_default() += 1;
         }
         assert!(leaders.values().all(|n| *n <= 2), "{leaders:?}");
+        // Greedy in partition order would give 1 two leaderships and 3 none.
+        let chain = assignment(&[&[1, 2], &[1, 2], &[1, 3]]);
+        let mut after = chain.clone();
+        after.extend(rebalance(&chain, &[1, 2, 3]));
+        let mut leaders: BTreeMap<i32, usize> = BTreeMap::new();
+        for r in after.values() {
+            *leaders.entry(r[0]).or_default() += 1;
+        }
+        assert!(leaders.values().all(|n| *n <= 1), "{after:?}");
         // Balanced already: nothing to do.
         let even = assignment(&[&[1, 2], &[2, 1]]);
         assert!(rebalance(&even, &[1, 2]).is_empty());

@@ -585,7 +585,8 @@ pub fn first_difference(replicas: &[(i32, Vec<u8>)]) -> Option<String> {
 }
 
 /// Reads `topic`-`partition` back and checks the records `acked` (as
-/// [`Acks::of_partition`] gives them) against it: every record is stored once,
+/// [`Acks::of_partition`] gives them, in any order: a flush may run delivery
+/// callbacks beside the producer's polling thread) against it: every record is stored once,
 /// each acknowledged one at the offset it was acknowledged with, and the values,
 /// which the tests make sort in produce order, ascend along the log. Returns
 /// what is stored, as (offset, value).
@@ -627,10 +628,6 @@ pub fn check_acked_stored_once(
     assert_eq!(
         out_of_order, None,
         "{topic}-{partition}: stored out of produce order"
-    );
-    assert!(
-        acked.windows(2).all(|w| w[0].0 < w[1].0),
-        "{topic}-{partition}: acknowledged offsets do not ascend"
     );
     stored
 }
