@@ -23,7 +23,15 @@
 //! image the previous one committed, so a leader move cannot write back an ISR
 //! that an AlterPartition changed meanwhile. Heartbeat times live only in the active
 //! controller's memory: a newly elected controller gives every broker a full
-//! session before fencing it, as KRaft does.
+//! session before fencing it, as KRaft does, counted from when it took over
+//! (and it never fences its own node: it is running).
+//!
+//! A decision belongs to the quorum term it was made in
+//! ([`MetadataQuorum::leadership`], read before the image it decides on) and
+//! is appended with [`MetadataQuorum::propose_as`] in that term only: a
+//! controller cut off from the others, which goes on deciding on its stale
+//! image, gets its decisions dropped once it learns of the new leader, never
+//! replayed by that leader.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Weak};
@@ -35,8 +43,14 @@ use ferry_core::cluster::{
 use ferry_core::metadata::{MetadataImage, MetadataRecord, PartitionMetadata};
 use parking_lot::Mutex;
 
-use crate::types::{ControllerHandler, ControllerRequest, ControllerResponse, HandlerFuture};
+use crate::types::{
+    ControllerHandler, ControllerRequest, ControllerResponse, HandlerFuture, Leadership,
+};
 use crate::MetadataQuorum;
+
+/// How long a request waits for a just-elected controller to apply the first
+/// entry of its term (its image is stale until then).
+const TAKE_OVER_WAIT: Duration = Duration::from_secs(5);
 
 /// What a broker tells the controller about itself with each heartbeat.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -73,8 +87,9 @@ pub struct Controller {
 struct ControllerState {
     /// When each broker was last heard from.
     last_heartbeat: HashMap<i32, Instant>,
-    /// When this node last became the active controller (None: it is not).
-    active_since: Option<Instant>,
+    /// The term this node is the active controller of, and since when (None:
+    /// it is not); a new term starts every broker's session afresh.
+    active_since: Option<(u64, Instant)>,
     /// When leader imbalance was last checked (the first check comes one
     /// interval after this node became the active controller).
     last_rebalance_check: Option<Instant>,
@@ -101,6 +116,19 @@ impl Controller {
         self.quorum.upgrade()
     }
 
+    /// The quorum and the term this node leads with an image caught up to it
+    /// (waiting a little for a just-elected leader), or why a request cannot
+    /// be decided here.
+    async fn active(&self) -> Result<(Arc<MetadataQuorum>, Leadership), ControllerResponse> {
+        let Some(quorum) = self.quorum() else {
+            return Err(rejected("the controller is stopping"));
+        };
+        match quorum.wait_leadership(TAKE_OVER_WAIT).await {
+            Some(leadership) => Ok((quorum, leadership)),
+            None => Err(rejected("this node is not the active controller")),
+        }
+    }
+
     /// Fences brokers whose session expired, moving their leaderships, and
     /// every `leader.imbalance.check.interval.seconds` moves leaderships back to
     /// preferred replicas. Called periodically on every voter; does nothing
@@ -108,14 +136,25 @@ impl Controller {
     pub async fn tick(&self) {
         let Some(quorum) = self.quorum() else { return };
         let now = Instant::now();
+        let Some(leadership) = quorum.leadership() else {
+            let mut state = self.state.lock();
+            state.active_since = None;
+            state.last_rebalance_check = None;
+            return;
+        };
+        let own_id = i32::try_from(quorum.node_id()).ok();
         let (expired, rebalance_due): (Vec<i32>, bool) = {
             let mut state = self.state.lock();
-            if !quorum.is_leader() {
-                state.active_since = None;
-                state.last_rebalance_check = None;
-                return;
-            }
-            let since = *state.active_since.get_or_insert(now);
+            let since = match state.active_since {
+                Some((term, since)) if term == leadership.term => since,
+                _ => {
+                    // Taking over (or again, in a later term): every broker
+                    // gets a full session from now, as do the rebalance checks.
+                    state.active_since = Some((leadership.term, now));
+                    state.last_rebalance_check = None;
+                    now
+                }
+            };
             let rebalance_due = self.rebalance.is_some_and(|r| {
                 let last = state.last_rebalance_check.get_or_insert(now);
                 let due = now.duration_since(*last) >= r.check_interval;
@@ -128,6 +167,8 @@ impl Controller {
             let expired = image
                 .live_brokers()
                 .map(|b| b.node_id)
+                // This node is running: the controller does not fence it.
+                .filter(|id| Some(*id) != own_id)
                 .filter(|id| {
                     let heard = state
                         .last_heartbeat
@@ -142,13 +183,25 @@ impl Controller {
         };
         for node_id in expired {
             let _decision = self.decisions.lock().await;
-            let records = fence_broker(&quorum.image(), node_id, self.unclean_election);
+            if quorum.leadership() != Some(leadership) {
+                return;
+            }
+            let image = quorum.image();
+            // It may have heartbeated, or been fenced, while this waited.
+            let heard = self.state.lock().last_heartbeat.get(&node_id).copied();
+            if !image.live_brokers().any(|b| b.node_id == node_id)
+                || heard.is_some_and(|h| h.elapsed() <= self.session_timeout)
+            {
+                continue;
+            }
+            let records = fence_broker(&image, node_id, self.unclean_election);
             tracing::warn!(
                 node_id,
+                term = leadership.term,
                 changes = records.len() - 1,
                 "fencing a broker that stopped heartbeating"
             );
-            if let Err(e) = quorum.propose(records).await {
+            if let Err(e) = quorum.propose_as(leadership, records).await {
                 tracing::warn!(node_id, error = %e, "could not fence a broker");
             }
         }
@@ -160,7 +213,7 @@ impl Controller {
                     moves = records.len(),
                     "moving leaderships back to preferred replicas"
                 );
-                if let Err(e) = quorum.propose(records).await {
+                if let Err(e) = quorum.propose_as(leadership, records).await {
                     tracing::warn!(error = %e, "could not rebalance leaders");
                 }
             }
@@ -175,7 +228,7 @@ impl Controller {
             let records = completed_reassignments(&quorum.image());
             if !records.is_empty() {
                 tracing::info!(partitions = records.len(), "completing reassignments");
-                if let Err(e) = quorum.propose(records).await {
+                if let Err(e) = quorum.propose_as(leadership, records).await {
                     tracing::warn!(error = %e, "could not complete reassignments");
                 }
             }
@@ -190,10 +243,11 @@ impl Controller {
         &self,
         reassignments: Vec<(String, i32, Option<Vec<i32>>)>,
     ) -> ControllerResponse {
-        let Some(quorum) = self.quorum() else {
-            return rejected("the controller is stopping");
-        };
         let _decision = self.decisions.lock().await;
+        let (quorum, leadership) = match self.active().await {
+            Ok(active) => active,
+            Err(refused) => return refused,
+        };
         // Each partition is decided on the image the ones before it leave.
         let mut image = MetadataImage::clone(&quorum.image());
         let mut records = Vec::new();
@@ -209,7 +263,7 @@ impl Controller {
         }
         if !records.is_empty() {
             tracing::info!(records = records.len(), "reassigning partitions on request");
-            if let Err(e) = quorum.propose(records).await {
+            if let Err(e) = quorum.propose_as(leadership, records).await {
                 return rejected(&format!("could not commit the reassignments: {e}"));
             }
         }
@@ -241,6 +295,10 @@ impl Controller {
             return rejected(&format!("unknown election type {election_type}"));
         }
         let _decision = self.decisions.lock().await;
+        let leadership = match self.active().await {
+            Ok((_, leadership)) => leadership,
+            Err(refused) => return refused,
+        };
         let elections = elect_leaders(&quorum.image(), election_type, partitions.as_deref());
         let records: Vec<MetadataRecord> = elections
             .iter()
@@ -252,7 +310,7 @@ impl Controller {
                 moves = records.len(),
                 "electing leaders on request"
             );
-            if let Err(e) = quorum.propose(records).await {
+            if let Err(e) = quorum.propose_as(leadership, records).await {
                 return rejected(&format!("could not commit the new leaders: {e}"));
             }
         }
@@ -277,6 +335,10 @@ impl Controller {
             .last_heartbeat
             .insert(node_id, Instant::now());
         let _decision = self.decisions.lock().await;
+        let leadership = match self.active().await {
+            Ok((_, leadership)) => leadership,
+            Err(refused) => return refused,
+        };
         let image = quorum.image();
         let mut records = Vec::new();
         if let Some(r) = registration {
@@ -301,7 +363,7 @@ impl Controller {
                 records.push(MetadataRecord::BrokerUnfenced { node_id });
             }
             records.extend(elect_for_returning_broker(&image, node_id));
-            if let Err(e) = quorum.propose(records).await {
+            if let Err(e) = quorum.propose_as(leadership, records).await {
                 return rejected(&format!("could not register or unfence: {e}"));
             }
         }
@@ -319,6 +381,10 @@ impl Controller {
             return rejected("the controller is stopping");
         };
         let _decision = self.decisions.lock().await;
+        let leadership = match self.active().await {
+            Ok((_, leadership)) => leadership,
+            Err(refused) => return refused,
+        };
         let image = quorum.image();
         let Some(current) = image
             .topic_by_id(&topic_id)
@@ -352,7 +418,7 @@ impl Controller {
                 isr: new_isr.clone(),
                 leader_epoch,
             };
-            if let Err(e) = quorum.propose(vec![record]).await {
+            if let Err(e) = quorum.propose_as(leadership, vec![record]).await {
                 return rejected(&format!("could not change the ISR: {e}"));
             }
         }

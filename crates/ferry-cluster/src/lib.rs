@@ -59,8 +59,8 @@ mod types;
 pub use node::{ClusterNode, ClusterOptions};
 pub use quorum::{MetadataQuorum, PROPOSAL_BYTES_MAX};
 pub use types::{
-    ControllerHandler, ControllerRequest, ControllerResponse, HandlerFuture, NodeId, Proposal,
-    ProposalApplied, TypeConfig,
+    ControllerHandler, ControllerRequest, ControllerResponse, HandlerFuture, Leadership, NodeId,
+    Proposal, ProposalApplied, TypeConfig,
 };
 
 /// How one node takes part in the metadata quorum.
@@ -141,6 +141,10 @@ pub enum QuorumError {
     Timeout(String),
     #[error("no controller handler is installed on the leader")]
     NoHandler,
+    /// This node does not lead the term a controller decision was made in
+    /// (it was deposed, or never led it): the decision is dropped.
+    #[error("not the leader of the metadata quorum in term {term}: {reason}")]
+    NotLeader { term: u64, reason: String },
     #[error("a proposal of {bytes} bytes exceeds the limit of {max}")]
     TooLarge { bytes: usize, max: usize },
     #[error("the metadata quorum is shut down")]

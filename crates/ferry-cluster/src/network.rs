@@ -495,9 +495,17 @@ impl ServerCtx {
         let Some(handler) = handler else {
             return Err(LeaderError::NoHandler);
         };
-        tokio::time::timeout(self.request_timeout, handler.handle(request))
-            .await
-            .map_err(|_| LeaderError::Failed("controller handler timed out".into()))
+        // The handler runs as a task of its own: a caller that stops waiting
+        // (its attempt timed out) does not cut a decision short between reading
+        // the image and committing what it decided.
+        let handling = tokio::spawn(async move { handler.handle(request).await });
+        match tokio::time::timeout(self.request_timeout, handling).await {
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(e)) => Err(LeaderError::Failed(format!(
+                "controller handler failed: {e}"
+            ))),
+            Err(_) => Err(LeaderError::Failed("controller handler timed out".into())),
+        }
     }
 
     async fn add_learner(&self, node_id: NodeId, addr: String) -> Result<(), LeaderError> {

@@ -28,6 +28,9 @@ use crate::fetcher::ReplicaFetchers;
 use crate::types::{ControllerRequest, ControllerResponse};
 use crate::{MetadataQuorum, QuorumConfig, QuorumError};
 
+/// The least time one heartbeat attempt is given, however short the interval.
+const MIN_HEARTBEAT_ATTEMPT: Duration = Duration::from_millis(100);
+
 /// How a node joins its cluster.
 #[derive(Debug, Clone)]
 pub struct ClusterOptions {
@@ -138,6 +141,7 @@ impl ClusterNode {
                 Arc::downgrade(&quorum),
                 registration,
                 heartbeat_interval,
+                session_timeout,
             )),
             tokio::spawn(controller_ticks(controller)),
             tokio::spawn(shrink_isr(broker.clone())),
@@ -213,11 +217,18 @@ async fn watch_images(
 }
 
 /// Tells the active controller this broker is alive (and where it listens).
+///
+/// Each attempt lasts at most one heartbeat interval and goes to whichever node
+/// is the leader by then, and a heartbeat is given up after one session: after
+/// a leader change, heartbeats must reach the new controller within the
+/// session it gives every broker, not wait on an old leader that is gone.
 async fn heartbeats(
     quorum: Weak<MetadataQuorum>,
     registration: BrokerRegistration,
     interval: Duration,
+    session: Duration,
 ) {
+    let attempt = interval.max(MIN_HEARTBEAT_ATTEMPT);
     loop {
         let Some(q) = quorum.upgrade() else { return };
         let request = ControllerRequest::Heartbeat {
@@ -225,7 +236,7 @@ async fn heartbeats(
             broker_epoch: 0,
             registration: Some(registration.clone()),
         };
-        match q.call_leader(request).await {
+        match q.call_leader_within(request, session, attempt).await {
             Ok(ControllerResponse::Rejected { reason }) => {
                 tracing::warn!(%reason, "the controller refused a heartbeat")
             }

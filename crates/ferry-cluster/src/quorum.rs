@@ -12,6 +12,12 @@
 //! an id it has already applied, so a retry after a lost answer never applies the
 //! records twice.
 //!
+//! The controller's decisions take another path, [`MetadataQuorum::propose_as`]:
+//! appended on this node only, in the term the decision was made in, never
+//! forwarded nor retried elsewhere (as Kafka's controller appends at its own
+//! epoch and gets NOT_LEADER otherwise). A deposed controller's decisions are
+//! dropped: they were made on an image the new leader has moved on from.
+//!
 //! Voters change at run time ([`MetadataQuorum::add_voter`],
 //! [`MetadataQuorum::remove_voter`]); the membership persisted in the log is
 //! what a restarted node goes by. A node restarted as a voter of its persisted
@@ -28,7 +34,7 @@ use std::time::Duration;
 
 use ferry_core::cluster::{QuorumDescription, VoterChangeError};
 use ferry_core::metadata::{MetadataImage, MetadataRecord};
-use openraft::error::{InitializeError, RaftError};
+use openraft::error::{ClientWriteError, InitializeError, RaftError};
 use openraft::{Config, ServerState, SnapshotPolicy};
 use parking_lot::{Mutex, RwLock};
 use tokio::net::TcpListener;
@@ -44,7 +50,8 @@ use crate::network::{
 };
 use crate::state_machine::{SmShared, StateMachine};
 use crate::types::{
-    ControllerHandler, ControllerRequest, ControllerResponse, LogId, Node, NodeId, Proposal, Raft,
+    ControllerHandler, ControllerRequest, ControllerResponse, Leadership, LogId, Node, NodeId,
+    Proposal, Raft,
 };
 use crate::{QuorumConfig, QuorumError};
 
@@ -96,6 +103,8 @@ enum AttemptError {
     Leader(LeaderError),
     Transport(CallError),
     Unexpected(String),
+    /// Another node became the known leader while the attempt was in flight.
+    LeaderMoved,
 }
 
 fn validate(config: &QuorumConfig) -> Result<(), QuorumError> {
@@ -286,7 +295,10 @@ impl MetadataQuorum {
                         addr: addr.clone(),
                     };
                     let deadline = Instant::now() + quorum.request_timeout;
-                    if let Err(e) = quorum.to_leader(&call, deadline, &mut || false).await {
+                    if let Err(e) = quorum
+                        .to_leader(&call, deadline, Duration::MAX, &mut || false)
+                        .await
+                    {
                         tracing::info!(node_id, error = %e, "not yet added to the metadata quorum as a learner");
                     }
                     drop(quorum);
@@ -322,16 +334,9 @@ impl MetadataQuorum {
         let proposal = Proposal {
             request_id: Uuid::new_v4(),
             records,
+            only_in: None,
         };
-        let bytes = serde_json::to_vec(&proposal)
-            .map_err(|e| QuorumError::Io(std::io::Error::other(e)))?
-            .len();
-        if bytes > PROPOSAL_BYTES_MAX {
-            return Err(QuorumError::TooLarge {
-                bytes,
-                max: PROPOSAL_BYTES_MAX,
-            });
-        }
+        check_size(&proposal)?;
         let (_guard, mut applied) = self.sm.wait_for(proposal.request_id);
         let call = LeaderCall::Propose(proposal);
         // Between attempts, stop retrying if this node already applied the proposal
@@ -340,13 +345,18 @@ impl MetadataQuorum {
         // answer to.
         let mut early = None;
         let appended = self
-            .to_leader(&call, deadline, &mut || match applied.try_recv() {
-                Ok(image) => {
-                    early = Some(image);
-                    true
-                }
-                Err(_) => false,
-            })
+            .to_leader(
+                &call,
+                deadline,
+                Duration::MAX,
+                &mut || match applied.try_recv() {
+                    Ok(image) => {
+                        early = Some(image);
+                        true
+                    }
+                    Err(_) => false,
+                },
+            )
             .await;
         if let Some(image) = early {
             return Ok(image);
@@ -363,6 +373,122 @@ impl MetadataQuorum {
         }
     }
 
+    /// The term this node leads, once its image holds everything committed
+    /// before that term (it has applied an entry of its own term); `None`
+    /// otherwise. A controller decides on the image only while this is `Some`,
+    /// and commits with [`propose_as`](Self::propose_as) in that term.
+    pub fn leadership(&self) -> Option<Leadership> {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        let leadership = Leadership {
+            term: m.current_term,
+            node_id: self.node_id,
+        };
+        let leads = m.state == ServerState::Leader && m.current_leader == Some(self.node_id);
+        let caught_up = m.last_applied.is_some_and(|l| leadership.appended(&l));
+        (leads && caught_up).then_some(leadership)
+    }
+
+    /// [`leadership`](Self::leadership), waiting up to `timeout` for a node that
+    /// leads to apply the first entry of its term; `None` at once when this node
+    /// does not lead.
+    pub async fn wait_leadership(&self, timeout: Duration) -> Option<Leadership> {
+        let mut metrics = self.raft.metrics();
+        let wait = async {
+            loop {
+                if let Some(leadership) = self.leadership() {
+                    return Some(leadership);
+                }
+                if !self.is_leader() || metrics.changed().await.is_err() {
+                    return None;
+                }
+            }
+        };
+        tokio::time::timeout(timeout, wait).await.ok().flatten()
+    }
+
+    /// Appends a controller decision made in `leadership` (see
+    /// [`leadership`](Self::leadership)) on this node only and returns once it
+    /// is applied here, with the image right after it. Never forwarded nor
+    /// retried: once this node no longer leads that term the decision fails with
+    /// [`QuorumError::NotLeader`], and if its entry reaches the log in another
+    /// term anyway every node ignores its records.
+    pub async fn propose_as(
+        &self,
+        leadership: Leadership,
+        records: Vec<MetadataRecord>,
+    ) -> Result<Arc<MetadataImage>, QuorumError> {
+        if self.stopped.load(Ordering::Acquire) {
+            return Err(QuorumError::Shutdown);
+        }
+        let not_leader = |reason: &str| QuorumError::NotLeader {
+            term: leadership.term,
+            reason: reason.to_string(),
+        };
+        if self.leadership() != Some(leadership) {
+            return Err(not_leader("this node no longer leads that term"));
+        }
+        let deadline = Instant::now() + self.request_timeout;
+        let proposal = Proposal {
+            request_id: Uuid::new_v4(),
+            records,
+            only_in: Some(leadership),
+        };
+        check_size(&proposal)?;
+        let (_guard, applied) = self.sm.wait_for(proposal.request_id);
+        let log_id = match tokio::time::timeout_at(deadline, self.raft.client_write(proposal)).await
+        {
+            Err(_) => {
+                return Err(QuorumError::Timeout(
+                    "the decision was not committed in time".into(),
+                ))
+            }
+            Ok(Ok(written)) => written.log_id,
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => {
+                return Err(not_leader("deposed before the decision was committed"))
+            }
+            Ok(Err(e)) => return Err(QuorumError::Raft(e.to_string())),
+        };
+        if !leadership.appended(&log_id) {
+            // Deposed and elected again in between: the entry is a no-op.
+            return Err(not_leader("the decision was appended in another term"));
+        }
+        match tokio::time::timeout_at(deadline, applied).await {
+            Ok(Ok(image)) => Ok(image),
+            Ok(Err(_)) => Err(QuorumError::Shutdown),
+            Err(_) => Err(QuorumError::Timeout(
+                "the decision is committed but this node has not applied it yet".into(),
+            )),
+        }
+    }
+
+    /// Like [`call_leader`](Self::call_leader) with a deadline of `total`, each
+    /// attempt limited to `attempt`: for calls that are soon stale, such as
+    /// heartbeats, which must reach a new leader well within a session.
+    pub async fn call_leader_within(
+        &self,
+        request: ControllerRequest,
+        total: Duration,
+        attempt: Duration,
+    ) -> Result<ControllerResponse, QuorumError> {
+        if self.stopped.load(Ordering::Acquire) {
+            return Err(QuorumError::Shutdown);
+        }
+        let deadline = Instant::now() + total;
+        match self
+            .to_leader(
+                &LeaderCall::Controller(request),
+                deadline,
+                attempt,
+                &mut || false,
+            )
+            .await?
+        {
+            LeaderReply::Controller(response) => Ok(response),
+            _ => Err(QuorumError::Raft("mismatched leader reply".into())),
+        }
+    }
+
     /// Sends a controller RPC to the leader's [`ControllerHandler`] (retried across
     /// leader changes until the request deadline).
     pub async fn call_leader(
@@ -374,7 +500,12 @@ impl MetadataQuorum {
         }
         let deadline = Instant::now() + self.request_timeout;
         match self
-            .to_leader(&LeaderCall::Controller(request), deadline, &mut || false)
+            .to_leader(
+                &LeaderCall::Controller(request),
+                deadline,
+                Duration::MAX,
+                &mut || false,
+            )
             .await?
         {
             LeaderReply::Controller(response) => Ok(response),
@@ -434,7 +565,8 @@ impl MetadataQuorum {
             return Err(QuorumError::Shutdown);
         }
         let deadline = Instant::now() + self.request_timeout + extra;
-        self.to_leader(&call, deadline, &mut || false).await
+        self.to_leader(&call, deadline, Duration::MAX, &mut || false)
+            .await
     }
 
     /// The voters of the membership this node has.
@@ -565,10 +697,15 @@ impl MetadataQuorum {
     /// Runs `call` on the leader, following leader changes until `deadline`, or
     /// until `done` (asked before every retry) says the outcome is known anyway;
     /// then the error is [`QuorumError::Shutdown`] and the caller has its answer.
+    ///
+    /// One attempt lasts at most `attempt_max`, and an attempt to another node
+    /// is given up as soon as this node learns of a different leader: a leader
+    /// that became unreachable must not hold the call for the whole deadline.
     async fn to_leader(
         &self,
         call: &LeaderCall,
         deadline: Instant,
+        attempt_max: Duration,
         done: &mut (dyn FnMut() -> bool + Send),
     ) -> Result<LeaderReply, QuorumError> {
         let mut hint: Option<NodeId> = None;
@@ -598,11 +735,15 @@ impl MetadataQuorum {
                 tokio::time::sleep(RETRY_BACKOFF.min(deadline - now)).await;
                 continue;
             };
-            let remaining = deadline - now;
+            let ttl = (deadline - now).min(attempt_max);
             let attempt = if target == self.node_id {
-                self.run_local(call, remaining).await
+                // A deposed leader answers its own pending calls (NotLeader).
+                self.run_local(call, ttl).await
             } else {
-                self.run_remote(target, call, remaining).await
+                tokio::select! {
+                    reply = self.run_remote(target, call, ttl) => reply,
+                    () = self.leader_moves_from(target) => Err(AttemptError::LeaderMoved),
+                }
             };
             match attempt {
                 Ok(reply) => return Ok(reply),
@@ -625,10 +766,28 @@ impl MetadataQuorum {
                 Err(AttemptError::Unexpected(msg)) => {
                     last_error = format!("node {target}: {msg}");
                 }
+                Err(AttemptError::LeaderMoved) => {
+                    last_error = format!("node {target} is no longer the leader");
+                    continue;
+                }
             }
             tracing::debug!(node_id = self.node_id, error = %last_error, "retrying a request to the metadata leader");
             let now = Instant::now();
             tokio::time::sleep(RETRY_BACKOFF.min(deadline.saturating_duration_since(now))).await;
+        }
+    }
+
+    /// Returns once this node knows of a leader other than `target`.
+    async fn leader_moves_from(&self, target: NodeId) {
+        let mut metrics = self.raft.metrics();
+        loop {
+            if self.leader_id().is_some_and(|l| l != target) {
+                return;
+            }
+            if metrics.changed().await.is_err() {
+                // The Raft core stopped: nothing will move any more.
+                std::future::pending::<()>().await;
+            }
         }
     }
 
@@ -714,6 +873,20 @@ impl MetadataQuorum {
             ))),
         }
     }
+}
+
+/// A proposal too large for one entry is refused before it is sent.
+fn check_size(proposal: &Proposal) -> Result<(), QuorumError> {
+    let bytes = serde_json::to_vec(proposal)
+        .map_err(|e| QuorumError::Io(std::io::Error::other(e)))?
+        .len();
+    if bytes > PROPOSAL_BYTES_MAX {
+        return Err(QuorumError::TooLarge {
+            bytes,
+            max: PROPOSAL_BYTES_MAX,
+        });
+    }
+    Ok(())
 }
 
 /// Lets a restarted voter campaign once it has heard from a leader (then it

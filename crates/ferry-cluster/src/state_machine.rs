@@ -320,7 +320,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 }
                 EntryPayload::Normal(proposal) => {
                     let duplicate = self.recent.contains(&proposal.request_id);
-                    if !duplicate {
+                    // A controller decision appended outside the term it was
+                    // made in (its controller was deposed) takes no effect.
+                    let stale = proposal.only_in.is_some_and(|l| !l.appended(&entry.log_id));
+                    if stale {
+                        tracing::warn!(log_id = %entry.log_id, decided_in = ?proposal.only_in, "dropping a controller decision appended outside its term");
+                    }
+                    if !duplicate && !stale {
                         let image = Arc::make_mut(&mut self.image);
                         for record in &proposal.records {
                             image.apply(record);
@@ -582,6 +588,53 @@ impl ImageState {
 mod tests {
     use super::*;
     use ferry_core::metadata::MetadataRecord;
+
+    /// A normal entry appended by `leader` (term, node) carrying `proposal`.
+    fn entry(term: u64, node_id: u64, index: u64, proposal: crate::types::Proposal) -> Entry {
+        Entry {
+            log_id: openraft::LogId::new(openraft::CommittedLeaderId::new(term, node_id), index),
+            payload: EntryPayload::Normal(proposal),
+        }
+    }
+
+    #[test]
+    fn a_decision_appended_outside_its_term_takes_no_effect() {
+        use crate::types::{Leadership, Proposal};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut sm, shared) = StateMachine::open(dir.path()).expect("open");
+        let images = shared.subscribe();
+        let create = |name: &str, only_in: Option<Leadership>| Proposal {
+            request_id: Uuid::new_v4(),
+            records: vec![MetadataRecord::TopicCreated {
+                name: name.into(),
+                topic_id: Uuid::new_v4(),
+                configs: BTreeMap::new(),
+            }],
+            only_in,
+        };
+        let old = Leadership {
+            term: 2,
+            node_id: 1,
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        runtime
+            .block_on(sm.apply([
+                // Appended in its term: applies.
+                entry(2, 1, 1, create("in-term", Some(old))),
+                // The deposed controller's decision, appended (forwarded) by the
+                // next leader in its term: every node ignores it.
+                entry(3, 2, 2, create("stale", Some(old))),
+                // A proposal that is no controller decision applies in any term.
+                entry(3, 2, 3, create("any-term", None)),
+            ]))
+            .expect("apply");
+        let image = images.borrow().clone();
+        assert!(image.topic("in-term").is_some());
+        assert!(image.topic("stale").is_none(), "a stale decision applied");
+        assert!(image.topic("any-term").is_some());
+    }
 
     #[test]
     fn image_survives_the_snapshot_mirror() {

@@ -38,10 +38,32 @@ pub type StorageError = openraft::StorageError<NodeId>;
 /// `request_id` makes a retried proposal idempotent: a proposal whose append was
 /// acknowledged by nobody may have been committed anyway, and the state machine
 /// skips an id it has applied recently instead of applying the records twice.
+///
+/// `only_in` makes it a controller decision: its records take effect only if
+/// the entry was appended by that leader in that term (its log id says so), so
+/// a decision a deposed controller made on its stale image is dropped by every
+/// node alike, however the entry reached the log.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Proposal {
     pub request_id: Uuid,
     pub records: Vec<MetadataRecord>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub only_in: Option<Leadership>,
+}
+
+/// A term of the metadata quorum and the node that leads it: what a controller
+/// decided in (see [`MetadataQuorum::leadership`](crate::MetadataQuorum::leadership)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Leadership {
+    pub term: u64,
+    pub node_id: NodeId,
+}
+
+impl Leadership {
+    /// Whether the entry with `log_id` was appended by this leader in this term.
+    pub fn appended(&self, log_id: &LogId) -> bool {
+        log_id.leader_id.term == self.term && log_id.leader_id.node_id == self.node_id
+    }
 }
 
 impl fmt::Display for Proposal {

@@ -370,6 +370,77 @@ async fn a_new_leader_takes_over_and_a_restarted_node_catches_up() {
     cluster.shutdown().await;
 }
 
+/// A controller decision is appended only by the leader of the term it was
+/// made in: once that leader is deposed its decisions fail, on itself and on
+/// the new leader alike, and never reach the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_deposed_leaders_decisions_fail_and_are_never_forwarded() {
+    let mut cluster = Cluster::start(3, no_tuning).await;
+    let first = cluster.leader().await;
+    let mut old = None;
+    wait_until("the leader applied an entry of its term", || {
+        old = cluster.node(first).leadership();
+        old.is_some()
+    })
+    .await;
+    let old = old.expect("leadership");
+    assert_eq!(old.node_id, first);
+    let follower = cluster.follower(first);
+    assert_eq!(cluster.node(follower).leadership(), None);
+    cluster
+        .node(first)
+        .propose_as(old, vec![topic("decided")])
+        .await
+        .expect("a decision in its own term");
+    cluster.all_have(&["decided"]).await;
+
+    // Depose it: the others elect a leader in a later term, and it comes back
+    // as a follower.
+    cluster.stop(first).await;
+    let second = cluster.leader().await;
+    cluster.restart(first).await;
+    assert_eq!(cluster.leader().await, second);
+    let mut new = None;
+    wait_until("the new leader applied an entry of its term", || {
+        new = cluster.node(second).leadership();
+        new.is_some()
+    })
+    .await;
+    let new = new.expect("leadership");
+    assert!(new.term > old.term, "{new:?} after {old:?}");
+
+    for id in [first, second] {
+        let err = cluster
+            .node(id)
+            .propose_as(old, vec![topic("stale")])
+            .await
+            .expect_err("a decision of a past term");
+        assert!(
+            matches!(err, QuorumError::NotLeader { term, .. } if term == old.term),
+            "node {id}: {err:?}"
+        );
+    }
+    cluster
+        .node(second)
+        .propose_as(new, vec![topic("current")])
+        .await
+        .expect("a decision in the new term");
+    // Brokers' own proposals are still forwarded to the leader.
+    cluster
+        .node(first)
+        .propose(vec![topic("forwarded")])
+        .await
+        .expect("a proposal forwarded from a follower");
+    cluster.all_have(&["decided", "current", "forwarded"]).await;
+    for (id, node) in &cluster.nodes {
+        assert!(
+            node.image().topic("stale").is_none(),
+            "node {id} applied a deposed leader's decision"
+        );
+    }
+    cluster.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_node_behind_the_purged_log_catches_up_from_a_snapshot() {
     fn small_snapshots(c: &mut QuorumConfig) {

@@ -314,7 +314,13 @@ impl MetadataImage {
                 isr,
                 leader_epoch,
             } => {
-                if let Some(p) = self.partition_mut(topic_id, *partition) {
+                // Leader epochs only go forward: a change decided on an older
+                // image (by a controller since deposed) is ignored, the same
+                // way on every node.
+                if let Some(p) = self
+                    .partition_mut(topic_id, *partition)
+                    .filter(|p| *leader_epoch >= p.leader_epoch)
+                {
                     p.leader = *leader;
                     p.isr = isr.clone();
                     p.leader_epoch = *leader_epoch;
@@ -341,7 +347,10 @@ impl MetadataImage {
                 leader,
                 leader_epoch,
             } => {
-                if let Some(p) = self.partition_mut(topic_id, *partition) {
+                if let Some(p) = self
+                    .partition_mut(topic_id, *partition)
+                    .filter(|p| *leader_epoch >= p.leader_epoch)
+                {
                     p.replicas = replicas.clone();
                     p.isr = isr.clone();
                     p.leader = *leader;
@@ -502,6 +511,53 @@ mod tests {
         assert_eq!((topic.topic_id, topic.partitions.len()), (first, 3));
         assert!(image.topic_by_id(&second).is_none());
         assert_eq!(image.offset, 6, "every record counts, applied or not");
+    }
+
+    #[test]
+    fn a_partition_change_from_an_older_leader_epoch_is_ignored() {
+        let mut image = MetadataImage::default();
+        let id = Uuid::new_v4();
+        image.apply(&MetadataRecord::TopicCreated {
+            name: "t".into(),
+            topic_id: id,
+            configs: BTreeMap::new(),
+        });
+        image.apply(&MetadataRecord::PartitionCreated {
+            topic_id: id,
+            partition: 0,
+            replicas: vec![1, 2, 3],
+            isr: vec![1, 2, 3],
+            leader: 1,
+            leader_epoch: 0,
+        });
+        let change =
+            |leader: i32, isr: Vec<i32>, leader_epoch: i32| MetadataRecord::PartitionChanged {
+                topic_id: id,
+                partition: 0,
+                leader,
+                isr,
+                leader_epoch,
+            };
+        let state = |image: &MetadataImage| {
+            let p = &image.topic("t").expect("topic").partitions[0];
+            (p.leader, p.isr.clone(), p.leader_epoch)
+        };
+        image.apply(&change(2, vec![2, 3], 4));
+        // An ISR change at the same epoch applies; one from an older epoch (a
+        // deposed controller's stale decision) does not, nor a reassignment's.
+        image.apply(&change(2, vec![2, 3, 1], 4));
+        image.apply(&change(1, vec![1], 1));
+        image.apply(&MetadataRecord::PartitionReassigned {
+            topic_id: id,
+            partition: 0,
+            replicas: vec![1],
+            isr: vec![1],
+            leader: 1,
+            leader_epoch: 3,
+        });
+        assert_eq!(state(&image), (2, vec![2, 3, 1], 4));
+        image.apply(&change(3, vec![3, 1], 5));
+        assert_eq!(state(&image), (3, vec![3, 1], 5));
     }
 
     #[test]

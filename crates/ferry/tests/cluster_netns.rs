@@ -14,8 +14,7 @@
 //!
 //! The partition leaders cut off are chosen among brokers that are not the
 //! active controller, so those tests test a partition's failover; cutting
-//! off the controller is the second test's subject (ignored for now: it finds
-//! a bug, see there).
+//! off the controller is the second test's subject.
 //!
 //! Needs root (network namespaces); elsewhere each test prints `SKIPPED: ...`.
 
@@ -367,13 +366,12 @@ fn leader_cut_off(net: &mut Net) {
 
 /// The active controller cut off from the two other voters.
 ///
-/// Ignored for now: it fails on a real bug. The cut-off controller keeps
-/// deciding on its stale image (it fences the brokers it no longer hears
-/// from); `MetadataQuorum::propose` forwards that pending proposal to the new
-/// leader once the cut heals, which commits it: partitions go back to older
-/// leader epochs, replicas refuse those roles and the ISR never recovers.
+/// The cut-off controller keeps deciding on its stale image (it fences the
+/// brokers it no longer hears from); none of those decisions may take effect
+/// after healing (they once did: the pending proposal was forwarded to the
+/// new leader, partitions went back to older leader epochs, replicas refused
+/// those roles and the ISR never recovered).
 #[test]
-#[ignore = "a cut-off controller's pending proposal is committed by the new leader after healing (stale leader epochs)"]
 fn the_active_controller_cut_off_the_others_elect_one_and_healing_leaves_one_history() {
     in_namespaces(
         "the_active_controller_cut_off_the_others_elect_one_and_healing_leaves_one_history",
