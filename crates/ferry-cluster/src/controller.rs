@@ -9,6 +9,8 @@
 //!  admin ──ElectLeaders──────────────────────────► PartitionChanged (preferred / unclean)
 //!  admin ──AlterPartitionReassignments───────────► PartitionReassignment (target + removing)
 //!  tick: every target replica in sync ───────────► PartitionReassigned (replicas = target)
+//!  admin ──UnregisterBroker──────────────────────► PartitionChanged (out of every ISR)
+//!                                                   + BrokerUnregistered; learner removed
 //! ```
 //!
 //! A reassignment follows Kafka's: the partition is first assigned the union of
@@ -38,7 +40,8 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use ferry_core::cluster::{
-    ElectError, OngoingReassignment, ReassignError, ELECTION_PREFERRED, ELECTION_UNCLEAN,
+    ElectError, OngoingReassignment, ReassignError, UnregisterError, ELECTION_PREFERRED,
+    ELECTION_UNCLEAN,
 };
 use ferry_core::metadata::{MetadataImage, MetadataRecord, PartitionMetadata};
 use parking_lot::Mutex;
@@ -270,6 +273,69 @@ impl Controller {
         ControllerResponse::AlterPartitionReassignments { results }
     }
 
+    /// UnregisterBroker, as Kafka's controller carries it out: the broker
+    /// leaves every ISR (the partitions it leads elect another leader, as when
+    /// it is fenced) and then the registered brokers, in one entry. Partitions
+    /// keep it in their replicas (a reassignment moves them off it). Then, if
+    /// it is a learner of the metadata quorum, it leaves the membership, so
+    /// the leader stops replicating to it. A voter is refused; an id that is
+    /// neither registered nor a learner is BROKER_ID_NOT_REGISTERED.
+    ///
+    /// A broker that is still running registers again with its next
+    /// heartbeat, and joins the quorum again as a learner, as a Kafka broker
+    /// re-registers: unregistering is for brokers that are gone.
+    async fn unregister_broker(&self, node_id: i32) -> ControllerResponse {
+        let _decision = self.decisions.lock().await;
+        let (quorum, leadership) = match self.active().await {
+            Ok(active) => active,
+            Err(refused) => return refused,
+        };
+        let refused = |e: UnregisterError| ControllerResponse::UnregisterBroker { result: Err(e) };
+        let raft_id = u64::try_from(node_id).ok();
+        if raft_id.is_some_and(|id| quorum.voter_ids().contains(&id)) {
+            return refused(UnregisterError::Invalid(format!(
+                "node {node_id} is a voter of the metadata quorum: remove it as a voter first \
+                 (ferry cluster remove-voter {node_id}), then unregister it"
+            )));
+        }
+        let image = quorum.image();
+        let registered = image.brokers.contains_key(&node_id);
+        let learner = raft_id.is_some_and(|id| quorum.learner_ids().contains(&id));
+        if !registered && !learner {
+            return refused(UnregisterError::NotRegistered(format!(
+                "broker {node_id} is not registered"
+            )));
+        }
+        if registered {
+            let records = unregister_broker(&image, node_id, self.unclean_election);
+            tracing::info!(
+                node_id,
+                term = leadership.term,
+                isr_changes = records.len() - 1,
+                "unregistering a broker on request"
+            );
+            if let Err(e) = quorum.propose_as(leadership, records).await {
+                return rejected(&format!("could not unregister broker {node_id}: {e}"));
+            }
+            self.state.lock().last_heartbeat.remove(&node_id);
+        }
+        if let Some(id) = raft_id.filter(|_| learner) {
+            match quorum.remove_learner(id).await {
+                Ok(removed) => {
+                    if removed {
+                        tracing::info!(node_id, "removed a learner from the metadata quorum");
+                    }
+                }
+                Err(e) => {
+                    return rejected(&format!(
+                        "could not remove node {node_id} from the metadata quorum: {e}"
+                    ))
+                }
+            }
+        }
+        ControllerResponse::UnregisterBroker { result: Ok(()) }
+    }
+
     async fn list_partition_reassignments(
         &self,
         partitions: Option<Vec<(String, i32)>>,
@@ -403,12 +469,13 @@ impl Controller {
         {
             return rejected("the ISR must hold the leader and only assigned replicas");
         }
-        // A fenced broker does not join the ISR (KIP-841).
+        // A fenced broker does not join the ISR (KIP-841), nor one that was
+        // unregistered (it may still fetch until it registers again).
         if new_isr
             .iter()
-            .any(|r| !current.isr.contains(r) && image.fenced_brokers.contains(r))
+            .any(|r| !current.isr.contains(r) && !is_live(&image, *r))
         {
-            return rejected("a fenced broker cannot join the ISR");
+            return rejected("a fenced or unregistered broker cannot join the ISR");
         }
         if new_isr != current.isr {
             let record = MetadataRecord::PartitionChanged {
@@ -456,6 +523,9 @@ impl ControllerHandler for Controller {
                 }
                 ControllerRequest::ListPartitionReassignments { partitions } => {
                     self.list_partition_reassignments(partitions).await
+                }
+                ControllerRequest::UnregisterBroker { node_id } => {
+                    self.unregister_broker(node_id).await
                 }
             }
         })
@@ -519,6 +589,38 @@ pub fn fence_broker(image: &MetadataImage, node_id: i32, unclean: bool) -> Vec<M
             records.push(changed(topic.topic_id, p, leader, isr, leader_epoch));
         }
     }
+    records
+}
+
+/// The records that unregister `node_id` (Kafka's
+/// `handleBrokerUnregistered`): it leaves every ISR and every leadership as
+/// when it is fenced ([`fence_broker`]; a partition it was the last in-sync
+/// replica of keeps it on record, without a leader), then
+/// `BrokerUnregistered`. Partition changes that would change nothing (it was
+/// fenced already) are left out. Replicas are left as they are.
+pub fn unregister_broker(
+    image: &MetadataImage,
+    node_id: i32,
+    unclean: bool,
+) -> Vec<MetadataRecord> {
+    let unchanged = |record: &MetadataRecord| match record {
+        MetadataRecord::PartitionChanged {
+            topic_id,
+            partition,
+            leader,
+            isr,
+            leader_epoch,
+        } => image
+            .topic_by_id(topic_id)
+            .and_then(|t| t.partitions.iter().find(|p| p.partition == *partition))
+            .is_some_and(|p| (p.leader, &p.isr, p.leader_epoch) == (*leader, isr, *leader_epoch)),
+        _ => true,
+    };
+    let mut records: Vec<MetadataRecord> = fence_broker(image, node_id, unclean)
+        .into_iter()
+        .filter(|r| !unchanged(r))
+        .collect();
+    records.push(MetadataRecord::BrokerUnregistered { node_id });
     records
 }
 
@@ -981,6 +1083,82 @@ mod tests {
         let p = partition(&image);
         assert_eq!((p.leader, p.isr.clone()), (1, vec![1]));
         assert!(p.leader_epoch > 1);
+    }
+
+    #[test]
+    fn unregistering_takes_a_broker_out_of_every_isr_and_the_image_keeping_replicas() {
+        let (mut image, _) = image();
+        let records = unregister_broker(&image, 1, false);
+        assert_eq!(
+            records.last(),
+            Some(&MetadataRecord::BrokerUnregistered { node_id: 1 })
+        );
+        for r in &records {
+            image.apply(r);
+        }
+        let p = partition(&image);
+        assert_eq!(
+            (p.leader, p.leader_epoch, p.isr.clone(), p.replicas.clone()),
+            (2, 1, vec![2, 3], vec![1, 2, 3]),
+            "the next in-sync replica leads; the replicas stay as they were"
+        );
+        assert!(!image.brokers.contains_key(&1));
+        assert!(!image.fenced_brokers.contains(&1));
+        // Plans and elections treat it as gone.
+        assert!(!is_live(&image, 1));
+        assert_eq!(
+            reassign(&image, "t", 0, Some(&[1, 2])),
+            Err(ReassignError::InvalidReplicaAssignment)
+        );
+        assert_eq!(
+            errors(&elect_leaders(&image, ELECTION_PREFERRED, None)),
+            vec![(0, Some(ElectError::PreferredLeaderNotAvailable))]
+        );
+        // The session check never fences what is not registered.
+        assert!(image.live_brokers().all(|b| b.node_id != 1));
+        // It registers again (it was still running): it is live, and its
+        // partition takes it back through the usual ISR expansion.
+        image.apply(&MetadataRecord::BrokerRegistered {
+            node_id: 1,
+            host: "127.0.0.1".into(),
+            port: 9001,
+            rack: None,
+        });
+        assert!(is_live(&image, 1));
+    }
+
+    #[test]
+    fn unregistering_a_fenced_broker_changes_no_partition_twice() {
+        let (mut image, _) = image();
+        for id in [2, 3, 1] {
+            for r in fence_broker(&image, id, false) {
+                image.apply(&r);
+            }
+        }
+        // 1 was the last in sync: it stays on record, and the partition has no
+        // leader until it returns (or an unclean election).
+        assert_eq!(
+            unregister_broker(&image, 1, false),
+            vec![MetadataRecord::BrokerUnregistered { node_id: 1 }]
+        );
+        let records = unregister_broker(&image, 3, false);
+        assert_eq!(
+            records,
+            vec![MetadataRecord::BrokerUnregistered { node_id: 3 }]
+        );
+        for r in &records {
+            image.apply(r);
+        }
+        let p = partition(&image);
+        assert_eq!((p.leader, p.isr.clone()), (-1, vec![1]));
+        assert_eq!(
+            image.brokers.keys().copied().collect::<Vec<_>>(),
+            vec![1, 2]
+        );
+        assert_eq!(
+            image.fenced_brokers.iter().copied().collect::<Vec<_>>(),
+            vec![1, 2]
+        );
     }
 
     #[test]

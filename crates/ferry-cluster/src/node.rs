@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use ferry_core::cluster::{
     ClusterLink, DescribeQuorumFuture, ElectFuture, ListReassignmentsFuture, MarkersFuture,
-    MetadataStore, ReassignFuture, VoterChangeFuture,
+    MetadataStore, ReassignFuture, UnregisterFuture, VoterChangeFuture,
 };
 use ferry_core::metadata::{MetadataImage, MetadataRecord};
 use ferry_core::{Broker, BrokerOptions, Clock, CoreError, Partition, TopicPartition};
@@ -474,6 +474,26 @@ impl ClusterLink for QuorumLink {
                 )));
             };
             voter_change(quorum.remove_voter(id).await)
+        })
+    }
+
+    fn unregister_broker(&self, node_id: i32) -> UnregisterFuture {
+        let quorum = self.quorum.clone();
+        Box::pin(async move {
+            let quorum = quorum.upgrade().ok_or(CoreError::ShuttingDown)?;
+            let request = ControllerRequest::UnregisterBroker { node_id };
+            match quorum.call_leader(request).await {
+                Ok(ControllerResponse::UnregisterBroker { result }) => Ok(result),
+                // The controller is stopping or could not commit.
+                Ok(ControllerResponse::Rejected { reason }) => {
+                    tracing::warn!(%reason, node_id, "the controller did not unregister a broker");
+                    Err(CoreError::RequestTimedOut)
+                }
+                Ok(other) => Err(CoreError::Storage(format!(
+                    "unexpected answer to a broker unregistration: {other:?}"
+                ))),
+                Err(e) => Err(quorum_error(e)),
+            }
         })
     }
 

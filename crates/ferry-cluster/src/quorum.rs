@@ -62,6 +62,11 @@ pub const PROPOSAL_BYTES_MAX: usize = crate::frame::FRAME_BYTES_MAX / 2;
 const RETRY_BACKOFF: Duration = Duration::from_millis(50);
 /// Pause between two attempts of a non-voter to join as a learner.
 const JOIN_RETRY: Duration = Duration::from_millis(500);
+/// How often a learner asks the leader to keep it a member. A learner removed
+/// from the membership (an unregistered broker that still runs) never hears of
+/// its removal: the leader stops replicating to it before that entry reaches
+/// it, so it asks, and is added again if it was removed.
+const LEARNER_RECHECK: Duration = Duration::from_secs(3);
 
 /// One node's handle on the replicated metadata log.
 pub struct MetadataQuorum {
@@ -274,7 +279,9 @@ impl MetadataQuorum {
             // voter: it asks only if that has not happened after a while (its
             // data was lost, or the cluster was formed without it). The task
             // keeps watching: a leader that removed itself from the voters left
-            // the membership to step down, and joins again as a learner.
+            // the membership to step down, and joins again as a learner; a
+            // learner asks now and then whether it still is one (see
+            // LEARNER_RECHECK).
             let first_wait = if config.is_voter() {
                 Duration::from_millis(config.election_timeout_max_ms * 2)
             } else {
@@ -283,13 +290,19 @@ impl MetadataQuorum {
             let weak = Arc::downgrade(&quorum);
             let join = tokio::spawn(async move {
                 tokio::time::sleep(first_wait).await;
+                let mut last_check = Instant::now();
                 loop {
                     let Some(quorum) = weak.upgrade() else { return };
-                    if quorum.is_member() {
+                    let member = quorum.is_member();
+                    let recheck = member
+                        && !quorum.voter_ids().contains(&node_id)
+                        && last_check.elapsed() >= LEARNER_RECHECK;
+                    if member && !recheck {
                         drop(quorum);
                         tokio::time::sleep(JOIN_RETRY).await;
                         continue;
                     }
+                    last_check = Instant::now();
                     let call = LeaderCall::AddLearner {
                         node_id,
                         addr: addr.clone(),
@@ -299,7 +312,11 @@ impl MetadataQuorum {
                         .to_leader(&call, deadline, Duration::MAX, &mut || false)
                         .await
                     {
-                        tracing::info!(node_id, error = %e, "not yet added to the metadata quorum as a learner");
+                        if member {
+                            tracing::debug!(node_id, error = %e, "could not confirm this learner's membership with the leader");
+                        } else {
+                            tracing::info!(node_id, error = %e, "not yet added to the metadata quorum as a learner");
+                        }
                     }
                     drop(quorum);
                     tokio::time::sleep(JOIN_RETRY).await;
@@ -541,6 +558,37 @@ impl MetadataQuorum {
         {
             LeaderReply::VoterChange(r) => r.map_err(QuorumError::Voter),
             _ => Err(QuorumError::Raft("mismatched leader reply".into())),
+        }
+    }
+
+    /// Removes learner `node_id` from the membership, on this node, which must
+    /// lead (the active controller calls it while it carries out an
+    /// UnregisterBroker): the leader stops replicating to it. `Ok(false)` when it
+    /// is no learner (a voter is never removed here: [`remove_voter`] first).
+    /// A node that is still running asks to join again as a learner.
+    ///
+    /// [`remove_voter`]: Self::remove_voter
+    pub async fn remove_learner(&self, node_id: NodeId) -> Result<bool, QuorumError> {
+        if self.stopped.load(Ordering::Acquire) {
+            return Err(QuorumError::Shutdown);
+        }
+        if !self.learner_ids().contains(&node_id) {
+            return Ok(false);
+        }
+        let changes = openraft::ChangeMembers::RemoveNodes(BTreeSet::from([node_id]));
+        let change = self.raft.change_membership(changes, false);
+        match tokio::time::timeout(self.request_timeout, change).await {
+            Err(_) => Err(QuorumError::Timeout(
+                "the membership change was not committed in time".into(),
+            )),
+            Ok(Ok(_)) => Ok(true),
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => {
+                Err(QuorumError::NotLeader {
+                    term: self.term(),
+                    reason: "deposed before the learner was removed".into(),
+                })
+            }
+            Ok(Err(e)) => Err(QuorumError::Raft(e.to_string())),
         }
     }
 

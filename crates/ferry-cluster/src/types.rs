@@ -120,6 +120,10 @@ pub enum ControllerRequest {
     ListPartitionReassignments {
         partitions: Option<Vec<(String, i32)>>,
     },
+    /// An admin removes a broker that is gone for good (Kafka's
+    /// UnregisterBroker): from the registered brokers, and from the metadata
+    /// quorum's learners.
+    UnregisterBroker { node_id: i32 },
 }
 
 /// The leader's answer to a [`ControllerRequest`].
@@ -141,6 +145,10 @@ pub enum ControllerResponse {
     },
     ListPartitionReassignments {
         ongoing: Vec<ferry_core::cluster::OngoingReassignment>,
+    },
+    /// Unregistered (committed), or why not.
+    UnregisterBroker {
+        result: Result<(), ferry_core::cluster::UnregisterError>,
     },
     /// The controller refused the request (stale epoch, unknown partition, …).
     Rejected { reason: String },

@@ -220,6 +220,9 @@ impl ControllerHandler for EchoHandler {
                 ControllerRequest::ListPartitionReassignments { .. } => {
                     ControllerResponse::ListPartitionReassignments { ongoing: vec![] }
                 }
+                ControllerRequest::UnregisterBroker { .. } => {
+                    ControllerResponse::UnregisterBroker { result: Ok(()) }
+                }
             }
             .with_node(node)
         })

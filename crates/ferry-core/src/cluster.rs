@@ -9,6 +9,7 @@
 //!         ──elect_leaders(...)─►
 //!         ──alter/list_partition_reassignments(...)─►
 //!         ──describe_quorum / add_voter / remove_voter─► the quorum's leader
+//!         ──unregister_broker(...)─► the active controller
 //! ```
 
 use std::sync::Arc;
@@ -177,6 +178,22 @@ pub type VoterChangeFuture = std::pin::Pin<
     Box<dyn std::future::Future<Output = Result<Result<(), VoterChangeError>, CoreError>> + Send>,
 >;
 
+/// Why an UnregisterBroker request was refused.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, thiserror::Error)]
+pub enum UnregisterError {
+    /// No broker has that id (Kafka's BROKER_ID_NOT_REGISTERED).
+    #[error("{0}")]
+    NotRegistered(String),
+    /// The node still votes in the metadata quorum (Kafka's INVALID_REQUEST).
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// An unregistration: committed (`Ok(Ok(()))`), refused, or not delivered.
+pub type UnregisterFuture = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<Result<(), UnregisterError>, CoreError>> + Send>,
+>;
+
 /// What a broker of a cluster asks of the other nodes: ISR changes of the
 /// active controller (fire and forget: the outcome arrives as a metadata
 /// change), leader elections, and transaction markers of partition leaders.
@@ -244,6 +261,16 @@ pub trait ClusterLink: Send + Sync {
     /// Demotes voter `node_id` to a learner: it keeps receiving the metadata
     /// log, as every broker does, without a vote (Kafka's RemoveRaftVoter).
     fn remove_voter(&self, node_id: i32) -> VoterChangeFuture {
+        let _ = node_id;
+        Box::pin(async { Err(CoreError::InvalidRequest("no metadata quorum".into())) })
+    }
+
+    /// Has the active controller remove broker `node_id` (Kafka's
+    /// UnregisterBroker): it leaves every ISR (partitions it leads get another
+    /// leader), then the registered brokers, and leaves the metadata quorum if
+    /// it is a learner there. A voter is refused: it must be removed as a
+    /// voter first. A broker still running registers (and joins) again.
+    fn unregister_broker(&self, node_id: i32) -> UnregisterFuture {
         let _ = node_id;
         Box::pin(async { Err(CoreError::InvalidRequest("no metadata quorum".into())) })
     }

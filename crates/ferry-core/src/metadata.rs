@@ -97,6 +97,14 @@ pub enum MetadataRecord {
         leader: i32,
         leader_epoch: i32,
     },
+    /// An admin removed a broker (Kafka's UnregisterBroker): it leaves the
+    /// registered brokers, fenced or not. Partitions that still list it as a
+    /// replica keep it there, as in Kafka; the controller took it out of every
+    /// ISR it could in the same entry. A broker still running registers again
+    /// with its next heartbeat.
+    BrokerUnregistered {
+        node_id: i32,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -305,6 +313,10 @@ impl MetadataImage {
                 self.fenced_brokers.insert(*node_id);
             }
             MetadataRecord::BrokerUnfenced { node_id } => {
+                self.fenced_brokers.remove(node_id);
+            }
+            MetadataRecord::BrokerUnregistered { node_id } => {
+                self.brokers.remove(node_id);
                 self.fenced_brokers.remove(node_id);
             }
             MetadataRecord::PartitionChanged {
@@ -561,6 +573,70 @@ mod tests {
     }
 
     #[test]
+    fn an_unregistered_broker_leaves_the_image_and_may_register_again() {
+        let mut image = MetadataImage::default();
+        let registered = |node_id: i32| MetadataRecord::BrokerRegistered {
+            node_id,
+            host: "127.0.0.1".into(),
+            port: 9000 + node_id,
+            rack: None,
+        };
+        for id in 1..=2 {
+            image.apply(&registered(id));
+        }
+        let id = Uuid::new_v4();
+        image.apply(&MetadataRecord::TopicCreated {
+            name: "t".into(),
+            topic_id: id,
+            configs: BTreeMap::new(),
+        });
+        image.apply(&MetadataRecord::PartitionCreated {
+            topic_id: id,
+            partition: 0,
+            replicas: vec![1, 2],
+            isr: vec![1],
+            leader: 1,
+            leader_epoch: 0,
+        });
+        image.apply(&MetadataRecord::BrokerFenced { node_id: 2 });
+        image.apply(&MetadataRecord::BrokerUnregistered { node_id: 2 });
+        assert_eq!(image.brokers.keys().copied().collect::<Vec<_>>(), vec![1]);
+        assert!(image.fenced_brokers.is_empty());
+        assert_eq!(
+            image.live_brokers().map(|b| b.node_id).collect::<Vec<_>>(),
+            vec![1]
+        );
+        // The partition keeps listing it, as Kafka's does.
+        assert_eq!(
+            image.topic("t").expect("topic").partitions[0].replicas,
+            vec![1, 2]
+        );
+        // Unknown (or already unregistered) ids change nothing but the offset.
+        let before = image.clone();
+        image.apply(&MetadataRecord::BrokerUnregistered { node_id: 7 });
+        assert_eq!(image.brokers, before.brokers);
+        assert_eq!(image.offset, before.offset + 1);
+        // A broker still running registers again, live.
+        image.apply(&registered(2));
+        assert_eq!(image.live_brokers().count(), 2);
+
+        // The record goes through the log like the others, tagged by its name
+        // (a new variant: logs and snapshots written before it read as before).
+        let dir = tempfile::tempdir().expect("tempdir");
+        let records = vec![
+            registered(3),
+            MetadataRecord::BrokerUnregistered { node_id: 3 },
+        ];
+        let (mut log, _) = MetadataLog::open(dir.path()).expect("open");
+        log.append(&records).expect("append");
+        drop(log);
+        let (_, replayed) = MetadataLog::open(dir.path()).expect("reopen");
+        assert_eq!(replayed, records);
+        let json = serde_json::to_string(&records[1]).expect("encode");
+        assert_eq!(json, r#"{"type":"BrokerUnregistered","node_id":3}"#);
+    }
+
+    #[test]
     fn records_survive_reopen_and_a_torn_tail_is_dropped() {
         let dir = tempfile::tempdir().expect("tempdir");
         let id = Uuid::new_v4();
@@ -706,6 +782,7 @@ mod round_trips {
                 .prop_map(|(name, value)| MetadataRecord::BrokerConfigChanged { name, value }),
             id.prop_map(|topic_id| MetadataRecord::TopicDeleted { topic_id }),
             any::<i64>().prop_map(|end| MetadataRecord::ProducerIdsAllocated { end }),
+            any::<i32>().prop_map(|node_id| MetadataRecord::BrokerUnregistered { node_id }),
             (any::<i32>(), ids.clone(), ids.clone(), ids).prop_map(
                 |(partition, replicas, adding, removing)| {
                     MetadataRecord::PartitionReassignment {

@@ -103,6 +103,7 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DescribeQuorum, 0, 2),
     (ApiKey::AddRaftVoter, 0, 0),
     (ApiKey::RemoveRaftVoter, 0, 0),
+    (ApiKey::UnregisterBroker, 0, 0),
 ];
 
 /// The version range ferry implements for `key`.
@@ -230,6 +231,7 @@ pub async fn handle(ctx: RequestContext, parsed: ParsedHeader, mut body: Bytes) 
         DescribeQuorum => DescribeQuorumRequest => handlers::raft_quorum::describe_quorum,
         AddRaftVoter => AddRaftVoterRequest => handlers::raft_quorum::add_raft_voter,
         RemoveRaftVoter => RemoveRaftVoterRequest => handlers::raft_quorum::remove_raft_voter,
+        UnregisterBroker => UnregisterBrokerRequest => handlers::unregister_broker::handle,
     })
 }
 
@@ -299,6 +301,7 @@ pub fn decode_request(api_key: ApiKey, version: i16, body: &mut Bytes) -> anyhow
         DescribeQuorum => DescribeQuorumRequest,
         AddRaftVoter => AddRaftVoterRequest,
         RemoveRaftVoter => RemoveRaftVoterRequest,
+        UnregisterBroker => UnregisterBrokerRequest,
     )
 }
 

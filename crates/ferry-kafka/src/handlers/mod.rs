@@ -39,4 +39,5 @@ pub mod produce;
 pub mod raft_quorum;
 pub mod sync_group;
 pub mod txn_offset_commit;
+pub mod unregister_broker;
 pub mod write_txn_markers;

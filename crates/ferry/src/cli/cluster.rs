@@ -2,7 +2,9 @@
 //! `ferry cluster decommission` and `ferry cluster rebalance` (dry runs unless
 //! `--execute`, carried out with AlterPartitionReassignments), and the metadata
 //! quorum's voters: `ferry cluster quorum`, `ferry cluster add-voter` and
-//! `ferry cluster remove-voter` (DescribeQuorum, AddRaftVoter, RemoveRaftVoter).
+//! `ferry cluster remove-voter` (DescribeQuorum, AddRaftVoter, RemoveRaftVoter),
+//! and `ferry cluster unregister`, which removes a broker that is gone for good
+//! (UnregisterBroker).
 //!
 //! `--execute --throttle BYTES_PER_SEC` caps the copy as
 //! `kafka-reassign-partitions --throttle` does: it sets
@@ -96,6 +98,11 @@ pub enum ClusterCommand {
     /// Make a voter of the metadata quorum a learner (it keeps the metadata log,
     /// without a vote). Removing the leader has the other voters elect another.
     RemoveVoter { node_id: i32 },
+    /// Remove a broker that is gone for good from the cluster's metadata and the
+    /// metadata quorum's learners (Kafka's UnregisterBroker). Move its replicas
+    /// off first (`decommission --execute`) and stop it: a broker still running
+    /// registers again. A voter must be removed with `remove-voter` first.
+    Unregister { node_id: i32 },
 }
 
 #[derive(Subcommand, Debug)]
@@ -129,6 +136,7 @@ pub async fn run(args: ClusterArgs) -> anyhow::Result<()> {
         ClusterCommand::RemoveVoter { node_id } => {
             quorum::remove_voter(&client, node_id, json).await
         }
+        ClusterCommand::Unregister { node_id } => unregister(&client, node_id, json).await,
         ClusterCommand::Decommission {
             node_id,
             execute,
@@ -290,6 +298,22 @@ pub async fn run(args: ClusterArgs) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// UnregisterBroker: any broker passes it to the active controller.
+async fn unregister(client: &ferry_client::Client, node_id: i32, json: bool) -> anyhow::Result<()> {
+    use ferry_client::kafka_protocol::messages::{BrokerId, UnregisterBrokerRequest};
+    let request = UnregisterBrokerRequest::default().with_broker_id(BrokerId(node_id));
+    let response = client.any_connection().await?.send(&request).await?;
+    super::kafka::check(response.error_code, response.error_message.as_ref(), || {
+        format!("unregistering broker {node_id}")
+    })?;
+    if json {
+        print_json(&json!({"broker": node_id, "result": "unregistered"}));
+    } else {
+        println!("unregistered broker {node_id}");
+    }
+    Ok(())
 }
 
 fn source_name(source: i8) -> &'static str {
