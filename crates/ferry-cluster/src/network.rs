@@ -289,6 +289,9 @@ pub(crate) struct PeerNetwork {
     node_id: NodeId,
     target: NodeId,
     client: PeerClient,
+    /// Since when AppendEntries to the target fail (openraft's own replication
+    /// logs are filtered out by default: they repeat every heartbeat).
+    failing_since: Option<std::time::Instant>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
@@ -304,6 +307,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             node_id: self.node_id,
             target,
             client: PeerClient::new(addr),
+            failing_since: None,
         }
     }
 }
@@ -330,6 +334,22 @@ impl PeerNetwork {
         }
     }
 
+    /// Logs the first failure to replicate to the target, and the recovery:
+    /// once each, however many heartbeats fail in between.
+    fn note_replication(&mut self, failure: Option<&CallError>) {
+        match (failure, self.failing_since) {
+            (Some(e), None) => {
+                tracing::warn!(node = self.target, error = %e, "cannot replicate the metadata log to a quorum member; retrying");
+                self.failing_since = Some(std::time::Instant::now());
+            }
+            (None, Some(since)) => {
+                tracing::info!(node = self.target, after = ?since.elapsed(), "replicating the metadata log to a quorum member again");
+                self.failing_since = None;
+            }
+            _ => {}
+        }
+    }
+
     async fn request(
         &mut self,
         body: Request,
@@ -351,10 +371,11 @@ impl RaftNetwork<TypeConfig> for PeerNetwork {
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Node, RaftError<NodeId>>> {
         let entries = rpc.entries.len() as u64;
-        match self
+        let reply = self
             .request(Request::AppendEntries(rpc), &[], option.hard_ttl())
-            .await
-        {
+            .await;
+        self.note_replication(reply.as_ref().err());
+        match reply {
             Ok((Response::AppendEntries(r), _)) => {
                 r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
             }

@@ -12,15 +12,15 @@ use tokio::sync::watch;
 use crate::http::HttpState;
 use crate::settings::{self, ServeArgs, Settings};
 
+/// openraft narrates every vote and replication step at info, and logs each
+/// failed heartbeat to an unreachable member (every 500 ms) at warn and error;
+/// ferry-cluster logs the first failure and the recovery instead.
+pub const DEFAULT_LOG_FILTER: &str =
+    "info,openraft=warn,openraft::replication=off,openraft::engine::handler::replication_handler=off";
+
 pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
     let settings = Settings::resolve(args)?;
-    // openraft narrates every vote and replication step at info.
-    crate::init_logs(
-        settings
-            .log_level
-            .as_deref()
-            .unwrap_or("info,openraft=warn"),
-    );
+    crate::init_logs(settings.log_level.as_deref().unwrap_or(DEFAULT_LOG_FILTER));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

@@ -24,7 +24,7 @@ pub struct ServeArgs {
     /// Address of the HTTP listener (/metrics, /healthz, /readyz) [default: 127.0.0.1:8080]
     #[arg(long, env = "FERRY_HTTP_ADDR")]
     pub http_addr: Option<String>,
-    /// Log filter when RUST_LOG and FERRY_LOG are unset, e.g. info or ferry_kafka=debug [default: info,openraft=warn]
+    /// Log filter when RUST_LOG and FERRY_LOG are unset, e.g. info or ferry_kafka=debug [default: info, openraft quieter]
     #[arg(long, env = "FERRY_LOG_LEVEL")]
     pub log_level: Option<String>,
     /// HOST:PORT clients are told to connect to [default: the listener's address]
