@@ -419,6 +419,9 @@ pub(crate) struct ImageState {
     /// Fields added after the first snapshot format default when absent.
     #[serde(default)]
     fenced_brokers: BTreeSet<i32>,
+    /// Per-broker dynamic settings, by node id.
+    #[serde(default)]
+    node_broker_configs: BTreeMap<i32, BTreeMap<String, String>>,
     producer_ids_end: i64,
     offset: u64,
 }
@@ -459,6 +462,7 @@ impl ImageState {
             topics,
             topic_names,
             broker_configs,
+            node_broker_configs,
             fenced_brokers,
             producer_ids_end,
             offset,
@@ -526,6 +530,7 @@ impl ImageState {
                 .collect(),
             broker_configs: broker_configs.clone(),
             fenced_brokers: fenced_brokers.clone(),
+            node_broker_configs: node_broker_configs.clone(),
             producer_ids_end: *producer_ids_end,
             offset: *offset,
         }
@@ -577,6 +582,7 @@ impl ImageState {
                 .collect(),
             topic_names: self.topic_names.into_iter().collect(),
             broker_configs: self.broker_configs,
+            node_broker_configs: self.node_broker_configs,
             fenced_brokers: self.fenced_brokers,
             producer_ids_end: self.producer_ids_end,
             offset: self.offset,
@@ -661,8 +667,14 @@ mod tests {
                 leader_epoch: 3,
             },
             MetadataRecord::BrokerConfigChanged {
+                node_id: None,
                 name: "x".into(),
                 value: Some("y".into()),
+            },
+            MetadataRecord::BrokerConfigChanged {
+                node_id: Some(2),
+                name: "x".into(),
+                value: Some("z".into()),
             },
             MetadataRecord::ProducerIdsAllocated { end: 1000 },
             MetadataRecord::BrokerFenced { node_id: 1 },
@@ -676,8 +688,26 @@ mod tests {
         ] {
             image.apply(&record);
         }
+        assert_eq!(image.node_configs(2).len(), 1);
         let json = serde_json::to_vec(&ImageState::from_image(&image)).expect("encode");
         let back: ImageState = serde_json::from_slice(&json).expect("decode");
+        assert_eq!(back.into_image(), image);
+    }
+
+    #[test]
+    fn a_snapshot_without_per_broker_configs_still_reads() {
+        let mut image = MetadataImage::default();
+        image.apply(&MetadataRecord::BrokerConfigChanged {
+            node_id: None,
+            name: "x".into(),
+            value: Some("y".into()),
+        });
+        let mut json = serde_json::to_value(ImageState::from_image(&image)).expect("encode");
+        let removed = json
+            .as_object_mut()
+            .and_then(|o| o.remove("node_broker_configs"));
+        assert!(removed.is_some());
+        let back: ImageState = serde_json::from_value(json).expect("decode older snapshot");
         assert_eq!(back.into_image(), image);
     }
 }

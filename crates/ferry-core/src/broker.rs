@@ -77,6 +77,15 @@ pub enum ConfigChange {
     Subtract(String, String),
 }
 
+/// Which dynamic broker settings an AlterConfigs on the broker resource changes:
+/// the cluster-wide default (resource "") or this broker's own (resource "N"),
+/// which overrides the default on this broker only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BrokerConfigScope {
+    ClusterDefault,
+    ThisNode,
+}
+
 pub struct Broker {
     /// Held while the broker runs: a second process on the same data directory
     /// would corrupt it.
@@ -230,10 +239,13 @@ impl Broker {
         self.image.read().clone()
     }
 
-    /// Static settings with the dynamic ones from the metadata log on top.
+    /// Static settings with the dynamic ones from the metadata log on top: the
+    /// cluster-wide default, then this node's own.
     pub fn config(&self) -> BrokerConfig {
+        let image = self.image();
         let mut config = self.static_config.clone();
-        config.dynamic_configs = self.image().broker_configs.clone();
+        config.dynamic_configs = image.broker_configs.clone();
+        config.node_configs = image.node_configs(self.options.node_id).clone();
         config
     }
 
@@ -527,7 +539,8 @@ impl Broker {
                 }
             }
         }
-        let configs_changed = old.broker_configs != image.broker_configs;
+        let configs_changed = old.broker_configs != image.broker_configs
+            || old.node_configs(me) != image.node_configs(me);
         let now = self.now_ms();
         let mut first_error = None;
         for topic in image.topics.values() {
@@ -1026,16 +1039,25 @@ impl Broker {
         Ok(())
     }
 
-    /// AlterConfigs / IncrementalAlterConfigs on the broker (dynamic settings).
+    /// AlterConfigs / IncrementalAlterConfigs on the broker (dynamic settings):
+    /// changes the cluster-wide layer or this node's own, as `scope` says.
     pub fn alter_broker_configs(
         &self,
+        scope: BrokerConfigScope,
         changes: Vec<ConfigChange>,
         incremental: bool,
         validate_only: bool,
     ) -> Result<(), CoreError> {
         let image = self.image();
+        let (layer, node_id) = match scope {
+            BrokerConfigScope::ClusterDefault => (&image.broker_configs, None),
+            BrokerConfigScope::ThisNode => (
+                image.node_configs(self.options.node_id),
+                Some(self.options.node_id),
+            ),
+        };
         let current = if incremental {
-            image.broker_configs.clone()
+            layer.clone()
         } else {
             BTreeMap::new()
         };
@@ -1046,9 +1068,13 @@ impl Broker {
         if validate_only {
             return Ok(());
         }
-        let records: Vec<_> = diff_configs(&image.broker_configs, &next)
+        let records: Vec<_> = diff_configs(layer, &next)
             .into_iter()
-            .map(|(name, value)| MetadataRecord::BrokerConfigChanged { name, value })
+            .map(|(name, value)| MetadataRecord::BrokerConfigChanged {
+                node_id,
+                name,
+                value,
+            })
             .collect();
         if records.is_empty() {
             return Ok(());

@@ -835,21 +835,35 @@ pub fn validate_broker_configs(configs: &BTreeMap<String, String>) -> Result<(),
     Ok(())
 }
 
-/// Where a config value came from (Kafka's `ConfigSource` ids).
+/// Where a config value came from (Kafka's `DescribeConfigsResponse.ConfigSource` ids).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ConfigSource {
+    /// A topic's own override.
     TopicConfig = 1,
+    /// Set dynamically for one broker (resource "N").
     DynamicBrokerConfig = 2,
+    /// Set dynamically for every broker (the cluster-wide resource "").
+    DynamicDefaultBrokerConfig = 3,
+    /// The broker's own settings file, `--set` or environment.
     StaticBrokerConfig = 4,
     DefaultConfig = 5,
 }
 
-/// Broker settings: static ones (command line, file, environment) under dynamic
-/// ones (AlterConfigs on the broker resource, kept in the metadata log).
+/// Broker settings, most specific first (Kafka's `DynamicBrokerConfig` order):
+///
+/// ```text
+///  node_configs (this broker, dynamic) ─► dynamic_configs (cluster default,
+///  dynamic) ─► static_configs (command line, file, environment) ─► default
+/// ```
+///
+/// Both dynamic layers are kept in the metadata log.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct BrokerConfig {
     pub static_configs: BTreeMap<String, String>,
+    /// The cluster-wide dynamic settings (`image.broker_configs`).
     pub dynamic_configs: BTreeMap<String, String>,
+    /// This broker's own dynamic settings (`image.node_broker_configs[node]`).
+    pub node_configs: BTreeMap<String, String>,
 }
 
 impl BrokerConfig {
@@ -858,18 +872,34 @@ impl BrokerConfig {
         Ok(BrokerConfig {
             static_configs,
             dynamic_configs: BTreeMap::new(),
+            node_configs: BTreeMap::new(),
         })
     }
 
     /// The effective value and where it came from.
     pub fn get(&self, name: &str) -> Option<(String, ConfigSource)> {
-        if let Some(v) = self.dynamic_configs.get(name) {
-            return Some((v.clone(), ConfigSource::DynamicBrokerConfig));
+        self.synonyms(name).into_iter().next()
+    }
+
+    /// Every layer that sets `name`, most specific first, ending with the
+    /// default of a known setting: DescribeConfigs' synonyms of a broker config.
+    pub fn synonyms(&self, name: &str) -> Vec<(String, ConfigSource)> {
+        let layers = [
+            (&self.node_configs, ConfigSource::DynamicBrokerConfig),
+            (
+                &self.dynamic_configs,
+                ConfigSource::DynamicDefaultBrokerConfig,
+            ),
+            (&self.static_configs, ConfigSource::StaticBrokerConfig),
+        ];
+        let mut found: Vec<(String, ConfigSource)> = layers
+            .into_iter()
+            .filter_map(|(layer, source)| layer.get(name).map(|v| (v.clone(), source)))
+            .collect();
+        if let Some(def) = broker_config_def(name) {
+            found.push((def.default.to_string(), ConfigSource::DefaultConfig));
         }
-        if let Some(v) = self.static_configs.get(name) {
-            return Some((v.clone(), ConfigSource::StaticBrokerConfig));
-        }
-        broker_config_def(name).map(|d| (d.default.to_string(), ConfigSource::DefaultConfig))
+        found
     }
 
     fn value(&self, name: &str) -> String {
@@ -999,6 +1029,51 @@ mod tests {
             .dynamic_configs
             .insert("log.retention.ms".into(), "2000".into());
         assert_eq!(broker.topic_config(&topic).retention_ms, 2000);
+    }
+
+    #[test]
+    fn a_brokers_own_setting_beats_the_cluster_default_which_beats_static() {
+        let mut broker = BrokerConfig::new(map(&[("log.retention.ms", "1000")])).expect("valid");
+        let get = |b: &BrokerConfig| b.get("log.retention.ms");
+        assert_eq!(
+            get(&broker),
+            Some(("1000".into(), ConfigSource::StaticBrokerConfig))
+        );
+        broker.dynamic_configs = map(&[("log.retention.ms", "2000")]);
+        assert_eq!(
+            get(&broker),
+            Some(("2000".into(), ConfigSource::DynamicDefaultBrokerConfig))
+        );
+        broker.node_configs = map(&[("log.retention.ms", "3000")]);
+        assert_eq!(
+            get(&broker),
+            Some(("3000".into(), ConfigSource::DynamicBrokerConfig))
+        );
+        assert_eq!(broker.long("log.retention.ms"), 3000);
+        assert_eq!(
+            broker.synonyms("log.retention.ms"),
+            vec![
+                ("3000".into(), ConfigSource::DynamicBrokerConfig),
+                ("2000".into(), ConfigSource::DynamicDefaultBrokerConfig),
+                ("1000".into(), ConfigSource::StaticBrokerConfig),
+                ("604800000".into(), ConfigSource::DefaultConfig),
+            ]
+        );
+        // Topics follow the broker's effective value.
+        assert_eq!(broker.topic_config(&BTreeMap::new()).retention_ms, 3000);
+        // Without the node's value the cluster default shows again.
+        broker.node_configs.clear();
+        assert_eq!(broker.long("log.retention.ms"), 2000);
+        // Kafka's ConfigSource ids.
+        let ids = [
+            ConfigSource::TopicConfig,
+            ConfigSource::DynamicBrokerConfig,
+            ConfigSource::DynamicDefaultBrokerConfig,
+            ConfigSource::StaticBrokerConfig,
+            ConfigSource::DefaultConfig,
+        ]
+        .map(|s| s as i8);
+        assert_eq!(ids, [1, 2, 3, 4, 5]);
     }
 
     #[test]

@@ -49,7 +49,13 @@ pub enum MetadataRecord {
         name: String,
         value: Option<String>,
     },
+    /// A dynamic broker setting: for one broker (`node_id`, Kafka's resource
+    /// named "N") or, with no `node_id`, the cluster-wide default (resource "").
+    /// `value: None` removes it. Records written before per-broker settings
+    /// existed have no `node_id` and keep meaning the cluster default.
     BrokerConfigChanged {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        node_id: Option<i32>,
         name: String,
         value: Option<String>,
     },
@@ -165,7 +171,10 @@ pub struct MetadataImage {
     pub brokers: BTreeMap<i32, BrokerMetadata>,
     pub topics: BTreeMap<String, TopicMetadata>,
     pub topic_names: BTreeMap<Uuid, String>,
+    /// Dynamic broker settings for every broker (the cluster-wide default).
     pub broker_configs: BTreeMap<String, String>,
+    /// Dynamic broker settings for one broker each, over the cluster default.
+    pub node_broker_configs: BTreeMap<i32, BTreeMap<String, String>>,
     /// Registered brokers the controller has fenced.
     pub fenced_brokers: std::collections::BTreeSet<i32>,
     /// End of the last reserved block of producer ids.
@@ -181,6 +190,12 @@ impl MetadataImage {
 
     pub fn topic_by_id(&self, id: &Uuid) -> Option<&TopicMetadata> {
         self.topic_names.get(id).and_then(|n| self.topics.get(n))
+    }
+
+    /// The dynamic settings set for `node_id` alone (empty when none).
+    pub fn node_configs(&self, node_id: i32) -> &BTreeMap<String, String> {
+        static EMPTY: BTreeMap<String, String> = BTreeMap::new();
+        self.node_broker_configs.get(&node_id).unwrap_or(&EMPTY)
     }
 
     /// Registered brokers that are not fenced, in node id order.
@@ -295,12 +310,36 @@ impl MetadataImage {
                     };
                 }
             }
-            MetadataRecord::BrokerConfigChanged { name, value } => {
+            MetadataRecord::BrokerConfigChanged {
+                node_id: None,
+                name,
+                value,
+            } => {
                 match value {
                     Some(v) => self.broker_configs.insert(name.clone(), v.clone()),
                     None => self.broker_configs.remove(name),
                 };
             }
+            MetadataRecord::BrokerConfigChanged {
+                node_id: Some(node),
+                name,
+                value,
+            } => match value {
+                Some(v) => {
+                    self.node_broker_configs
+                        .entry(*node)
+                        .or_default()
+                        .insert(name.clone(), v.clone());
+                }
+                None => {
+                    if let Some(configs) = self.node_broker_configs.get_mut(node) {
+                        configs.remove(name);
+                        if configs.is_empty() {
+                            self.node_broker_configs.remove(node);
+                        }
+                    }
+                }
+            },
             MetadataRecord::ProducerIdsAllocated { end } => {
                 self.producer_ids_end = self.producer_ids_end.max(*end);
             }
@@ -637,6 +676,60 @@ mod tests {
     }
 
     #[test]
+    fn broker_configs_are_kept_per_node_and_old_records_mean_the_cluster_default() {
+        // A record written before per-broker settings existed has no node_id.
+        let old: MetadataRecord = serde_json::from_str(
+            r#"{"type":"BrokerConfigChanged","name":"log.retention.ms","value":"5"}"#,
+        )
+        .expect("decode old record");
+        assert_eq!(
+            old,
+            MetadataRecord::BrokerConfigChanged {
+                node_id: None,
+                name: "log.retention.ms".into(),
+                value: Some("5".into()),
+            }
+        );
+        // ... and the cluster default is still written that way.
+        assert_eq!(
+            serde_json::to_string(&old).expect("encode"),
+            r#"{"type":"BrokerConfigChanged","name":"log.retention.ms","value":"5"}"#
+        );
+        let mut image = MetadataImage::default();
+        image.apply(&old);
+        let node = |node_id, value: Option<&str>| MetadataRecord::BrokerConfigChanged {
+            node_id: Some(node_id),
+            name: "log.retention.ms".into(),
+            value: value.map(String::from),
+        };
+        image.apply(&node(2, Some("7")));
+        assert_eq!(
+            image
+                .broker_configs
+                .get("log.retention.ms")
+                .map(String::as_str),
+            Some("5")
+        );
+        assert_eq!(
+            image
+                .node_configs(2)
+                .get("log.retention.ms")
+                .map(String::as_str),
+            Some("7")
+        );
+        assert!(image.node_configs(1).is_empty());
+        let json = serde_json::to_string(&node(2, Some("7"))).expect("encode");
+        assert_eq!(
+            serde_json::from_str::<MetadataRecord>(&json).expect("decode"),
+            node(2, Some("7"))
+        );
+        // Removing the node's value leaves no empty layer behind.
+        image.apply(&node(2, None));
+        assert!(image.node_broker_configs.is_empty());
+        assert_eq!(image.broker_configs.len(), 1);
+    }
+
+    #[test]
     fn records_survive_reopen_and_a_torn_tail_is_dropped() {
         let dir = tempfile::tempdir().expect("tempdir");
         let id = Uuid::new_v4();
@@ -778,8 +871,18 @@ mod round_trips {
                     value
                 }
             ),
-            (name(), proptest::option::of(name()))
-                .prop_map(|(name, value)| MetadataRecord::BrokerConfigChanged { name, value }),
+            (
+                proptest::option::of(any::<i32>()),
+                name(),
+                proptest::option::of(name())
+            )
+                .prop_map(|(node_id, name, value)| {
+                    MetadataRecord::BrokerConfigChanged {
+                        node_id,
+                        name,
+                        value,
+                    }
+                }),
             id.prop_map(|topic_id| MetadataRecord::TopicDeleted { topic_id }),
             any::<i64>().prop_map(|end| MetadataRecord::ProducerIdsAllocated { end }),
             any::<i32>().prop_map(|node_id| MetadataRecord::BrokerUnregistered { node_id }),

@@ -1,9 +1,12 @@
 //! DescribeConfigs, AlterConfigs and IncrementalAlterConfigs on topics (resource
-//! type 2) and on this broker (type 4), under Kafka's config names.
+//! type 2) and on brokers (type 4), under Kafka's config names. A broker resource
+//! is either "" (the cluster-wide default) or this node's id (this broker only).
 //!
 //! ```text
+//!  broker config value: this broker's dynamic value ─► cluster-wide dynamic
+//!                       value ─► static value ─► default
 //!  topic config value:  topic override ─► broker setting it is named after
-//!                       (dynamic, then static) ─► default
+//!                       (as above) ─► default
 //! ```
 //!
 //! DescribeConfigs reports that chain as the synonyms of a topic config. The
@@ -14,6 +17,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
+use ferry_core::broker::BrokerConfigScope;
 use ferry_core::config::{
     broker_config_def, topic_config_def, BrokerConfig, ConfigDef, ConfigSource, ConfigType,
     BROKER_CONFIGS, TOPIC_CONFIGS,
@@ -121,31 +125,14 @@ pub(crate) fn topic_config_entries(
         .collect()
 }
 
-/// Where a broker setting is set: dynamically, statically, and its default.
+/// Where a broker setting is set, most specific first: this broker's dynamic
+/// value, the cluster-wide dynamic one, the static one, and its default.
 fn broker_synonyms(config: &BrokerConfig, name: &str) -> Vec<(String, String, ConfigSource)> {
-    let mut synonyms = Vec::new();
-    if let Some(v) = config.dynamic_configs.get(name) {
-        synonyms.push((
-            name.to_string(),
-            v.clone(),
-            ConfigSource::DynamicBrokerConfig,
-        ));
-    }
-    if let Some(v) = config.static_configs.get(name) {
-        synonyms.push((
-            name.to_string(),
-            v.clone(),
-            ConfigSource::StaticBrokerConfig,
-        ));
-    }
-    if let Some(def) = broker_config_def(name) {
-        synonyms.push((
-            name.to_string(),
-            def.default.to_string(),
-            ConfigSource::DefaultConfig,
-        ));
-    }
-    synonyms
+    config
+        .synonyms(name)
+        .into_iter()
+        .map(|(value, source)| (name.to_string(), value, source))
+        .collect()
 }
 
 fn broker_config_entry(config: &BrokerConfig, def: &'static ConfigDef) -> ConfigEntry {
@@ -266,12 +253,19 @@ fn describe_resource(
             Ok(topic_config_entries(config, &topic.configs))
         }
         RESOURCE_BROKER => match broker_resource(name, broker.node_id(), true)? {
-            // The cluster-wide resource shows only what was set dynamically, as Kafka's does.
-            BrokerResource::ClusterDefault => Ok(BROKER_CONFIGS
-                .iter()
-                .filter(|d| config.dynamic_configs.contains_key(d.name))
-                .map(|d| broker_config_entry(config, d))
-                .collect()),
+            // The cluster-wide resource shows only what was set dynamically for every
+            // broker, as Kafka's does: this node's own values are no part of it.
+            BrokerResource::ClusterDefault => {
+                let cluster = BrokerConfig {
+                    node_configs: BTreeMap::new(),
+                    ..config.clone()
+                };
+                Ok(BROKER_CONFIGS
+                    .iter()
+                    .filter(|d| cluster.dynamic_configs.contains_key(d.name))
+                    .map(|d| broker_config_entry(&cluster, d))
+                    .collect())
+            }
             BrokerResource::ThisNode => Ok(BROKER_CONFIGS
                 .iter()
                 .map(|d| broker_config_entry(config, d))
@@ -557,10 +551,11 @@ fn apply_one(
             Ok(broker.alter_topic_configs(name, changes, incremental, validate_only)?)
         }
         RESOURCE_BROKER => {
-            // ferry keeps one set of dynamic broker settings: the cluster-wide one and
-            // this node's are the same set on a single node.
-            broker_resource(name, broker.node_id(), false)?;
-            Ok(broker.alter_broker_configs(changes, incremental, validate_only)?)
+            let scope = match broker_resource(name, broker.node_id(), false)? {
+                BrokerResource::ClusterDefault => BrokerConfigScope::ClusterDefault,
+                BrokerResource::ThisNode => BrokerConfigScope::ThisNode,
+            };
+            Ok(broker.alter_broker_configs(scope, changes, incremental, validate_only)?)
         }
         other => Err(ResourceError::invalid_request(format!(
             "Unknown resource type {other}"
@@ -770,7 +765,7 @@ mod tests {
             vec![(
                 "log.retention.ms".into(),
                 Some("7000".into()),
-                ConfigSource::DynamicBrokerConfig as i8
+                ConfigSource::DynamicDefaultBrokerConfig as i8
             )]
         );
         create_topics_ok(&ctx, vec![creatable("follows", 1, &[])]).await;
@@ -779,14 +774,141 @@ mod tests {
         let resp = describe(&ctx, 4, req).await;
         assert_eq!(
             value_of(&resp, "retention.ms"),
-            Some(("7000".into(), ConfigSource::DynamicBrokerConfig as i8))
+            Some((
+                "7000".into(),
+                ConfigSource::DynamicDefaultBrokerConfig as i8
+            ))
         );
         let synonyms: Vec<i8> = resp.results[0].configs[0]
             .synonyms
             .iter()
             .map(|s| s.source)
             .collect();
-        assert_eq!(synonyms, vec![2, 4, 5]);
+        assert_eq!(synonyms, vec![3, 4, 5]);
+    }
+
+    #[tokio::test]
+    async fn a_brokers_own_setting_overrides_the_cluster_default() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let configs = [("log.retention.ms".to_string(), "5000".to_string())]
+            .into_iter()
+            .collect();
+        let ctx = context_with(dir.path(), configs);
+        let set = |name: &str, value: &str| {
+            incremental(
+                RESOURCE_BROKER,
+                name,
+                &[("log.retention.ms", OP_SET, Some(value))],
+            )
+        };
+        let (code, _) = incremental_alter_one(&ctx, set("", "7000"), false).await;
+        assert_eq!(code, 0);
+        let (code, _) = incremental_alter_one(&ctx, set("1", "9000"), false).await;
+        assert_eq!(code, 0);
+        let image = ctx.broker.image();
+        assert_eq!(
+            image
+                .broker_configs
+                .get("log.retention.ms")
+                .map(String::as_str),
+            Some("7000")
+        );
+        assert_eq!(
+            image
+                .node_configs(1)
+                .get("log.retention.ms")
+                .map(String::as_str),
+            Some("9000")
+        );
+
+        // Broker "1": its own value, then every layer under it in order.
+        let mut req = describe_request(RESOURCE_BROKER, "1", Some(&["log.retention.ms"]));
+        req.include_synonyms = true;
+        let resp = describe(&ctx, 4, req).await;
+        assert_encodes(&resp, 4);
+        assert_eq!(
+            value_of(&resp, "log.retention.ms"),
+            Some(("9000".into(), ConfigSource::DynamicBrokerConfig as i8))
+        );
+        let synonyms: Vec<(String, Option<String>, i8)> = resp.results[0].configs[0]
+            .synonyms
+            .iter()
+            .map(|s| {
+                (
+                    s.name.to_string(),
+                    s.value.as_ref().map(|v| v.to_string()),
+                    s.source,
+                )
+            })
+            .collect();
+        let synonym = |v: &str, source: ConfigSource| {
+            (
+                "log.retention.ms".to_string(),
+                Some(v.to_string()),
+                source as i8,
+            )
+        };
+        assert_eq!(
+            synonyms,
+            vec![
+                synonym("9000", ConfigSource::DynamicBrokerConfig),
+                synonym("7000", ConfigSource::DynamicDefaultBrokerConfig),
+                synonym("5000", ConfigSource::StaticBrokerConfig),
+                synonym("604800000", ConfigSource::DefaultConfig),
+            ]
+        );
+        // The cluster-wide resource shows only the cluster default.
+        let resp = describe(&ctx, 4, describe_request(RESOURCE_BROKER, "", None)).await;
+        assert_eq!(
+            described(&resp),
+            vec![(
+                "log.retention.ms".into(),
+                Some("7000".into()),
+                ConfigSource::DynamicDefaultBrokerConfig as i8
+            )]
+        );
+        // Topics on this broker follow its effective value.
+        create_topics_ok(&ctx, vec![creatable("follows", 1, &[])]).await;
+        let resp = describe(
+            &ctx,
+            4,
+            describe_request(RESOURCE_TOPIC, "follows", Some(&["retention.ms"])),
+        )
+        .await;
+        assert_eq!(
+            value_of(&resp, "retention.ms"),
+            Some(("9000".into(), ConfigSource::DynamicBrokerConfig as i8))
+        );
+        let tp = ferry_core::TopicPartition::new("follows", 0);
+        let partition = ctx.broker.partition(&tp).expect("partition");
+        assert_eq!(partition.config().retention_ms, 9000);
+
+        // AlterConfigs on "1" replaces only this broker's layer; removing its value
+        // falls back to the cluster default (and the partition's config follows).
+        let req = AlterConfigsRequest::default().with_resources(vec![
+            alter_configs_request::AlterConfigsResource::default()
+                .with_resource_type(RESOURCE_BROKER)
+                .with_resource_name(s("1")),
+        ]);
+        let resp = alter(&ctx, 1, req).await;
+        assert_eq!(resp.responses[0].error_code, 0);
+        let image = ctx.broker.image();
+        assert!(image.node_broker_configs.is_empty());
+        assert_eq!(image.broker_configs.len(), 1);
+        let resp = describe(
+            &ctx,
+            4,
+            describe_request(RESOURCE_BROKER, "1", Some(&["log.retention.ms"])),
+        )
+        .await;
+        assert_eq!(
+            value_of(&resp, "log.retention.ms"),
+            Some((
+                "7000".into(),
+                ConfigSource::DynamicDefaultBrokerConfig as i8
+            ))
+        );
+        assert_eq!(partition.config().retention_ms, 7000);
     }
 
     #[tokio::test]
@@ -1061,5 +1183,6 @@ mod tests {
         }
         assert!(overrides(&ctx, "t").is_empty());
         assert!(ctx.broker.image().broker_configs.is_empty());
+        assert!(ctx.broker.image().node_broker_configs.is_empty());
     }
 }

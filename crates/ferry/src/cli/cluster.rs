@@ -1,4 +1,4 @@
-//! `ferry cluster info`, `ferry cluster config get|set`, the replica moves
+//! `ferry cluster info`, `ferry cluster config get|set|delete`, the replica moves
 //! `ferry cluster decommission` and `ferry cluster rebalance` (dry runs unless
 //! `--execute`, carried out with AlterPartitionReassignments), and the metadata
 //! quorum's voters: `ferry cluster quorum`, `ferry cluster add-voter` and
@@ -111,15 +111,24 @@ pub enum ConfigCommand {
     Get {
         keys: Vec<String>,
         /// The broker to ask [default: the controller]
-        #[arg(long)]
+        #[arg(long, visible_alias = "broker")]
         broker_id: Option<i32>,
     },
-    /// Set broker configs (KEY=VALUE …).
+    /// Set broker configs (KEY=VALUE …) dynamically. A broker's own value
+    /// overrides the cluster-wide default, which overrides its static settings.
     Set {
         #[arg(required = true, value_name = "KEY=VALUE")]
         settings: Vec<String>,
         /// Only this broker [default: the cluster-wide default]
-        #[arg(long)]
+        #[arg(long, visible_alias = "broker")]
+        broker_id: Option<i32>,
+    },
+    /// Remove dynamic broker configs (KEY …): the next layer down applies again.
+    Delete {
+        #[arg(required = true, value_name = "KEY")]
+        keys: Vec<String>,
+        /// Only this broker's values [default: the cluster-wide default's]
+        #[arg(long, visible_alias = "broker")]
         broker_id: Option<i32>,
     },
 }
@@ -294,6 +303,16 @@ pub async fn run(args: ClusterArgs) -> anyhow::Result<()> {
                 print_json(&json!({"broker_id": broker_id, "set": map}));
             } else {
                 println!("updated {} broker config(s)", set.len());
+            }
+            Ok(())
+        }
+        ClusterCommand::Config(ConfigCommand::Delete { keys, broker_id }) => {
+            let name = broker_id.map_or(String::new(), |b| b.to_string());
+            alter_configs(&client, broker_id, RESOURCE_BROKER, &name, &[], &keys).await?;
+            if json {
+                print_json(&json!({"broker_id": broker_id, "deleted": keys}));
+            } else {
+                println!("removed {} broker config(s)", keys.len());
             }
             Ok(())
         }
