@@ -441,6 +441,7 @@ impl Controller {
         topic_id: uuid::Uuid,
         partition: i32,
         leader_epoch: i32,
+        partition_epoch: Option<i32>,
         new_isr: Vec<i32>,
     ) -> ControllerResponse {
         let Some(quorum) = self.quorum() else {
@@ -452,48 +453,109 @@ impl Controller {
             Err(refused) => return refused,
         };
         let image = quorum.image();
-        let Some(current) = image
-            .topic_by_id(&topic_id)
-            .and_then(|t| t.partitions.iter().find(|p| p.partition == partition))
-        else {
-            return rejected("unknown partition");
+        let change = match alter_partition_change(
+            &image,
+            topic_id,
+            partition,
+            leader_epoch,
+            partition_epoch,
+            &new_isr,
+        ) {
+            Ok(change) => change,
+            Err(reason) => return rejected(&reason),
         };
-        if current.leader_epoch != leader_epoch {
-            return rejected(&format!(
-                "stale leader epoch {leader_epoch}, the partition is at {}",
-                current.leader_epoch
-            ));
-        }
-        if !new_isr.contains(&current.leader)
-            || new_isr.iter().any(|r| !current.replicas.contains(r))
-        {
-            return rejected("the ISR must hold the leader and only assigned replicas");
-        }
-        // A fenced broker does not join the ISR (KIP-841), nor one that was
-        // unregistered (it may still fetch until it registers again).
-        if new_isr
-            .iter()
-            .any(|r| !current.isr.contains(r) && !is_live(&image, *r))
-        {
-            return rejected("a fenced or unregistered broker cannot join the ISR");
-        }
-        if new_isr != current.isr {
-            let record = MetadataRecord::PartitionChanged {
-                topic_id,
-                partition,
-                leader: current.leader,
-                isr: new_isr.clone(),
-                leader_epoch,
-            };
-            if let Err(e) = quorum.propose_as(leadership, vec![record]).await {
-                return rejected(&format!("could not change the ISR: {e}"));
+        let partition_epoch = match change {
+            AlterPartitionChange::Unchanged { partition_epoch } => partition_epoch,
+            AlterPartitionChange::Changed {
+                record,
+                partition_epoch,
+            } => {
+                if let Err(e) = quorum.propose_as(leadership, vec![record]).await {
+                    return rejected(&format!("could not change the ISR: {e}"));
+                }
+                partition_epoch
             }
-        }
+        };
         ControllerResponse::AlterPartition {
             leader_epoch,
             isr: new_isr,
+            partition_epoch: Some(partition_epoch),
         }
     }
+}
+
+/// What an accepted AlterPartition does.
+#[derive(Debug, Clone, PartialEq)]
+enum AlterPartitionChange {
+    /// The ISR asked for is the current one.
+    Unchanged { partition_epoch: i32 },
+    /// `record` makes it the ISR; the partition is at `partition_epoch` after it.
+    Changed {
+        record: MetadataRecord,
+        partition_epoch: i32,
+    },
+}
+
+/// Decides a leader's AlterPartition on `image`, or says why it is refused: a
+/// stale leader epoch (Kafka's FENCED_LEADER_EPOCH), a stale partition epoch
+/// (INVALID_UPDATE_VERSION: the ISR changed since the leader's proposal was
+/// computed, e.g. the controller took a fenced broker out, and the leader must
+/// see that state first), or an ISR that is not allowed. A request without a
+/// partition epoch (from a broker older than them) is checked on its leader
+/// epoch alone.
+fn alter_partition_change(
+    image: &MetadataImage,
+    topic_id: uuid::Uuid,
+    partition: i32,
+    leader_epoch: i32,
+    partition_epoch: Option<i32>,
+    new_isr: &[i32],
+) -> Result<AlterPartitionChange, String> {
+    let Some(current) = image
+        .topic_by_id(&topic_id)
+        .and_then(|t| t.partitions.iter().find(|p| p.partition == partition))
+    else {
+        return Err("unknown partition".into());
+    };
+    if current.leader_epoch != leader_epoch {
+        return Err(format!(
+            "stale leader epoch {leader_epoch}, the partition is at {}",
+            current.leader_epoch
+        ));
+    }
+    if let Some(epoch) = partition_epoch.filter(|e| *e != current.partition_epoch) {
+        return Err(format!(
+            "stale partition epoch {epoch}, the partition is at {}",
+            current.partition_epoch
+        ));
+    }
+    if !new_isr.contains(&current.leader) || new_isr.iter().any(|r| !current.replicas.contains(r)) {
+        return Err("the ISR must hold the leader and only assigned replicas".into());
+    }
+    // A fenced broker does not join the ISR (KIP-841), nor one that was
+    // unregistered (it may still fetch until it registers again).
+    if new_isr
+        .iter()
+        .any(|r| !current.isr.contains(r) && !is_live(image, *r))
+    {
+        return Err("a fenced or unregistered broker cannot join the ISR".into());
+    }
+    if new_isr == current.isr.as_slice() {
+        return Ok(AlterPartitionChange::Unchanged {
+            partition_epoch: current.partition_epoch,
+        });
+    }
+    Ok(AlterPartitionChange::Changed {
+        record: MetadataRecord::PartitionChanged {
+            topic_id,
+            partition,
+            leader: current.leader,
+            isr: new_isr.to_vec(),
+            leader_epoch,
+        },
+        // The image counts the record as one more change.
+        partition_epoch: current.partition_epoch.wrapping_add(1),
+    })
 }
 
 impl ControllerHandler for Controller {
@@ -509,10 +571,17 @@ impl ControllerHandler for Controller {
                     topic_id,
                     partition,
                     leader_epoch,
+                    partition_epoch,
                     new_isr,
                 } => {
-                    self.alter_partition(topic_id, partition, leader_epoch, new_isr)
-                        .await
+                    self.alter_partition(
+                        topic_id,
+                        partition,
+                        leader_epoch,
+                        partition_epoch,
+                        new_isr,
+                    )
+                    .await
                 }
                 ControllerRequest::ElectLeaders {
                     election_type,
@@ -1043,6 +1112,50 @@ mod tests {
 
     fn partition(image: &MetadataImage) -> PartitionMetadata {
         image.topic("t").expect("topic").partitions[0].clone()
+    }
+
+    #[test]
+    fn an_alter_partition_on_a_stale_partition_epoch_is_refused() {
+        let (mut image, topic_id) = image();
+        let decide = |image: &MetadataImage, partition_epoch: Option<i32>, isr: &[i32]| {
+            alter_partition_change(image, topic_id, 0, 0, partition_epoch, isr)
+        };
+        // The leader computed a shrink to [1, 2] on epoch 0, then the controller
+        // fenced 3 and took it out itself: same leader epoch, new partition epoch.
+        image.apply(&MetadataRecord::BrokerFenced { node_id: 3 });
+        image.apply(&changed(topic_id, &partition(&image), 1, vec![1, 2], 0));
+        assert_eq!(partition(&image).partition_epoch, 1);
+        // 3 is back and live; a stale expansion computed before it left is refused.
+        image.apply(&MetadataRecord::BrokerUnfenced { node_id: 3 });
+        let err = decide(&image, Some(0), &[1, 2, 3]).expect_err("stale");
+        assert!(err.contains("stale partition epoch 0"), "{err}");
+        // A stale leader epoch is refused as before.
+        let err = alter_partition_change(&image, topic_id, 0, 1, Some(1), &[1, 2])
+            .expect_err("stale leader epoch");
+        assert!(err.contains("stale leader epoch"), "{err}");
+        // On the current epoch: accepted, and the answer's epoch is the one the
+        // image reaches when the record is applied.
+        let Ok(AlterPartitionChange::Changed {
+            record,
+            partition_epoch,
+        }) = decide(&image, Some(1), &[1, 2, 3])
+        else {
+            panic!("the current partition epoch is accepted");
+        };
+        image.apply(&record);
+        let p = partition(&image);
+        assert_eq!((p.isr, p.partition_epoch), (vec![1, 2, 3], partition_epoch));
+        assert_eq!(partition_epoch, 2);
+        // Asking for the ISR it has changes nothing; a request without a
+        // partition epoch (an older broker) is checked on its leader epoch only.
+        assert_eq!(
+            decide(&image, Some(2), &[1, 2, 3]),
+            Ok(AlterPartitionChange::Unchanged { partition_epoch: 2 })
+        );
+        assert!(matches!(
+            decide(&image, None, &[1, 2]),
+            Ok(AlterPartitionChange::Changed { .. })
+        ));
     }
 
     #[test]

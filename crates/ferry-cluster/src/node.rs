@@ -497,9 +497,16 @@ impl ClusterLink for QuorumLink {
         })
     }
 
-    fn alter_isr(&self, partition: Arc<Partition>, leader_epoch: i32, isr: Vec<i32>) {
+    fn alter_isr(
+        &self,
+        partition: Arc<Partition>,
+        leader_epoch: i32,
+        partition_epoch: i32,
+        isr: Vec<i32>,
+    ) {
+        let based_on = partition_epoch;
         let Some(quorum) = self.quorum.upgrade() else {
-            partition.abort_isr_change();
+            partition.abort_isr_change_based_on(based_on);
             return;
         };
         tokio::spawn(async move {
@@ -507,29 +514,39 @@ impl ClusterLink for QuorumLink {
                 topic_id: partition.topic_id,
                 partition: partition.tp.partition,
                 leader_epoch,
+                partition_epoch: Some(based_on),
                 new_isr: isr,
             };
-            // A confirmed change arrives with the metadata image.
+            // A confirmed change arrives with the metadata image too. A refused
+            // one is dropped: the next fetch or shrink check proposes again from
+            // the state this leader has then (after a stale partition epoch, the
+            // image that moved it on is committed and on its way).
             match quorum.call_leader(request).await {
                 // The confirmation; the image that carries it (if the ISR changed)
                 // says the same.
-                Ok(ControllerResponse::AlterPartition { leader_epoch, isr }) => {
-                    if let Err(e) = partition.set_isr(leader_epoch, isr) {
+                Ok(ControllerResponse::AlterPartition {
+                    leader_epoch,
+                    isr,
+                    partition_epoch,
+                }) => {
+                    if let Err(e) =
+                        partition.confirm_isr_change(based_on, leader_epoch, partition_epoch, isr)
+                    {
                         tracing::debug!(error = %e, partition = %partition.tp, "an ISR confirmation for an epoch that moved on");
-                        partition.abort_isr_change();
+                        partition.abort_isr_change_based_on(based_on);
                     }
                 }
                 Ok(ControllerResponse::Rejected { reason }) => {
                     tracing::info!(%reason, partition = %partition.tp, "the controller refused an ISR change");
-                    partition.abort_isr_change();
+                    partition.abort_isr_change_based_on(based_on);
                 }
                 Ok(other) => {
                     tracing::warn!(?other, partition = %partition.tp, "unexpected answer to an ISR change");
-                    partition.abort_isr_change();
+                    partition.abort_isr_change_based_on(based_on);
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, partition = %partition.tp, "could not send an ISR change");
-                    partition.abort_isr_change();
+                    partition.abort_isr_change_based_on(based_on);
                 }
             }
         });

@@ -449,6 +449,9 @@ struct PartitionState {
     isr: Vec<i32>,
     leader: i32,
     leader_epoch: i32,
+    /// Snapshots written before partition epochs existed read as 0.
+    #[serde(default)]
+    partition_epoch: i32,
     #[serde(default)]
     adding_replicas: Vec<i32>,
     #[serde(default)]
@@ -507,6 +510,7 @@ impl ImageState {
                                     isr,
                                     leader,
                                     leader_epoch,
+                                    partition_epoch,
                                     adding_replicas,
                                     removing_replicas,
                                 } = p;
@@ -516,6 +520,7 @@ impl ImageState {
                                     isr: isr.clone(),
                                     leader: *leader,
                                     leader_epoch: *leader_epoch,
+                                    partition_epoch: *partition_epoch,
                                     adding_replicas: adding_replicas.clone(),
                                     removing_replicas: removing_replicas.clone(),
                                 }
@@ -572,6 +577,7 @@ impl ImageState {
                                     isr: p.isr,
                                     leader: p.leader,
                                     leader_epoch: p.leader_epoch,
+                                    partition_epoch: p.partition_epoch,
                                     adding_replicas: p.adding_replicas,
                                     removing_replicas: p.removing_replicas,
                                 })
@@ -689,9 +695,49 @@ mod tests {
             image.apply(&record);
         }
         assert_eq!(image.node_configs(2).len(), 1);
+        assert_eq!(
+            image.topic("t").expect("topic").partitions[0].partition_epoch,
+            1
+        );
         let json = serde_json::to_vec(&ImageState::from_image(&image)).expect("encode");
         let back: ImageState = serde_json::from_slice(&json).expect("decode");
         assert_eq!(back.into_image(), image);
+    }
+
+    #[test]
+    fn a_snapshot_without_partition_epochs_reads_them_as_zero() {
+        let id = Uuid::new_v4();
+        let mut image = MetadataImage::default();
+        image.apply(&MetadataRecord::TopicCreated {
+            name: "t".into(),
+            topic_id: id,
+            configs: BTreeMap::new(),
+        });
+        image.apply(&MetadataRecord::PartitionCreated {
+            topic_id: id,
+            partition: 0,
+            replicas: vec![1, 2],
+            isr: vec![1, 2],
+            leader: 1,
+            leader_epoch: 0,
+        });
+        image.apply(&MetadataRecord::PartitionChanged {
+            topic_id: id,
+            partition: 0,
+            leader: 1,
+            isr: vec![1],
+            leader_epoch: 0,
+        });
+        let mut json = serde_json::to_value(ImageState::from_image(&image)).expect("encode");
+        let removed = json["topics"][0]["partitions"][0]
+            .as_object_mut()
+            .and_then(|o| o.remove("partition_epoch"));
+        assert_eq!(removed, Some(serde_json::json!(1)));
+        let back = serde_json::from_value::<ImageState>(json)
+            .expect("decode older snapshot")
+            .into_image();
+        let p = &back.topic("t").expect("topic").partitions[0];
+        assert_eq!((p.isr.clone(), p.partition_epoch), (vec![1], 0));
     }
 
     #[test]

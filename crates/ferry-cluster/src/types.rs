@@ -102,6 +102,10 @@ pub enum ControllerRequest {
         topic_id: Uuid,
         partition: i32,
         leader_epoch: i32,
+        /// The partition epoch of the state the proposal was computed from
+        /// (KIP-497); `None` from a broker older than partition epochs.
+        #[serde(default)]
+        partition_epoch: Option<i32>,
         new_isr: Vec<i32>,
     },
     /// An admin asks for leader elections (Kafka's ElectLeaders): `election_type`
@@ -134,7 +138,14 @@ pub enum ControllerResponse {
         is_fenced: bool,
     },
     /// The partition's state after the request (changed or not).
-    AlterPartition { leader_epoch: i32, isr: Vec<i32> },
+    AlterPartition {
+        leader_epoch: i32,
+        isr: Vec<i32>,
+        /// The partition epoch after the request (`None` from a controller
+        /// older than partition epochs).
+        #[serde(default)]
+        partition_epoch: Option<i32>,
+    },
     /// Per partition (topic, partition): elected (committed), or why not.
     ElectLeaders {
         results: Vec<(String, i32, Result<(), ferry_core::cluster::ElectError>)>,

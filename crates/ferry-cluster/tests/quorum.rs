@@ -205,11 +205,13 @@ impl ControllerHandler for EchoHandler {
                 },
                 ControllerRequest::AlterPartition {
                     leader_epoch,
+                    partition_epoch,
                     new_isr,
                     ..
                 } => ControllerResponse::AlterPartition {
                     leader_epoch,
                     isr: new_isr,
+                    partition_epoch,
                 },
                 ControllerRequest::ElectLeaders { .. } => {
                     ControllerResponse::ElectLeaders { results: vec![] }
@@ -240,9 +242,14 @@ impl WithNode for ControllerResponse {
             ControllerResponse::AlterPartition {
                 leader_epoch,
                 mut isr,
+                partition_epoch,
             } => {
                 isr.push(node as i32);
-                ControllerResponse::AlterPartition { leader_epoch, isr }
+                ControllerResponse::AlterPartition {
+                    leader_epoch,
+                    isr,
+                    partition_epoch,
+                }
             }
             other => other,
         }
@@ -300,6 +307,7 @@ async fn follower_proposals_reach_every_node_and_controller_rpcs_reach_the_leade
             topic_id: Uuid::new_v4(),
             partition: 0,
             leader_epoch: 4,
+            partition_epoch: Some(6),
             new_isr: vec![1, 2],
         })
         .await
@@ -308,7 +316,8 @@ async fn follower_proposals_reach_every_node_and_controller_rpcs_reach_the_leade
         reply,
         ControllerResponse::AlterPartition {
             leader_epoch: 4,
-            isr: vec![1, 2, leader as i32]
+            isr: vec![1, 2, leader as i32],
+            partition_epoch: Some(6),
         },
         "answered by the leader's handler"
     );

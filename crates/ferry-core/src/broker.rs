@@ -502,11 +502,17 @@ impl Broker {
         }
     }
 
-    /// Sends a leader's ISR change to the controller; on one node there is no
-    /// controller and no follower, so the change is dropped.
+    /// Sends a leader's ISR change to the controller, with the leader epoch and
+    /// partition epoch it was computed on (a change the metadata replaced
+    /// meanwhile is not sent); on one node there is no controller and no
+    /// follower, so the change is dropped.
     pub fn propose_isr(&self, partition: &Arc<Partition>, isr: Vec<i32>) {
         match self.cluster_link.get() {
-            Some(link) => link.alter_isr(partition.clone(), partition.leader_epoch(), isr),
+            Some(link) => {
+                if let Some((leader_epoch, partition_epoch)) = partition.isr_proposal(&isr) {
+                    link.alter_isr(partition.clone(), leader_epoch, partition_epoch, isr);
+                }
+            }
             None => partition.abort_isr_change(),
         }
     }
@@ -579,9 +585,10 @@ impl Broker {
                     },
                 };
                 let role = if p.leader == me {
-                    partition.become_leader(
+                    partition.become_leader_at(
                         me,
                         p.leader_epoch,
+                        p.partition_epoch,
                         p.replicas.clone(),
                         p.isr.clone(),
                         now,

@@ -199,9 +199,17 @@ pub type UnregisterFuture = std::pin::Pin<
 /// change), leader elections, and transaction markers of partition leaders.
 pub trait ClusterLink: Send + Sync {
     /// Asks for `isr` to become the in-sync replicas of `partition`, which this
-    /// broker leads in `leader_epoch` (Kafka's AlterPartition). A refused or
-    /// undelivered request must end in [`Partition::abort_isr_change`].
-    fn alter_isr(&self, partition: Arc<Partition>, leader_epoch: i32, isr: Vec<i32>);
+    /// broker leads in `leader_epoch`, computed on the state at `partition_epoch`
+    /// (Kafka's AlterPartition). The answer ends in
+    /// [`Partition::confirm_isr_change`], or, refused or undelivered, in
+    /// [`Partition::abort_isr_change_based_on`].
+    fn alter_isr(
+        &self,
+        partition: Arc<Partition>,
+        leader_epoch: i32,
+        partition_epoch: i32,
+        isr: Vec<i32>,
+    );
 
     /// The node id of the active controller, if one is known.
     fn controller_id(&self) -> Option<i32>;

@@ -121,6 +121,11 @@ pub struct PartitionMetadata {
     pub isr: Vec<i32>,
     pub leader: i32,
     pub leader_epoch: i32,
+    /// Kafka's partition epoch (KIP-497): one more with every record that changed
+    /// this partition's leader, ISR or replicas, counted by the image itself, so
+    /// every node derives the same number from the same log. A leader's ISR change
+    /// names the epoch it was based on and the controller refuses a stale one.
+    pub partition_epoch: i32,
     /// Replicas a reassignment in progress adds (empty when none is).
     pub adding_replicas: Vec<i32>,
     /// Replicas a reassignment in progress removes (empty when none is).
@@ -277,6 +282,7 @@ impl MetadataImage {
                         isr: isr.clone(),
                         leader: *leader,
                         leader_epoch: *leader_epoch,
+                        partition_epoch: 0,
                         adding_replicas: Vec::new(),
                         removing_replicas: Vec::new(),
                     };
@@ -375,6 +381,7 @@ impl MetadataImage {
                     p.leader = *leader;
                     p.isr = isr.clone();
                     p.leader_epoch = *leader_epoch;
+                    p.partition_epoch = p.partition_epoch.wrapping_add(1);
                 }
             }
             MetadataRecord::PartitionReassignment {
@@ -388,6 +395,7 @@ impl MetadataImage {
                     p.replicas = replicas.clone();
                     p.adding_replicas = adding.clone();
                     p.removing_replicas = removing.clone();
+                    p.partition_epoch = p.partition_epoch.wrapping_add(1);
                 }
             }
             MetadataRecord::PartitionReassigned {
@@ -408,6 +416,7 @@ impl MetadataImage {
                     p.leader_epoch = *leader_epoch;
                     p.adding_replicas.clear();
                     p.removing_replicas.clear();
+                    p.partition_epoch = p.partition_epoch.wrapping_add(1);
                 }
             }
         }
@@ -609,6 +618,71 @@ mod tests {
         assert_eq!(state(&image), (2, vec![2, 3, 1], 4));
         image.apply(&change(3, vec![3, 1], 5));
         assert_eq!(state(&image), (3, vec![3, 1], 5));
+    }
+
+    #[test]
+    fn the_partition_epoch_counts_every_applied_change_of_the_partition() {
+        let mut image = MetadataImage::default();
+        let id = Uuid::new_v4();
+        image.apply(&MetadataRecord::TopicCreated {
+            name: "t".into(),
+            topic_id: id,
+            configs: BTreeMap::new(),
+        });
+        image.apply(&MetadataRecord::PartitionCreated {
+            topic_id: id,
+            partition: 0,
+            replicas: vec![1, 2, 3],
+            isr: vec![1, 2, 3],
+            leader: 1,
+            leader_epoch: 0,
+        });
+        let epoch =
+            |image: &MetadataImage| image.topic("t").expect("topic").partitions[0].partition_epoch;
+        assert_eq!(epoch(&image), 0);
+        let change = |isr: Vec<i32>, leader_epoch: i32| MetadataRecord::PartitionChanged {
+            topic_id: id,
+            partition: 0,
+            leader: 1,
+            isr,
+            leader_epoch,
+        };
+        // An ISR change without a new leader epoch still moves the partition epoch.
+        image.apply(&change(vec![1, 2], 0));
+        assert_eq!(epoch(&image), 1);
+        image.apply(&change(vec![1, 2, 3], 0));
+        assert_eq!(epoch(&image), 2);
+        image.apply(&MetadataRecord::PartitionReassignment {
+            topic_id: id,
+            partition: 0,
+            replicas: vec![1, 2, 4, 3],
+            adding: vec![4],
+            removing: vec![3],
+        });
+        assert_eq!(epoch(&image), 3);
+        image.apply(&MetadataRecord::PartitionReassigned {
+            topic_id: id,
+            partition: 0,
+            replicas: vec![1, 2, 4],
+            isr: vec![1, 2, 4],
+            leader: 1,
+            leader_epoch: 1,
+        });
+        assert_eq!(epoch(&image), 4);
+        // A change that is ignored (an older leader epoch), or that names
+        // another partition or a broker, leaves it as it is.
+        image.apply(&change(vec![1], 0));
+        image.apply(&MetadataRecord::BrokerFenced { node_id: 2 });
+        image.apply(&MetadataRecord::TopicConfigChanged {
+            topic_id: id,
+            name: "retention.ms".into(),
+            value: Some("5".into()),
+        });
+        assert_eq!(epoch(&image), 4);
+        assert_eq!(
+            image.topic("t").expect("topic").partitions[0].isr,
+            vec![1, 2, 4]
+        );
     }
 
     #[test]

@@ -778,6 +778,21 @@ impl Partition {
         isr: Vec<i32>,
         now_ms: i64,
     ) -> Result<(), CoreError> {
+        self.become_leader_at(local_id, leader_epoch, 0, replicas, isr, now_ms)
+    }
+
+    /// [`Partition::become_leader`] with the partition epoch (KIP-497) of the
+    /// metadata that gives this role: the ISR changes this leader proposes say
+    /// they were based on it, and the controller refuses them once it is stale.
+    pub fn become_leader_at(
+        &self,
+        local_id: i32,
+        leader_epoch: i32,
+        partition_epoch: i32,
+        replicas: Vec<i32>,
+        isr: Vec<i32>,
+        now_ms: i64,
+    ) -> Result<(), CoreError> {
         let mut state = self.state.lock();
         if leader_epoch < self.leader_epoch() {
             return Err(CoreError::FencedLeaderEpoch);
@@ -810,7 +825,8 @@ impl Partition {
             }
         }
         self.leader_epoch.store(leader_epoch, Ordering::Release);
-        if let Role::Leader(tracker) = &*role {
+        if let Role::Leader(tracker) = &mut *role {
+            tracker.set_partition_epoch(partition_epoch);
             self.publish_high_watermark(tracker.high_watermark());
         }
         drop(role);
@@ -1033,6 +1049,62 @@ impl Partition {
             self.publish_high_watermark(hw);
         }
         Ok(())
+    }
+
+    /// Leader: the leader epoch and partition epoch to send with `isr`, if it
+    /// is the ISR change pending (`None` once the metadata replaced it, or on a
+    /// follower: the proposal is obsolete and is not sent).
+    pub fn isr_proposal(&self, isr: &[i32]) -> Option<(i32, i32)> {
+        match &*self.role.lock() {
+            Role::Leader(tracker) if tracker.pending_isr() == Some(isr) => {
+                Some((tracker.leader_epoch(), tracker.partition_epoch()))
+            }
+            _ => None,
+        }
+    }
+
+    /// Leader: the controller confirmed `isr` for a proposal based on partition
+    /// epoch `based_on`; the partition is at `partition_epoch` after it (`None`
+    /// from a controller that does not say). An answer to a proposal the metadata
+    /// has replaced since (this leader's state moved past `based_on`) changes
+    /// nothing. Errors as [`Partition::set_isr`].
+    pub fn confirm_isr_change(
+        &self,
+        based_on: i32,
+        leader_epoch: i32,
+        partition_epoch: Option<i32>,
+        isr: Vec<i32>,
+    ) -> Result<(), CoreError> {
+        let mut role = self.role.lock();
+        let Role::Leader(tracker) = &mut *role else {
+            return Err(CoreError::NotLeaderOrFollower);
+        };
+        if leader_epoch != self.leader_epoch() {
+            return Err(CoreError::FencedLeaderEpoch);
+        }
+        if tracker.partition_epoch() != based_on {
+            return Ok(());
+        }
+        tracker.set_partition_epoch(partition_epoch.unwrap_or(based_on));
+        if let Some(hw) = tracker.set_isr(isr) {
+            self.publish_high_watermark(hw);
+        }
+        Ok(())
+    }
+
+    /// Leader: the ISR change proposed on partition epoch `based_on` was refused
+    /// or could not be sent. Nothing changes if this leader's state moved past
+    /// `based_on` meanwhile: the metadata dropped that proposal already, and a
+    /// pending change is a newer one, awaiting its own answer.
+    pub fn abort_isr_change_based_on(&self, based_on: i32) {
+        let mut role = self.role.lock();
+        if let Role::Leader(tracker) = &mut *role {
+            if tracker.partition_epoch() == based_on {
+                if let Some(hw) = tracker.abort_isr_change() {
+                    self.publish_high_watermark(hw);
+                }
+            }
+        }
     }
 
     /// Leader: the ISR change last proposed was refused or could not be sent.
@@ -1668,6 +1740,49 @@ mod tests {
         assert_eq!(out.propose_isr, Some(vec![1, 2, 3]));
         p.set_isr(1, vec![1, 2, 3]).expect("set isr");
         assert_eq!(p.isr(), vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn isr_proposals_carry_their_partition_epoch_and_stale_answers_change_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = open(dir.path(), config(&[]));
+        p.become_leader_at(1, 1, 3, vec![1, 2, 3], vec![1, 2], 5_000)
+            .expect("become leader");
+        p.append(batch(Compression::None, &["a", "b"]), 5_000)
+            .expect("append");
+        p.record_follower_fetch(2, 2, 5_100).expect("fetch");
+        let out = p.record_follower_fetch(3, 2, 5_100).expect("fetch");
+        assert_eq!(out.propose_isr, Some(vec![1, 2, 3]));
+        // Sent with the epochs of the state it was computed on.
+        assert_eq!(p.isr_proposal(&[1, 2, 3]), Some((1, 3)));
+        assert_eq!(p.isr_proposal(&[1, 2]), None);
+
+        // The controller changed the ISR meanwhile, same leader epoch: the
+        // proposal is dropped and is not sent any more.
+        p.become_leader_at(1, 1, 4, vec![1, 2, 3], vec![1, 3], 5_200)
+            .expect("new partition epoch");
+        assert_eq!(p.isr_proposal(&[1, 2, 3]), None);
+        let out = p.record_follower_fetch(2, 2, 5_300).expect("fetch");
+        assert_eq!(out.propose_isr, Some(vec![1, 3, 2]));
+        // The answer to the old proposal changes nothing, nor does its refusal
+        // drop the new one.
+        p.confirm_isr_change(3, 1, Some(4), vec![1, 2, 3])
+            .expect("stale answer");
+        p.abort_isr_change_based_on(3);
+        assert_eq!(p.isr(), vec![1, 3]);
+        assert_eq!(p.isr_proposal(&[1, 3, 2]), Some((1, 4)));
+        // Its own answer applies, with the epoch the controller reached.
+        p.confirm_isr_change(4, 1, Some(5), vec![1, 3, 2])
+            .expect("confirmed");
+        assert_eq!(p.isr(), vec![1, 3, 2]);
+        p.append(batch(Compression::None, &["c"]), 6_000)
+            .expect("append");
+        assert_eq!(p.maybe_shrink_isr(60_000, 30_000), Some(vec![1]));
+        assert_eq!(p.isr_proposal(&[1]), Some((1, 5)));
+        // Refused on that epoch: dropped, and proposed again later.
+        p.abort_isr_change_based_on(5);
+        assert_eq!(p.isr_proposal(&[1]), None);
+        assert_eq!(p.maybe_shrink_isr(60_000, 30_000), Some(vec![1]));
     }
 
     #[tokio::test]

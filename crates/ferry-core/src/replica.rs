@@ -87,6 +87,9 @@ pub enum ReplicaError {
 pub struct ReplicaTracker {
     local_id: i32,
     leader_epoch: i32,
+    /// The partition epoch (KIP-497) of the state `isr` and `replicas` come
+    /// from: what an ISR proposal says it was based on.
+    partition_epoch: i32,
     /// The leader's log end offset when its epoch began: a follower below it may
     /// still hold a divergent tail, so it cannot join the ISR yet.
     leader_epoch_start_offset: i64,
@@ -127,6 +130,7 @@ impl ReplicaTracker {
         let mut tracker = ReplicaTracker {
             local_id,
             leader_epoch,
+            partition_epoch: 0,
             leader_epoch_start_offset: leader_log_end_offset,
             replicas,
             isr,
@@ -185,6 +189,17 @@ impl ReplicaTracker {
 
     pub fn leader_epoch(&self) -> i32 {
         self.leader_epoch
+    }
+
+    /// The partition epoch of the ISR and replicas this tracker holds.
+    pub fn partition_epoch(&self) -> i32 {
+        self.partition_epoch
+    }
+
+    /// The ISR and replicas now come from the state at `partition_epoch` (set
+    /// with every assignment, and when the controller confirms a change).
+    pub fn set_partition_epoch(&mut self, partition_epoch: i32) {
+        self.partition_epoch = partition_epoch;
     }
 
     /// The leader's log end offset when its epoch began. While the high watermark
