@@ -261,7 +261,13 @@ fn three_kafka_python_members_consume_every_record_once() {
         let union: BTreeSet<i32> = sets.iter().flatten().copied().collect();
         total == 6 && union.len() == 6 && sets.iter().all(|s| !s.is_empty())
     });
-    assert!(ok, "the kafka-python group never balanced");
+    if !ok {
+        let seen: Vec<_> = members
+            .iter()
+            .map(|m| m.assigned.lock().expect("lock").clone())
+            .collect();
+        panic!("the kafka-python group never balanced; the members' last assignments: {seen:?}");
+    }
 
     let producer = producer(&broker, &[]);
     let mut sent = BTreeSet::new();
