@@ -7,6 +7,8 @@ every rebalance (the member's whole assignment; eager protocol) and
 "got <partition> <offset> <value>" for every record. Exits after SECONDS.
 """
 
+import logging
+import os
 import sys
 import time
 
@@ -23,6 +25,10 @@ class Listener(ConsumerRebalanceListener):
 
 
 def main():
+    # FERRY_PY_DEBUG=1: kafka-python's own debug log on stderr (to see what a
+    # member that goes silent is waiting for).
+    if os.environ.get("FERRY_PY_DEBUG"):
+        logging.basicConfig(level=logging.DEBUG, format="%(asctime)s %(name)s %(message)s")
     bootstrap, topic, group, seconds = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
     consumer = KafkaConsumer(
         bootstrap_servers=bootstrap,

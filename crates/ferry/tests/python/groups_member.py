@@ -8,6 +8,8 @@ knows which records were surely committed before it kills this process (and
 which ones may have been: consumed, commit maybe done). Exits after SECONDS.
 """
 
+import logging
+import os
 import sys
 import time
 
@@ -15,6 +17,10 @@ from kafka import KafkaConsumer
 
 
 def main():
+    # FERRY_PY_DEBUG=1: kafka-python's own debug log on stderr (to see what a
+    # member that goes silent is waiting for).
+    if os.environ.get("FERRY_PY_DEBUG"):
+        logging.basicConfig(level=logging.DEBUG, format="%(asctime)s %(name)s %(message)s")
     bootstrap, topic, group, seconds = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
     consumer = KafkaConsumer(
         topic,
