@@ -17,9 +17,9 @@ use kafka_protocol::messages::incremental_alter_configs_request::{
 };
 use kafka_protocol::messages::{
     ApiKey, DescribeConfigsRequest, DescribeConfigsResponse, IncrementalAlterConfigsRequest,
-    IncrementalAlterConfigsResponse, ResponseHeader,
+    IncrementalAlterConfigsResponse,
 };
-use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
+use kafka_protocol::protocol::StrBytes;
 use rdkafka::admin::{
     AdminClient, AdminOptions, AlterConfig, ConfigSource, OwnedResourceSpecifier, ResourceSpecifier,
 };
@@ -35,23 +35,6 @@ const DYNAMIC_BROKER_CONFIG: i8 = 2;
 const DYNAMIC_DEFAULT_BROKER_CONFIG: i8 = 3;
 const STATIC_BROKER_CONFIG: i8 = 4;
 const DEFAULT_CONFIG: i8 = 5;
-
-/// One request and its decoded answer over a raw connection to `addr`.
-fn call<Req: Encodable + HeaderVersion, Resp: Decodable + HeaderVersion>(
-    addr: &str,
-    api_key: ApiKey,
-    version: i16,
-    request: &Req,
-) -> Resp {
-    let mut stream = connect(addr);
-    std::io::Write::write_all(&mut stream, &encode_request(api_key, version, 7, request))
-        .expect("send");
-    let frame = read_frame(&mut stream).expect("an answer");
-    let mut buf = bytes::Bytes::from(frame);
-    let header = ResponseHeader::decode(&mut buf, Resp::header_version(version)).expect("header");
-    assert_eq!(header.correlation_id, 7);
-    Resp::decode(&mut buf, version).expect("response")
-}
 
 fn str_bytes(s: &str) -> StrBytes {
     StrBytes::from_string(s.to_string())

@@ -205,21 +205,7 @@ fn leaders_killed_under_acks_all_load_lose_no_acknowledged_record() {
             std::thread::sleep(Duration::from_millis(200));
         }
     }
-    for id in 1..=3 {
-        cluster.node(id).stop();
-    }
-    for p in 0..PARTITIONS {
-        let bytes: Vec<(i32, Vec<u8>)> = (1..=3)
-            .map(|id| (id, segment_bytes(&cluster.data_dir(id), TOPIC, p)))
-            .collect();
-        if let Some(difference) = first_difference(&bytes) {
-            panic!("{TOPIC}-{p}: replicas differ offline: {difference}");
-        }
-    }
-    for id in 1..=3 {
-        let (ok, report) = verify(&cluster.data_dir(id));
-        assert!(ok, "node {id}: {report}");
-    }
+    stop_and_compare_offline(&mut cluster, TOPIC, PARTITIONS);
     let truncations: usize = cluster
         .nodes
         .values()

@@ -151,26 +151,6 @@ fn wait_for_identical_replicas(cluster: &Cluster, topic: &str, partition: i32) {
     }
 }
 
-/// Stops every broker, then checks the replicas are identical on disk and
-/// every log verifies.
-fn stop_and_compare_offline(cluster: &mut Cluster, topic: &str, partitions: i32) {
-    for id in 1..=3 {
-        cluster.node(id).stop();
-    }
-    for p in 0..partitions {
-        let bytes: Vec<(i32, Vec<u8>)> = (1..=3)
-            .map(|id| (id, segment_bytes(&cluster.data_dir(id), topic, p)))
-            .collect();
-        if let Some(difference) = first_difference(&bytes) {
-            panic!("{topic}-{p}: replicas differ offline: {difference}");
-        }
-    }
-    for id in 1..=3 {
-        let (ok, report) = verify(&cluster.data_dir(id));
-        assert!(ok, "node {id}: {report}");
-    }
-}
-
 /// Sends `values` to one partition and waits for their delivery reports.
 fn send_all(
     producer: &ThreadedProducer<AckContext>,

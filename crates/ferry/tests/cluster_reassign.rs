@@ -22,10 +22,9 @@ use kafka_protocol::messages::alter_partition_reassignments_request::{
 };
 use kafka_protocol::messages::{
     AlterPartitionReassignmentsRequest, AlterPartitionReassignmentsResponse, ApiKey, BrokerId,
-    ListPartitionReassignmentsRequest, ListPartitionReassignmentsResponse, ResponseHeader,
-    TopicName,
+    ListPartitionReassignmentsRequest, ListPartitionReassignmentsResponse, TopicName,
 };
-use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
+use kafka_protocol::protocol::StrBytes;
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{BaseRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode;
@@ -40,21 +39,6 @@ const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
 const INVALID_REPLICA_ASSIGNMENT: i16 = 39;
 const NO_REASSIGNMENT_IN_PROGRESS: i16 = 85;
 
-/// One request and its decoded answer over a raw connection to `addr` (v0).
-fn call<Req: Encodable + HeaderVersion, Resp: Decodable + HeaderVersion>(
-    addr: &str,
-    api_key: ApiKey,
-    request: &Req,
-) -> Resp {
-    let mut stream = connect(addr);
-    std::io::Write::write_all(&mut stream, &encode_request(api_key, 0, 11, request)).expect("send");
-    let frame = read_frame(&mut stream).expect("an answer");
-    let mut buf = bytes::Bytes::from(frame);
-    let header = ResponseHeader::decode(&mut buf, Resp::header_version(0)).expect("header");
-    assert_eq!(header.correlation_id, 11);
-    Resp::decode(&mut buf, 0).expect("response")
-}
-
 /// AlterPartitionReassignments for one partition: its error code.
 fn reassign(addr: &str, topic: &str, partition: i32, target: Option<&[i32]>) -> i16 {
     let request = AlterPartitionReassignmentsRequest::default()
@@ -67,7 +51,7 @@ fn reassign(addr: &str, topic: &str, partition: i32, target: Option<&[i32]>) -> 
                     target.map(|t| t.iter().copied().map(BrokerId).collect()),
                 )])]);
     let response: AlterPartitionReassignmentsResponse =
-        call(addr, ApiKey::AlterPartitionReassignments, &request);
+        call(addr, ApiKey::AlterPartitionReassignments, 0, &request);
     assert_eq!(response.error_code, 0, "{response:?}");
     let results: Vec<i16> = response
         .responses
@@ -86,6 +70,7 @@ fn ongoing(addr: &str) -> Ongoing {
     let response: ListPartitionReassignmentsResponse = call(
         addr,
         ApiKey::ListPartitionReassignments,
+        0,
         &ListPartitionReassignmentsRequest::default().with_timeout_ms(30_000),
     );
     assert_eq!(response.error_code, 0, "{response:?}");

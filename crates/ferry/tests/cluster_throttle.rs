@@ -28,9 +28,9 @@ use kafka_protocol::messages::incremental_alter_configs_request::{
 use kafka_protocol::messages::{
     AlterPartitionReassignmentsRequest, AlterPartitionReassignmentsResponse, ApiKey, BrokerId,
     DescribeConfigsRequest, DescribeConfigsResponse, IncrementalAlterConfigsRequest,
-    IncrementalAlterConfigsResponse, ResponseHeader, TopicName,
+    IncrementalAlterConfigsResponse, TopicName,
 };
-use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
+use kafka_protocol::protocol::StrBytes;
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, Producer};
 use reliability::*;
@@ -44,23 +44,6 @@ const RATE: u64 = 512 * 1024;
 const INVALID_CONFIG: i16 = 40;
 const RESOURCE_TOPIC: i8 = 2;
 const RESOURCE_BROKER: i8 = 4;
-
-/// One request and its decoded answer over a raw connection to `addr`.
-fn call<Req: Encodable + HeaderVersion, Resp: Decodable + HeaderVersion>(
-    addr: &str,
-    api_key: ApiKey,
-    version: i16,
-    request: &Req,
-) -> Resp {
-    let mut stream = connect(addr);
-    std::io::Write::write_all(&mut stream, &encode_request(api_key, version, 7, request))
-        .expect("send");
-    let frame = read_frame(&mut stream).expect("an answer");
-    let mut buf = bytes::Bytes::from(frame);
-    let header = ResponseHeader::decode(&mut buf, Resp::header_version(version)).expect("header");
-    assert_eq!(header.correlation_id, 7);
-    Resp::decode(&mut buf, version).expect("response")
-}
 
 fn str_bytes(s: &str) -> StrBytes {
     StrBytes::from_string(s.to_string())

@@ -50,20 +50,6 @@ fn unregister(addr: &str, broker_id: i32) -> (i16, String) {
     )
 }
 
-/// `ferry ARGS --brokers BOOTSTRAP --json`: (success, stdout, stderr).
-fn cli(bootstrap: &str, args: &[&str]) -> (bool, String, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
-        .args(args)
-        .args(["--brokers", bootstrap, "--json"])
-        .output()
-        .expect("run ferry");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 /// `ferry cluster quorum`: (voters, learners), each sorted.
 fn quorum(bootstrap: &str) -> Option<(Vec<i64>, Vec<i64>)> {
     let (ok, out, _) = cli(bootstrap, &["cluster", "quorum"]);

@@ -15,12 +15,10 @@ use cluster_support::*;
 use kafka_protocol::messages::describe_quorum_request::{PartitionData, TopicData};
 use kafka_protocol::messages::{
     AddRaftVoterRequest, AddRaftVoterResponse, ApiKey, DescribeQuorumRequest,
-    DescribeQuorumResponse, RemoveRaftVoterRequest, RemoveRaftVoterResponse, ResponseHeader,
-    TopicName,
+    DescribeQuorumResponse, RemoveRaftVoterRequest, RemoveRaftVoterResponse, TopicName,
 };
-use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
+use kafka_protocol::protocol::StrBytes;
 use rdkafka::producer::{BaseRecord, Producer};
-use reliability::*;
 use serde_json::Value;
 
 const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
@@ -30,51 +28,19 @@ const INCONSISTENT_CLUSTER_ID: i16 = 104;
 const DUPLICATE_VOTER: i16 = 126;
 const VOTER_NOT_FOUND: i16 = 127;
 
-/// One request (v0) and its decoded answer over a raw connection to `addr`.
-fn call<Req: Encodable + HeaderVersion, Resp: Decodable + HeaderVersion>(
-    addr: &str,
-    api_key: ApiKey,
-    request: &Req,
-) -> Resp {
-    let mut stream = connect(addr);
-    stream
-        .set_read_timeout(Some(Duration::from_secs(60)))
-        .expect("read timeout");
-    std::io::Write::write_all(&mut stream, &encode_request(api_key, 0, 7, request)).expect("send");
-    let frame = read_frame(&mut stream).expect("an answer");
-    let mut buf = bytes::Bytes::from(frame);
-    let header = ResponseHeader::decode(&mut buf, Resp::header_version(0)).expect("header");
-    assert_eq!(header.correlation_id, 7);
-    Resp::decode(&mut buf, 0).expect("response")
-}
-
 fn add_voter_code(addr: &str, voter: i32, timeout_ms: i32, cluster_id: Option<&str>) -> i16 {
     let request = AddRaftVoterRequest::default()
         .with_voter_id(voter)
         .with_timeout_ms(timeout_ms)
         .with_cluster_id(cluster_id.map(|c| StrBytes::from_string(c.to_string())));
-    let response: AddRaftVoterResponse = call(addr, ApiKey::AddRaftVoter, &request);
+    let response: AddRaftVoterResponse = call(addr, ApiKey::AddRaftVoter, 0, &request);
     response.error_code
 }
 
 fn remove_voter_code(addr: &str, voter: i32) -> i16 {
     let request = RemoveRaftVoterRequest::default().with_voter_id(voter);
-    let response: RemoveRaftVoterResponse = call(addr, ApiKey::RemoveRaftVoter, &request);
+    let response: RemoveRaftVoterResponse = call(addr, ApiKey::RemoveRaftVoter, 0, &request);
     response.error_code
-}
-
-/// `ferry ARGS --brokers BOOTSTRAP --json`: (success, stdout, stderr).
-fn cli(bootstrap: &str, args: &[&str]) -> (bool, String, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
-        .args(args)
-        .args(["--brokers", bootstrap, "--json"])
-        .output()
-        .expect("run ferry");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 /// `ferry cluster quorum`: (leader, voters, learners, the whole answer).
@@ -146,6 +112,7 @@ fn learners_become_voters_the_first_voter_dies_and_is_removed() {
     let describe_other: DescribeQuorumResponse = call(
         &addr2,
         ApiKey::DescribeQuorum,
+        0,
         &DescribeQuorumRequest::default().with_topics(vec![TopicData::default()
             .with_topic_name(TopicName(StrBytes::from_static_str("other")))
             .with_partitions(vec![PartitionData::default()])]),

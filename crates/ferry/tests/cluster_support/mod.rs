@@ -631,3 +631,65 @@ pub fn check_acked_stored_once(
     );
     stored
 }
+
+/// One request and its decoded answer over a raw connection to `addr` (60 s
+/// read timeout).
+pub fn call<Req, Resp>(
+    addr: &str,
+    api_key: kafka_protocol::messages::ApiKey,
+    version: i16,
+    request: &Req,
+) -> Resp
+where
+    Req: kafka_protocol::protocol::Encodable + kafka_protocol::protocol::HeaderVersion,
+    Resp: kafka_protocol::protocol::Decodable + kafka_protocol::protocol::HeaderVersion,
+{
+    use kafka_protocol::messages::ResponseHeader;
+    use kafka_protocol::protocol::Decodable;
+    let mut stream = connect(addr);
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .expect("read timeout");
+    stream
+        .write_all(&encode_request(api_key, version, 7, request))
+        .expect("send");
+    let frame = read_frame(&mut stream).expect("an answer");
+    let mut buf = bytes::Bytes::from(frame);
+    let header = ResponseHeader::decode(&mut buf, Resp::header_version(version)).expect("header");
+    assert_eq!(header.correlation_id, 7);
+    Resp::decode(&mut buf, version).expect("response")
+}
+
+/// Runs `ferry ARGS --brokers BOOTSTRAP --json`: (success, stdout, stderr).
+pub fn cli(bootstrap: &str, args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(args)
+        .args(["--brokers", bootstrap, "--json"])
+        .output()
+        .expect("run ferry");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Stops brokers 1 to 3, then checks that their replicas of every partition of
+/// `topic` are identical on disk and that every log verifies.
+pub fn stop_and_compare_offline(cluster: &mut Cluster, topic: &str, partitions: i32) {
+    for id in 1..=3 {
+        cluster.node(id).stop();
+    }
+    for p in 0..partitions {
+        let bytes: Vec<(i32, Vec<u8>)> = (1..=3)
+            .map(|id| (id, segment_bytes(&cluster.data_dir(id), topic, p)))
+            .collect();
+        if let Some(difference) = first_difference(&bytes) {
+            panic!("{topic}-{p}: replicas differ offline: {difference}");
+        }
+    }
+    for id in 1..=3 {
+        let (ok, report) = verify(&cluster.data_dir(id));
+        assert!(ok, "node {id}: {report}");
+    }
+}
