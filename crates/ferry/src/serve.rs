@@ -28,6 +28,10 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
 }
 
 async fn serve(settings: Settings) -> anyhow::Result<()> {
+    // Registered first: a SIGTERM that arrives while the data directory is
+    // recovered, or just after the listening line is printed, must still
+    // mean a clean shutdown rather than the default action (death by signal).
+    let signals = Signals::register()?;
     let listener = TcpListener::bind(&settings.kafka_addr)
         .await
         .with_context(|| format!("binding the Kafka listener to {}", settings.kafka_addr))?;
@@ -117,7 +121,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     }
     tracing::info!(%bound, node_id = settings.node_id, "ferry is serving");
 
-    wait_for_signal().await?;
+    signals.wait().await;
     tracing::info!("shutting down");
     http_state.set_stopping();
     let _ = shutdown_tx.send(true);
@@ -134,13 +138,26 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn wait_for_signal() -> anyhow::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+/// SIGTERM and SIGINT, caught from the moment they are registered; one that
+/// arrives before [`Signals::wait`] is kept until then.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn register() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Self {
+            term: signal(SignalKind::terminate()).context("catching SIGTERM")?,
+            int: signal(SignalKind::interrupt()).context("catching SIGINT")?,
+        })
     }
-    Ok(())
+
+    async fn wait(mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+    }
 }

@@ -104,6 +104,20 @@ fn restart_twice_and_empty_topics_survive() {
     assert_eq!(watermarks(&broker, &empty, 2), (0, 0));
 }
 
+/// SIGTERM right after the listening line (the harness restarts as soon as it
+/// sees it) is a clean stop every time: CI once caught a broker that had not
+/// yet installed its handler and died by the signal.
+#[test]
+fn sigterm_right_after_start_stops_cleanly() {
+    let mut broker = Broker::start();
+    let topic = unique_topic("quick");
+    create_topic(&broker, &topic, 1, &[]);
+    for _ in 0..10 {
+        broker.restart();
+    }
+    assert_eq!(partition_count(&broker, &topic), Some(1));
+}
+
 #[test]
 fn kill9_during_acks_all_loses_no_acknowledged_record() {
     let mut broker = Broker::start();
