@@ -385,7 +385,10 @@ fn killed_member_partitions_move_and_only_uncommitted_records_are_redelivered() 
     let sent = produce_values(&broker, &topic, 4, 200, "v");
     // The victim: kafka-python, committing synchronously after each record and
     // printing the value once the commit succeeded.
+    let victim_log = PythonLog::new();
+    let (log_var, log_path) = victim_log.env();
     let mut victim = Command::new(python())
+        .env(log_var, log_path)
         .arg(python_script("groups_member.py"))
         .arg(broker.bootstrap())
         .arg(&topic)
@@ -417,7 +420,11 @@ fn killed_member_partitions_move_and_only_uncommitted_records_are_redelivered() 
     let ok = wait_until(GROUP_DEADLINE, || {
         committed.lock().expect("lock").len() >= 20
     });
-    assert!(ok, "the python member consumed and committed");
+    assert!(
+        ok,
+        "the python member did not commit 20 records; the last lines of its debug log:\n{}",
+        victim_log.tail(150)
+    );
     victim.kill().expect("SIGKILL the member");
     let _ = victim.wait();
     let _ = reader.join();

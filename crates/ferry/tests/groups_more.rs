@@ -184,13 +184,17 @@ fn auto_offset_reset_none_is_an_error_without_a_committed_offset() {
 
 struct PythonMember {
     child: Child,
+    log: PythonLog,
     assigned: Arc<Mutex<Option<BTreeSet<i32>>>>,
     got: Arc<Mutex<Vec<String>>>,
 }
 
 impl PythonMember {
     fn start(broker: &Broker, topic: &str, group: &str) -> PythonMember {
+        let log = PythonLog::new();
+        let (log_var, log_path) = log.env();
         let mut child = Command::new(python())
+            .env(log_var, log_path)
             .arg(python_script("groups_consume.py"))
             .arg(broker.bootstrap())
             .arg(topic)
@@ -227,6 +231,7 @@ impl PythonMember {
         }
         PythonMember {
             child,
+            log,
             assigned,
             got,
         }
@@ -266,6 +271,12 @@ fn three_kafka_python_members_consume_every_record_once() {
             .iter()
             .map(|m| m.assigned.lock().expect("lock").clone())
             .collect();
+        for (i, m) in members.iter().enumerate() {
+            eprintln!(
+                "--- kafka-python member {i}: last lines of its debug log ---\n{}",
+                m.log.tail(150)
+            );
+        }
         panic!("the kafka-python group never balanced; the members' last assignments: {seen:?}");
     }
 

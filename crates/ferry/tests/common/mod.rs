@@ -884,6 +884,38 @@ pub fn python_script(name: &str) -> PathBuf {
         .join(name)
 }
 
+/// A file for a kafka-python script's debug log (the scripts write it when
+/// `FERRY_PY_LOG` names it); a test prints its tail when it fails.
+pub struct PythonLog {
+    file: tempfile::NamedTempFile,
+}
+
+impl PythonLog {
+    pub fn new() -> PythonLog {
+        PythonLog {
+            file: tempfile::NamedTempFile::new().expect("a temp file for the python log"),
+        }
+    }
+
+    /// The environment variable that tells the script where to log.
+    pub fn env(&self) -> (&'static str, &Path) {
+        ("FERRY_PY_LOG", self.file.path())
+    }
+
+    /// The last `lines` lines written so far.
+    pub fn tail(&self, lines: usize) -> String {
+        let all = std::fs::read_to_string(self.file.path()).unwrap_or_default();
+        let all: Vec<&str> = all.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+}
+
+impl Default for PythonLog {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// The `kcat` program; panics with instructions when it is missing.
 pub fn kcat() -> PathBuf {
     let path = std::env::var_os("PATH").unwrap_or_default();

@@ -25,10 +25,13 @@ class Listener(ConsumerRebalanceListener):
 
 
 def main():
-    # FERRY_PY_DEBUG=1: kafka-python's own debug log on stderr (to see what a
-    # member that goes silent is waiting for).
-    if os.environ.get("FERRY_PY_DEBUG"):
-        logging.basicConfig(level=logging.DEBUG, format="%(asctime)s %(name)s %(message)s")
+    # FERRY_PY_LOG=FILE: kafka-python's own debug log goes to FILE, which the
+    # test prints if it fails (to see what a member that went silent waited for).
+    log_file = os.environ.get("FERRY_PY_LOG")
+    if log_file:
+        logging.basicConfig(
+            filename=log_file, level=logging.DEBUG, format="%(asctime)s %(threadName)s %(name)s %(message)s"
+        )
     bootstrap, topic, group, seconds = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
     consumer = KafkaConsumer(
         bootstrap_servers=bootstrap,
