@@ -76,6 +76,9 @@ pub struct LeaderRebalance {
 
 pub struct Controller {
     quorum: Weak<MetadataQuorum>,
+    /// This node's own cluster id, which it proposes for the whole cluster
+    /// when it is the first active controller.
+    cluster_id: String,
     session_timeout: Duration,
     /// The broker setting `unclean.leader.election.enable` (topics may override it).
     unclean_election: bool,
@@ -101,12 +104,14 @@ struct ControllerState {
 impl Controller {
     pub fn new(
         quorum: &Arc<MetadataQuorum>,
+        cluster_id: String,
         session_timeout: Duration,
         unclean_election: bool,
         rebalance: Option<LeaderRebalance>,
     ) -> Arc<Controller> {
         Arc::new(Controller {
             quorum: Arc::downgrade(quorum),
+            cluster_id,
             session_timeout,
             unclean_election,
             rebalance,
@@ -132,7 +137,8 @@ impl Controller {
         }
     }
 
-    /// Fences brokers whose session expired, moving their leaderships, and
+    /// Sets the cluster id once (this node's own, if none is set yet), fences
+    /// brokers whose session expired, moving their leaderships, and
     /// every `leader.imbalance.check.interval.seconds` moves leaderships back to
     /// preferred replicas. Called periodically on every voter; does nothing
     /// unless this node leads.
@@ -184,6 +190,18 @@ impl Controller {
                 .collect();
             (expired, rebalance_due)
         };
+        if quorum.image().cluster_id.is_none() {
+            let _decision = self.decisions.lock().await;
+            if quorum.image().cluster_id.is_none() {
+                let records = vec![MetadataRecord::ClusterIdSet {
+                    cluster_id: self.cluster_id.clone(),
+                }];
+                match quorum.propose_as(leadership, records).await {
+                    Ok(_) => tracing::info!(cluster_id = %self.cluster_id, "the cluster id is set"),
+                    Err(e) => tracing::warn!(error = %e, "could not set the cluster id"),
+                }
+            }
+        }
         for node_id in expired {
             let _decision = self.decisions.lock().await;
             if quorum.leadership() != Some(leadership) {

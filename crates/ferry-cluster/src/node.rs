@@ -99,13 +99,20 @@ impl ClusterNode {
                     imbalance_percentage: static_config
                         .long("leader.imbalance.per.broker.percentage"),
                 });
+        let own_cluster_id =
+            ferry_core::broker::load_or_create_cluster_id(&options.data_dir, node_id)
+                .map_err(|e| QuorumError::Config(e.to_string()))?;
         let controller = Controller::new(
             &quorum,
+            own_cluster_id,
             session_timeout,
             static_config.bool("unclean.leader.election.enable"),
             rebalance,
         );
         quorum.set_handler(controller.clone());
+        // Ticking before the broker opens: a first controller sets the cluster
+        // id, which the broker should report from its first answer on.
+        let ticks = tokio::spawn(controller_ticks(controller));
 
         let store = Arc::new(QuorumStore {
             quorum: Arc::downgrade(&quorum),
@@ -143,7 +150,7 @@ impl ClusterNode {
                 heartbeat_interval,
                 session_timeout,
             )),
-            tokio::spawn(controller_ticks(controller)),
+            ticks,
             tokio::spawn(shrink_isr(broker.clone())),
         ];
         Ok(ClusterNode {
@@ -181,15 +188,30 @@ impl ClusterNode {
 /// applied it, it has applied everything before it. Without a quorum to commit
 /// it (this node cannot reach a majority), the local image after the request
 /// timeout.
+/// A cluster's first start also waits (a few seconds at most) for the first
+/// controller to set the cluster id.
 async fn caught_up_image(quorum: &Arc<MetadataQuorum>) -> Arc<MetadataImage> {
-    match quorum.propose(Vec::new()).await {
+    let image = match quorum.propose(Vec::new()).await {
         Ok(image) => image,
         Err(e) => {
             tracing::warn!(error = %e, "could not catch up with the metadata quorum; starting from the local metadata log");
-            quorum.image()
+            return quorum.image();
         }
+    };
+    if image.cluster_id.is_some() {
+        return image;
+    }
+    let mut images = quorum.subscribe();
+    let with_id =
+        tokio::time::timeout(CLUSTER_ID_WAIT, images.wait_for(|i| i.cluster_id.is_some())).await;
+    match with_id {
+        Ok(Ok(image)) => image.clone(),
+        _ => quorum.image(),
     }
 }
+
+/// How long a node starting a new cluster waits for its cluster id.
+const CLUSTER_ID_WAIT: Duration = Duration::from_secs(5);
 
 /// Applies every image the quorum commits to the broker and its fetchers.
 async fn watch_images(

@@ -423,6 +423,9 @@ pub(crate) struct ImageState {
     #[serde(default)]
     node_broker_configs: BTreeMap<i32, BTreeMap<String, String>>,
     producer_ids_end: i64,
+    /// Snapshots written before the quorum kept a cluster id have none.
+    #[serde(default)]
+    cluster_id: Option<String>,
     offset: u64,
 }
 
@@ -468,6 +471,7 @@ impl ImageState {
             node_broker_configs,
             fenced_brokers,
             producer_ids_end,
+            cluster_id,
             offset,
         } = image;
         ImageState {
@@ -537,6 +541,7 @@ impl ImageState {
             fenced_brokers: fenced_brokers.clone(),
             node_broker_configs: node_broker_configs.clone(),
             producer_ids_end: *producer_ids_end,
+            cluster_id: cluster_id.clone(),
             offset: *offset,
         }
     }
@@ -591,6 +596,7 @@ impl ImageState {
             node_broker_configs: self.node_broker_configs,
             fenced_brokers: self.fenced_brokers,
             producer_ids_end: self.producer_ids_end,
+            cluster_id: self.cluster_id,
             offset: self.offset,
         }
     }

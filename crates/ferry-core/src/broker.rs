@@ -91,7 +91,8 @@ pub struct Broker {
     /// would corrupt it.
     _dir_lock: std::fs::File,
     options: BrokerOptions,
-    cluster_id: String,
+    /// From `meta.properties`; in a cluster, replaced by the quorum's.
+    cluster_id: RwLock<String>,
     clock: Arc<dyn Clock>,
     static_config: BrokerConfig,
     image: RwLock<Arc<MetadataImage>>,
@@ -185,7 +186,7 @@ impl Broker {
         let group_config = GroupConfig::from_broker(&static_config);
         let broker = Arc::new_cyclic(|me| Broker {
             options,
-            cluster_id,
+            cluster_id: RwLock::new(cluster_id),
             groups: GroupCoordinator::new(
                 Arc::new(BrokerGroupStorage::new(me.clone())),
                 clock.clone(),
@@ -217,9 +218,25 @@ impl Broker {
         Ok(broker)
     }
 
-    /// The cluster id, created with the data directory (`meta.properties`).
-    pub fn cluster_id(&self) -> &str {
-        &self.cluster_id
+    /// The cluster id: created with the data directory (`meta.properties`);
+    /// in a cluster, the one the metadata quorum agreed on.
+    pub fn cluster_id(&self) -> String {
+        self.cluster_id.read().clone()
+    }
+
+    /// Takes the quorum's cluster id when it differs from this node's, and
+    /// keeps it in `meta.properties`.
+    fn adopt_cluster_id(&self, image: &MetadataImage) -> Result<(), CoreError> {
+        let Some(id) = &image.cluster_id else {
+            return Ok(());
+        };
+        if *self.cluster_id.read() == *id {
+            return Ok(());
+        }
+        write_cluster_id(&self.options.data_dir, id, self.options.node_id)?;
+        tracing::info!(cluster_id = %id, "taking the metadata quorum's cluster id");
+        *self.cluster_id.write() = id.clone();
+        Ok(())
     }
 
     pub fn node_id(&self) -> i32 {
@@ -534,6 +551,7 @@ impl Broker {
             return Ok(());
         }
         *self.image.write() = image.clone();
+        self.adopt_cluster_id(&image)?;
         let me = self.options.node_id;
         // Topics deleted: their replicas and files go.
         for (id, name) in &old.topic_names {
@@ -1235,7 +1253,7 @@ fn lock_data_dir(data_dir: &Path) -> Result<std::fs::File, CoreError> {
 }
 
 /// Reads the cluster id from `meta.properties`, writing a new one on first start.
-fn load_or_create_cluster_id(data_dir: &Path, node_id: i32) -> Result<String, CoreError> {
+pub fn load_or_create_cluster_id(data_dir: &Path, node_id: i32) -> Result<String, CoreError> {
     let path = data_dir.join("meta.properties");
     if let Ok(text) = std::fs::read_to_string(&path) {
         if let Some(id) = text.lines().find_map(|l| l.strip_prefix("cluster.id=")) {
@@ -1244,10 +1262,15 @@ fn load_or_create_cluster_id(data_dir: &Path, node_id: i32) -> Result<String, Co
     }
     // Kafka's cluster ids are base64 of 16 random bytes; a uuid's simple form serves.
     let id = Uuid::new_v4().simple().to_string();
-    let text = format!("version=1\ncluster.id={id}\nnode.id={node_id}\n");
-    crate::partition::write_atomically(&path, text.as_bytes())
-        .map_err(|e| CoreError::Storage(e.to_string()))?;
+    write_cluster_id(data_dir, &id, node_id)?;
     Ok(id)
+}
+
+fn write_cluster_id(data_dir: &Path, id: &str, node_id: i32) -> Result<(), CoreError> {
+    std::fs::create_dir_all(data_dir).map_err(|e| CoreError::Storage(e.to_string()))?;
+    let text = format!("version=1\ncluster.id={id}\nnode.id={node_id}\n");
+    crate::partition::write_atomically(&data_dir.join("meta.properties"), text.as_bytes())
+        .map_err(|e| CoreError::Storage(e.to_string()))
 }
 
 /// Kafka's topic name rules.

@@ -111,6 +111,12 @@ pub enum MetadataRecord {
     BrokerUnregistered {
         node_id: i32,
     },
+    /// The cluster's id, which every node reports to clients and keeps in its
+    /// `meta.properties`: proposed once by the first active controller (its
+    /// own id); the first one committed wins.
+    ClusterIdSet {
+        cluster_id: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -184,6 +190,9 @@ pub struct MetadataImage {
     pub fenced_brokers: std::collections::BTreeSet<i32>,
     /// End of the last reserved block of producer ids.
     pub producer_ids_end: i64,
+    /// The cluster id the quorum agreed on (never set on a single node, whose
+    /// id is its data directory's).
+    pub cluster_id: Option<String>,
     /// Records applied so far.
     pub offset: u64,
 }
@@ -363,6 +372,12 @@ impl MetadataImage {
             MetadataRecord::BrokerUnregistered { node_id } => {
                 self.brokers.remove(node_id);
                 self.fenced_brokers.remove(node_id);
+            }
+            MetadataRecord::ClusterIdSet { cluster_id } => {
+                // Two controllers in a row may both propose one: the first stays.
+                if self.cluster_id.is_none() {
+                    self.cluster_id = Some(cluster_id.clone());
+                }
             }
             MetadataRecord::PartitionChanged {
                 topic_id,
@@ -960,6 +975,7 @@ mod round_trips {
             id.prop_map(|topic_id| MetadataRecord::TopicDeleted { topic_id }),
             any::<i64>().prop_map(|end| MetadataRecord::ProducerIdsAllocated { end }),
             any::<i32>().prop_map(|node_id| MetadataRecord::BrokerUnregistered { node_id }),
+            name().prop_map(|cluster_id| MetadataRecord::ClusterIdSet { cluster_id }),
             (any::<i32>(), ids.clone(), ids.clone(), ids).prop_map(
                 |(partition, replicas, adding, removing)| {
                     MetadataRecord::PartitionReassignment {
@@ -972,6 +988,19 @@ mod round_trips {
                 }
             ),
         ]
+    }
+
+    #[test]
+    fn the_first_cluster_id_committed_stays() {
+        let mut image = MetadataImage::default();
+        assert_eq!(image.cluster_id, None);
+        image.apply(&MetadataRecord::ClusterIdSet {
+            cluster_id: "first".into(),
+        });
+        image.apply(&MetadataRecord::ClusterIdSet {
+            cluster_id: "second".into(),
+        });
+        assert_eq!(image.cluster_id.as_deref(), Some("first"));
     }
 
     proptest! {

@@ -203,3 +203,68 @@ fn a_follower_behind_the_leaders_log_start_restarts_there_and_rejoins() {
         assert!(ok, "node {id}: {report}");
     }
 }
+
+/// The cluster id every node of the cluster reports (Metadata), or why not:
+/// one that does not answer, or two that differ.
+fn common_cluster_id(cluster: &Cluster) -> Result<String, String> {
+    let ids: Vec<Option<String>> = cluster
+        .nodes
+        .values()
+        .map(|n| raw_metadata(&n.addr, &[]).and_then(|m| m.cluster_id.map(|c| c.to_string())))
+        .collect();
+    match ids.first() {
+        Some(Some(first)) if ids.iter().all(|i| i.as_ref() == Some(first)) => Ok(first.clone()),
+        _ => Err(format!("{ids:?}")),
+    }
+}
+
+fn meta_properties_cluster_id(dir: &std::path::Path) -> Option<String> {
+    std::fs::read_to_string(dir.join("meta.properties"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("cluster.id=").map(str::to_string))
+}
+
+/// Every node reports one cluster id, the quorum's, keeps it in its
+/// `meta.properties`, and still reports it after a restart; a broker that
+/// joins later takes it too.
+#[test]
+fn every_node_reports_the_same_cluster_id_across_restarts() {
+    let mut cluster = Cluster::start(3);
+    let mut last = String::new();
+    let end = Instant::now() + Duration::from_secs(30);
+    let id = loop {
+        match common_cluster_id(&cluster) {
+            Ok(id) => break id,
+            Err(seen) if Instant::now() < end => {
+                last = seen;
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Err(seen) => panic!("the nodes never agreed on a cluster id: {seen} (before: {last})"),
+        }
+    };
+    for node in 1..=3 {
+        assert_eq!(
+            meta_properties_cluster_id(&cluster.data_dir(node)).as_deref(),
+            Some(id.as_str()),
+            "node {node}'s meta.properties"
+        );
+    }
+    cluster.node(2).kill9();
+    cluster.node(2).restart();
+    cluster.add_broker(4);
+    let ids: Vec<(i32, Option<String>)> = cluster
+        .nodes
+        .iter()
+        .map(|(n, p)| {
+            (
+                *n,
+                raw_metadata(&p.addr, &[]).and_then(|m| m.cluster_id.map(|c| c.to_string())),
+            )
+        })
+        .collect();
+    assert!(
+        ids.iter().all(|(_, i)| i.as_deref() == Some(id.as_str())),
+        "after a restart and a new broker, expected {id} everywhere: {ids:?}"
+    );
+}

@@ -74,7 +74,7 @@ pub async fn handle(
         .collect();
     response
         .with_endpoint_type(ENDPOINT_BROKER)
-        .with_cluster_id(StrBytes::from_string(broker.cluster_id().to_string()))
+        .with_cluster_id(StrBytes::from_string(broker.cluster_id()))
         .with_controller_id(BrokerId(broker.controller_id()))
         .with_brokers(brokers)
         .with_cluster_authorized_operations(operations)

@@ -86,7 +86,7 @@ pub async fn handle(ctx: &RequestContext, version: i16, req: MetadataRequest) ->
         .collect();
     MetadataResponse::default()
         .with_brokers(brokers)
-        .with_cluster_id(Some(StrBytes::from_string(broker.cluster_id().to_string())))
+        .with_cluster_id(Some(StrBytes::from_string(broker.cluster_id())))
         .with_controller_id(BrokerId(broker.controller_id()))
         .with_topics(topics)
         .with_cluster_authorized_operations(i32::MIN)
