@@ -100,8 +100,9 @@ impl ClusterNode {
                         .long("leader.imbalance.per.broker.percentage"),
                 });
         let own_cluster_id =
-            ferry_core::broker::load_or_create_cluster_id(&options.data_dir, node_id)
-                .map_err(|e| QuorumError::Config(e.to_string()))?;
+            ferry_core::broker::ClusterId::load_or_create(&options.data_dir, node_id)
+                .map_err(|e| QuorumError::Config(e.to_string()))?
+                .id;
         let controller = Controller::new(
             &quorum,
             own_cluster_id,

@@ -92,7 +92,7 @@ pub struct Broker {
     _dir_lock: std::fs::File,
     options: BrokerOptions,
     /// From `meta.properties`; in a cluster, replaced by the quorum's.
-    cluster_id: RwLock<String>,
+    cluster_id: RwLock<ClusterId>,
     clock: Arc<dyn Clock>,
     static_config: BrokerConfig,
     image: RwLock<Arc<MetadataImage>>,
@@ -182,7 +182,7 @@ impl Broker {
         image: Arc<MetadataImage>,
     ) -> Result<Arc<Broker>, CoreError> {
         let static_config = BrokerConfig::new(options.configs.clone())?;
-        let cluster_id = load_or_create_cluster_id(&options.data_dir, options.node_id)?;
+        let cluster_id = ClusterId::load_or_create(&options.data_dir, options.node_id)?;
         let group_config = GroupConfig::from_broker(&static_config);
         let broker = Arc::new_cyclic(|me| Broker {
             options,
@@ -221,21 +221,35 @@ impl Broker {
     /// The cluster id: created with the data directory (`meta.properties`);
     /// in a cluster, the one the metadata quorum agreed on.
     pub fn cluster_id(&self) -> String {
-        self.cluster_id.read().clone()
+        self.cluster_id.read().id.clone()
     }
 
-    /// Takes the quorum's cluster id when it differs from this node's, and
-    /// keeps it in `meta.properties`.
+    /// Takes the quorum's cluster id when this node has not agreed to one yet,
+    /// and keeps it in `meta.properties`. A data directory that already
+    /// agreed to another cluster's id is refused, as Kafka refuses an
+    /// inconsistent cluster id: its partitions are another cluster's.
     fn adopt_cluster_id(&self, image: &MetadataImage) -> Result<(), CoreError> {
         let Some(id) = &image.cluster_id else {
             return Ok(());
         };
-        if *self.cluster_id.read() == *id {
-            return Ok(());
+        let current = self.cluster_id.read().clone();
+        if current.agreed {
+            if current.id == *id {
+                return Ok(());
+            }
+            return Err(CoreError::Storage(format!(
+                "{} belongs to cluster {}, but the metadata quorum is cluster {id}",
+                self.options.data_dir.display(),
+                current.id
+            )));
         }
-        write_cluster_id(&self.options.data_dir, id, self.options.node_id)?;
+        let agreed = ClusterId {
+            id: id.clone(),
+            agreed: true,
+        };
+        agreed.write(&self.options.data_dir, self.options.node_id)?;
         tracing::info!(cluster_id = %id, "taking the metadata quorum's cluster id");
-        *self.cluster_id.write() = id.clone();
+        *self.cluster_id.write() = agreed;
         Ok(())
     }
 
@@ -550,8 +564,8 @@ impl Broker {
         if image.offset < old.offset {
             return Ok(());
         }
-        *self.image.write() = image.clone();
         self.adopt_cluster_id(&image)?;
+        *self.image.write() = image.clone();
         let me = self.options.node_id;
         // Topics deleted: their replicas and files go.
         for (id, name) in &old.topic_names {
@@ -1252,25 +1266,48 @@ fn lock_data_dir(data_dir: &Path) -> Result<std::fs::File, CoreError> {
     Ok(file)
 }
 
-/// Reads the cluster id from `meta.properties`, writing a new one on first start.
-pub fn load_or_create_cluster_id(data_dir: &Path, node_id: i32) -> Result<String, CoreError> {
-    let path = data_dir.join("meta.properties");
-    if let Ok(text) = std::fs::read_to_string(&path) {
-        if let Some(id) = text.lines().find_map(|l| l.strip_prefix("cluster.id=")) {
-            return Ok(id.trim().to_string());
-        }
-    }
-    // Kafka's cluster ids are base64 of 16 random bytes; a uuid's simple form serves.
-    let id = Uuid::new_v4().simple().to_string();
-    write_cluster_id(data_dir, &id, node_id)?;
-    Ok(id)
+/// The cluster id in `meta.properties`, and whether a metadata quorum agreed
+/// to it (`ferry.cluster.id.agreed=true`; a new data directory's random id has
+/// not, and is replaced by the quorum's when the node first joins one).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClusterId {
+    pub id: String,
+    pub agreed: bool,
 }
 
-fn write_cluster_id(data_dir: &Path, id: &str, node_id: i32) -> Result<(), CoreError> {
-    std::fs::create_dir_all(data_dir).map_err(|e| CoreError::Storage(e.to_string()))?;
-    let text = format!("version=1\ncluster.id={id}\nnode.id={node_id}\n");
-    crate::partition::write_atomically(&data_dir.join("meta.properties"), text.as_bytes())
-        .map_err(|e| CoreError::Storage(e.to_string()))
+impl ClusterId {
+    const AGREED: &'static str = "ferry.cluster.id.agreed=true";
+
+    /// Reads `meta.properties`, writing a new random id on first start.
+    pub fn load_or_create(data_dir: &Path, node_id: i32) -> Result<ClusterId, CoreError> {
+        let path = data_dir.join("meta.properties");
+        if let Ok(text) = std::fs::read_to_string(&path) {
+            if let Some(id) = text.lines().find_map(|l| l.strip_prefix("cluster.id=")) {
+                return Ok(ClusterId {
+                    id: id.trim().to_string(),
+                    agreed: text.lines().any(|l| l.trim() == Self::AGREED),
+                });
+            }
+        }
+        // Kafka's cluster ids are base64 of 16 random bytes; a uuid's simple form serves.
+        let new = ClusterId {
+            id: Uuid::new_v4().simple().to_string(),
+            agreed: false,
+        };
+        new.write(data_dir, node_id)?;
+        Ok(new)
+    }
+
+    fn write(&self, data_dir: &Path, node_id: i32) -> Result<(), CoreError> {
+        std::fs::create_dir_all(data_dir).map_err(|e| CoreError::Storage(e.to_string()))?;
+        let mut text = format!("version=1\ncluster.id={}\nnode.id={node_id}\n", self.id);
+        if self.agreed {
+            text.push_str(Self::AGREED);
+            text.push('\n');
+        }
+        crate::partition::write_atomically(&data_dir.join("meta.properties"), text.as_bytes())
+            .map_err(|e| CoreError::Storage(e.to_string()))
+    }
 }
 
 /// Kafka's topic name rules.

@@ -227,7 +227,8 @@ fn meta_properties_cluster_id(dir: &std::path::Path) -> Option<String> {
 
 /// Every node reports one cluster id, the quorum's, keeps it in its
 /// `meta.properties`, and still reports it after a restart; a broker that
-/// joins later takes it too.
+/// joins later takes it too. A data directory that agreed to another
+/// cluster's id is refused rather than joined.
 #[test]
 fn every_node_reports_the_same_cluster_id_across_restarts() {
     let mut cluster = Cluster::start(3);
@@ -267,4 +268,18 @@ fn every_node_reports_the_same_cluster_id_across_restarts() {
         ids.iter().all(|(_, i)| i.as_deref() == Some(id.as_str())),
         "after a restart and a new broker, expected {id} everywhere: {ids:?}"
     );
+
+    // Node 3's directory, as if it belonged to another cluster.
+    cluster.node(3).kill9();
+    let meta = cluster.data_dir(3).join("meta.properties");
+    let text = std::fs::read_to_string(&meta).expect("meta.properties");
+    assert!(text.contains("ferry.cluster.id.agreed=true"), "{text}");
+    std::fs::write(&meta, text.replace(&id, "someotherclusterid")).expect("rewrite");
+    match cluster.node(3).try_restart() {
+        Ok(()) => panic!("a node of another cluster joined this one"),
+        Err(e) => assert!(
+            e.contains("belongs to cluster someotherclusterid"),
+            "unexpected failure: {e}"
+        ),
+    }
 }

@@ -130,6 +130,15 @@ impl Proc {
         }
     }
 
+    /// One attempt to start again on the same data dir and address, for a start
+    /// that is meant to fail: the failure, with the broker's stderr.
+    pub fn try_restart(&mut self) -> Result<(), String> {
+        assert!(self.child.is_none(), "restart of a running broker");
+        let addr = self.addr.clone();
+        self.try_spawn(addr)
+            .map_err(|e| format!("{e}\n--- broker stderr ---\n{}", self.stderr_tail(20)))
+    }
+
     /// Starts again on the same data dir and the same address (retrying while the
     /// port is still held by a socket of the killed process).
     pub fn restart(&mut self) {
