@@ -93,6 +93,9 @@ pub struct Broker {
     options: BrokerOptions,
     /// From `meta.properties`; in a cluster, replaced by the quorum's.
     cluster_id: RwLock<ClusterId>,
+    /// High watermarks of the last checkpoint before this start, handed to
+    /// each replica as it opens.
+    checkpointed_hws: Mutex<HashMap<TopicPartition, i64>>,
     clock: Arc<dyn Clock>,
     static_config: BrokerConfig,
     image: RwLock<Arc<MetadataImage>>,
@@ -183,10 +186,12 @@ impl Broker {
     ) -> Result<Arc<Broker>, CoreError> {
         let static_config = BrokerConfig::new(options.configs.clone())?;
         let cluster_id = ClusterId::load_or_create(&options.data_dir, options.node_id)?;
+        let checkpointed_hws = crate::hw_checkpoint::read(&options.data_dir);
         let group_config = GroupConfig::from_broker(&static_config);
         let broker = Arc::new_cyclic(|me| Broker {
             options,
             cluster_id: RwLock::new(cluster_id),
+            checkpointed_hws: Mutex::new(checkpointed_hws),
             groups: GroupCoordinator::new(
                 Arc::new(BrokerGroupStorage::new(me.clone())),
                 clock.clone(),
@@ -716,6 +721,9 @@ impl Broker {
             leader_epoch,
             self.now_ms(),
         )?);
+        if let Some(hw) = self.checkpointed_hws.lock().remove(&tp) {
+            p.restore_high_watermark(hw);
+        }
         self.partitions.write().insert(tp, p.clone());
         Ok(p)
     }
@@ -1179,6 +1187,10 @@ impl Broker {
         ));
         let mut next_retention = 0i64;
         let mut next_compaction = 0i64;
+        let mut next_hw_checkpoint = self.now_ms()
+            + self
+                .config()
+                .long("replica.high.watermark.checkpoint.interval.ms");
         loop {
             let config = self.config();
             let flush_interval = config
@@ -1198,6 +1210,16 @@ impl Broker {
                     if let Err(e) = p.flush_to(p.log_end_offset() - 1, now).await {
                         tracing::warn!(partition = %p.tp, error = %e, "scheduled flush failed");
                     }
+                }
+            }
+            if now >= next_hw_checkpoint {
+                next_hw_checkpoint =
+                    now + config.long("replica.high.watermark.checkpoint.interval.ms");
+                let broker = self.clone();
+                if let Err(e) =
+                    tokio::task::spawn_blocking(move || broker.checkpoint_high_watermarks()).await
+                {
+                    tracing::warn!(error = %e, "the high-watermark checkpoint failed");
                 }
             }
             let retention_due = now >= next_retention;
@@ -1240,7 +1262,21 @@ impl Broker {
     }
 
     /// Flushes and closes every partition.
+    /// Writes every replica's high watermark to the checkpoint file.
+    pub fn checkpoint_high_watermarks(&self) {
+        let mut entries: Vec<(TopicPartition, i64)> = self
+            .partitions()
+            .iter()
+            .map(|p| (p.tp.clone(), p.high_watermark()))
+            .collect();
+        entries.sort();
+        if let Err(e) = crate::hw_checkpoint::write(&self.options.data_dir, &entries) {
+            tracing::warn!(error = %e, "could not write the high-watermark checkpoint");
+        }
+    }
+
     pub fn shutdown(&self) {
+        self.checkpoint_high_watermarks();
         for p in self.partitions() {
             if let Err(e) = p.close() {
                 tracing::warn!(partition = %p.tp, error = %e, "closing partition");

@@ -330,6 +330,14 @@ pub const BROKER_CONFIGS: &[ConfigDef] = &[
         "How often a cluster broker heartbeats to the active controller.",
     ),
     def(
+        "replica.high.watermark.checkpoint.interval.ms",
+        ConfigType::Long,
+        "5000",
+        1,
+        &[],
+        "How often every replica's high watermark is written to the data directory's replication-offset-checkpoint.",
+    ),
+    def(
         "replica.lag.time.max.ms",
         ConfigType::Long,
         "30000",

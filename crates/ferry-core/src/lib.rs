@@ -19,6 +19,7 @@ pub mod cluster;
 pub mod config;
 pub mod error;
 pub mod group;
+pub mod hw_checkpoint;
 pub mod metadata;
 pub mod metrics;
 pub mod partition;

@@ -159,6 +159,9 @@ pub struct Partition {
     first_unstable_offset: AtomicI64,
     /// Base of the active segment when the last producer snapshot was written.
     snapshot_segment_base: AtomicI64,
+    /// The high watermark of the last checkpoint before this start
+    /// (`i64::MIN`: none), where a replica's first role starts it.
+    checkpointed_high_watermark: AtomicI64,
 }
 
 impl std::fmt::Debug for Partition {
@@ -216,12 +219,31 @@ impl Partition {
             producers: Mutex::new(producers),
             first_unstable_offset: AtomicI64::new(first_unstable),
             snapshot_segment_base: AtomicI64::new(-1),
+            checkpointed_high_watermark: AtomicI64::new(i64::MIN),
         };
         Ok(partition)
     }
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// The high watermark checkpointed before this start (see
+    /// `hw_checkpoint`): the replica's first role as leader or follower starts
+    /// from it rather than from the log start.
+    pub fn restore_high_watermark(&self, hw: i64) {
+        self.checkpointed_high_watermark
+            .store(hw, Ordering::Release);
+    }
+
+    /// Where a just-opened replica's high watermark starts: the checkpointed
+    /// one, within the recovered log (a crash may have lost an unflushed
+    /// tail), or the log start without one.
+    fn starting_high_watermark(&self) -> i64 {
+        let start = self.log.log_start_offset();
+        self.checkpointed_high_watermark
+            .load(Ordering::Acquire)
+            .clamp(start, self.log.log_end_offset().max(start))
     }
 
     pub fn log(&self) -> &Log {
@@ -809,7 +831,7 @@ impl Partition {
             }
             previous => {
                 let high_watermark = if just_opened(previous) {
-                    self.log.log_start_offset()
+                    self.starting_high_watermark()
                 } else {
                     self.high_watermark()
                 };
@@ -851,9 +873,9 @@ impl Partition {
         }
         let mut role = self.role.lock();
         if just_opened(&role) {
-            // No high watermark of its own yet (see `become_leader`): the leader's
-            // fetch responses give it one.
-            self.publish_high_watermark(self.log.log_start_offset());
+            // The checkpointed high watermark, or none yet (see `become_leader`):
+            // the leader's fetch responses move it.
+            self.publish_high_watermark(self.starting_high_watermark());
         }
         *role = Role::Follower { leader_id };
         drop(role);
@@ -1669,6 +1691,43 @@ mod tests {
         assert_eq!((p.isr(), p.in_sync_count(), p.leader_id()), (vec![1], 1, 1));
         assert!(p.replicated_to(2) && !p.replicated_to(3));
         assert_eq!(p.maybe_shrink_isr(1 << 40, 30_000), None);
+    }
+
+    #[test]
+    fn a_reopened_replica_starts_from_the_checkpointed_high_watermark_within_its_log() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let p = leader(dir.path(), 1, &[1], &[1]);
+            p.append(batch(Compression::None, &["a", "b", "c", "d"]), 5_000)
+                .expect("append");
+            p.close().expect("close");
+        }
+        // (checkpoint, first role) -> where the high watermark starts.
+        for (checkpoint, as_leader, expected) in [
+            (None, true, 0),
+            (Some(2), true, 2),
+            (Some(9), true, 4),
+            (None, false, 0),
+            (Some(3), false, 3),
+            (Some(9), false, 4),
+        ] {
+            let p = open(dir.path(), config(&[]));
+            if let Some(hw) = checkpoint {
+                p.restore_high_watermark(hw);
+            }
+            if as_leader {
+                p.become_leader(1, 2, vec![1, 2], vec![1, 2], 5_000)
+                    .expect("lead");
+            } else {
+                p.become_follower(2, 2).expect("follow");
+            }
+            assert_eq!(
+                p.high_watermark(),
+                expected,
+                "checkpoint {checkpoint:?}, leader {as_leader}"
+            );
+            p.close().expect("close");
+        }
     }
 
     #[tokio::test]
