@@ -86,6 +86,29 @@ pub enum BrokerConfigScope {
     ThisNode,
 }
 
+/// A log directory, as DescribeLogDirs reports it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogDirReport {
+    pub path: PathBuf,
+    /// The file system's size and the space left to unprivileged writers
+    /// (`None` when it cannot be asked).
+    pub total_bytes: Option<u64>,
+    pub usable_bytes: Option<u64>,
+    /// Every replica in the directory, in topic and partition order.
+    pub replicas: Vec<ReplicaReport>,
+}
+
+/// One replica in a log directory.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReplicaReport {
+    pub tp: TopicPartition,
+    /// Bytes of its segments on disk.
+    pub size_bytes: u64,
+    /// How far its log end is behind the high watermark (Kafka's offset lag:
+    /// 0 on a leader).
+    pub offset_lag: i64,
+}
+
 pub struct Broker {
     /// Held while the broker runs: a second process on the same data directory
     /// would corrupt it.
@@ -1262,6 +1285,34 @@ impl Broker {
     }
 
     /// Flushes and closes every partition.
+    /// This broker's log directory as DescribeLogDirs reports it: its path,
+    /// the file system's size and free space, and every replica in it with its
+    /// size on disk and how far its log end is behind the high watermark.
+    pub fn describe_log_dir(&self) -> LogDirReport {
+        let dir = &self.options.data_dir;
+        let space = rustix::fs::statvfs(dir).ok();
+        let mut replicas: Vec<ReplicaReport> = self
+            .partitions()
+            .iter()
+            .map(|p| ReplicaReport {
+                tp: p.tp.clone(),
+                size_bytes: p.log().size_bytes(),
+                offset_lag: (p.high_watermark() - p.log_end_offset()).max(0),
+            })
+            .collect();
+        replicas.sort_by(|a, b| a.tp.cmp(&b.tp));
+        LogDirReport {
+            path: std::fs::canonicalize(dir).unwrap_or_else(|_| dir.clone()),
+            total_bytes: space
+                .as_ref()
+                .map(|s| s.f_blocks.saturating_mul(s.f_frsize)),
+            usable_bytes: space
+                .as_ref()
+                .map(|s| s.f_bavail.saturating_mul(s.f_frsize)),
+            replicas,
+        }
+    }
+
     /// Writes every replica's high watermark to the checkpoint file.
     pub fn checkpoint_high_watermarks(&self) {
         let mut entries: Vec<(TopicPartition, i64)> = self

@@ -104,6 +104,7 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::AddRaftVoter, 0, 0),
     (ApiKey::RemoveRaftVoter, 0, 0),
     (ApiKey::UnregisterBroker, 0, 0),
+    (ApiKey::DescribeLogDirs, 0, 4),
 ];
 
 /// The version range ferry implements for `key`.
@@ -232,6 +233,7 @@ pub async fn handle(ctx: RequestContext, parsed: ParsedHeader, mut body: Bytes) 
         AddRaftVoter => AddRaftVoterRequest => handlers::raft_quorum::add_raft_voter,
         RemoveRaftVoter => RemoveRaftVoterRequest => handlers::raft_quorum::remove_raft_voter,
         UnregisterBroker => UnregisterBrokerRequest => handlers::unregister_broker::handle,
+        DescribeLogDirs => DescribeLogDirsRequest => handlers::describe_log_dirs::handle,
     })
 }
 
@@ -302,6 +304,7 @@ pub fn decode_request(api_key: ApiKey, version: i16, body: &mut Bytes) -> anyhow
         AddRaftVoter => AddRaftVoterRequest,
         RemoveRaftVoter => RemoveRaftVoterRequest,
         UnregisterBroker => UnregisterBrokerRequest,
+        DescribeLogDirs => DescribeLogDirsRequest,
     )
 }
 

@@ -183,3 +183,29 @@ fn python_list_offsets_earliest_latest_and_max_timestamp() {
     let result = run_scenario(&broker, "list_offsets", &topic);
     assert_eq!(result["max_timestamp_offset"], 1);
 }
+
+/// DescribeLogDirs through kafka-python's admin client: the data directory,
+/// with each partition's size equal to its segment files on disk.
+#[test]
+fn python_describe_log_dirs_reports_the_data_dir_and_replica_sizes() {
+    let broker = Broker::start();
+    let topic = unique_topic("py-logdirs");
+    create_topic(&broker, &topic, 2, &[]);
+    let result = run_scenario(&broker, "log_dirs", &topic);
+    let data_dir = std::fs::canonicalize(broker.data_dir()).expect("data dir");
+    assert_eq!(result["log_dir"], data_dir.display().to_string());
+    for partition in 0..2 {
+        let on_disk: u64 = std::fs::read_dir(data_dir.join(format!("{topic}-{partition}")))
+            .expect("partition dir")
+            .flatten()
+            .filter(|e| e.path().extension().is_some_and(|x| x == "log"))
+            .map(|e| e.metadata().map(|m| m.len()).unwrap_or(0))
+            .sum();
+        assert!(on_disk > 1000, "ten records of 100 bytes: {on_disk}");
+        assert_eq!(
+            result["sizes"][partition.to_string()].as_u64(),
+            Some(on_disk),
+            "partition {partition}: {result}"
+        );
+    }
+}

@@ -273,6 +273,33 @@ def scenario_list_offsets(bootstrap, topic):
     return {"max_timestamp_offset": newest.offset}
 
 
+def scenario_log_dirs(bootstrap, topic):
+    """DescribeLogDirs (kafka-log-dirs.sh, admin consoles): the broker's data
+    directory with every replica's size; asked for one partition, only that
+    one. Returns what was reported for the topic."""
+    prod = producer(bootstrap)
+    for i in range(20):
+        prod.send(topic, value=b"x" * 100, partition=i % 2)
+    prod.flush(timeout=DEADLINE_S)
+    prod.close()
+    adm = admin(bootstrap)
+    every = adm.describe_log_dirs()
+    assert [b["broker"] for b in every] == [1], every
+    dirs = every[0]["log_dirs"]
+    assert len(dirs) == 1, dirs
+    d = dirs[0]
+    assert d["error_code"] == 0 and d["log_dir"], d
+    assert d["total_bytes"] > 0 and 0 <= d["usable_bytes"] <= d["total_bytes"], d
+    sizes = {p["partition_index"]: p["partition_size"]
+             for t in d["topics"] if t["name"] == topic for p in t["partitions"]}
+    lags = [p["offset_lag"] for t in d["topics"] for p in t["partitions"]]
+    one = adm.describe_log_dirs({topic: [1]})[0]["log_dirs"][0]["topics"]
+    adm.close()
+    assert all(lag == 0 for lag in lags), lags
+    assert [(t["name"], [p["partition_index"] for p in t["partitions"]]) for t in one] == [(topic, [1])], one
+    return {"sizes": {str(k): v for k, v in sorted(sizes.items())}, "log_dir": d["log_dir"]}
+
+
 SCENARIOS = {
     "roundtrip": scenario_roundtrip,
     "read_rdkafka": scenario_read_rdkafka,
@@ -281,6 +308,7 @@ SCENARIOS = {
     "offsets_for_times": scenario_offsets_for_times,
     "configs": scenario_configs,
     "list_offsets": scenario_list_offsets,
+    "log_dirs": scenario_log_dirs,
 }
 
 
