@@ -86,6 +86,45 @@ pub enum BrokerConfigScope {
     ThisNode,
 }
 
+/// Records appended by [`Broker::start_produce`], waiting for their acks level.
+#[must_use = "the records are appended, but not yet acknowledged"]
+pub struct PendingProduce {
+    partition: Arc<Partition>,
+    result: AppendResult,
+    acks: i16,
+    appended_at_ms: i64,
+}
+
+impl PendingProduce {
+    /// Waits until the acks level is met: acks=all after the group-commit
+    /// fsync and once every in-sync replica has the records (at most
+    /// `timeout_ms`); acks=1 after an fsync only when `flush.messages` or
+    /// `flush.ms` call for one.
+    pub async fn finish(self, timeout_ms: i32) -> Result<AppendResult, CoreError> {
+        let PendingProduce {
+            partition,
+            result,
+            acks,
+            appended_at_ms,
+        } = self;
+        if acks == -1 || partition.flush_due(appended_at_ms) {
+            partition
+                .flush_to(result.last_offset, appended_at_ms)
+                .await?;
+        }
+        if acks == -1 {
+            // Every in-sync replica has the records once the high watermark passes
+            // them (at once on a replica of one).
+            let deadline = tokio::time::Instant::now()
+                + Duration::from_millis(timeout_ms.clamp(1, PRODUCE_TIMEOUT_MS_MAX) as u64);
+            partition
+                .wait_replicated(result.last_offset, deadline)
+                .await?;
+        }
+        Ok(result)
+    }
+}
+
 /// A log directory, as DescribeLogDirs reports it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LogDirReport {
@@ -1153,8 +1192,8 @@ impl Broker {
         Ok(())
     }
 
-    /// Appends a produce request's batches to a partition; with `acks == -1` answers
-    /// only once they are durable. `flush.messages` may ask for an fsync too.
+    /// Produce: appends `records` and waits until the acks level is met
+    /// (see [`Broker::start_produce`] and [`PendingProduce::finish`]).
     pub async fn produce(
         &self,
         tp: &TopicPartition,
@@ -1162,6 +1201,22 @@ impl Broker {
         acks: i16,
         timeout_ms: i32,
     ) -> Result<AppendResult, CoreError> {
+        self.start_produce(tp, records, acks)?
+            .finish(timeout_ms)
+            .await
+    }
+
+    /// The first half of a produce: checks the acks level against the replica
+    /// and appends `records` now. What it returns waits for the rest (the
+    /// group-commit fsync, and for acks=all every in-sync replica), so a
+    /// connection can append its next request's records meanwhile and one
+    /// fsync covers both.
+    pub fn start_produce(
+        &self,
+        tp: &TopicPartition,
+        records: Bytes,
+        acks: i16,
+    ) -> Result<PendingProduce, CoreError> {
         let partition = self
             .partition(tp)
             .ok_or(CoreError::UnknownTopicOrPartition)?;
@@ -1183,19 +1238,12 @@ impl Broker {
         }
         let now = self.now_ms();
         let result = partition.append(records, now)?;
-        if acks == -1 || partition.flush_due(now) {
-            partition.flush_to(result.last_offset, now).await?;
-        }
-        if acks == -1 {
-            // Every in-sync replica has the records once the high watermark passes
-            // them (at once on a replica of one).
-            let deadline = tokio::time::Instant::now()
-                + Duration::from_millis(timeout_ms.clamp(1, PRODUCE_TIMEOUT_MS_MAX) as u64);
-            partition
-                .wait_replicated(result.last_offset, deadline)
-                .await?;
-        }
-        Ok(result)
+        Ok(PendingProduce {
+            partition,
+            result,
+            acks,
+            appended_at_ms: now,
+        })
     }
 
     /// Runs retention, compaction and `flush.ms` until `shutdown` fires.

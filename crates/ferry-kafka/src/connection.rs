@@ -2,8 +2,9 @@
 //! and a writer that sends the responses in request order.
 //!
 //! Requests of one connection run in the order they came, as Kafka runs them,
-//! except fetches, which only read and may long-poll: they run beside the
-//! requests that follow them. Kafka clients match responses by order, so the
+//! except fetches, which only read and may long-poll, and the wait of a
+//! produce for its acks level (fsync, replication) once its records are
+//! appended: they run beside the requests that follow them. Kafka clients match responses by order, so the
 //! writer awaits them in the order the requests came; at most
 //! `queued.max.requests` are pending.
 
@@ -172,9 +173,17 @@ impl Connection {
             };
             // A request that cannot be answered yields Outcome::Close: the writer
             // sends the responses before it, then the connection closes.
+            let (api, started) = (parsed.api_key, std::time::Instant::now());
+            // A produce appends here, in request order; the rest of it, and any
+            // other request, runs in the future.
+            let finishing = dispatch::start(ctx, parsed, body);
+            // A produce's frame is gone once its records are appended: its bytes
+            // go back to the budget now, not when the acks level is met (else
+            // waiting produces could hold the whole budget while the follower
+            // fetches that would move them on wait for it).
+            let permit = (api_key != ApiKey::Produce).then_some(permit);
             let handle = async move {
-                let (api, started) = (parsed.api_key, std::time::Instant::now());
-                let outcome = dispatch::handle(ctx, parsed, body).await;
+                let outcome = finishing.await;
                 crate::errors::observe_request(api, started.elapsed(), &outcome);
                 drop(permit);
                 let held = Held {
@@ -183,14 +192,15 @@ impl Connection {
                 };
                 let _ = tx.send((outcome, held));
             };
-            if api_key == ApiKey::Fetch {
-                // A fetch only reads and may wait for data: let the next requests
-                // start meanwhile (their responses still leave after it).
+            if api_key == ApiKey::Fetch || api_key == ApiKey::Produce {
+                // A fetch only reads and may wait for data, and a produce has
+                // appended already and only waits for its acks level: let the
+                // next requests start meanwhile (their responses still leave
+                // after it). Pipelined produces then share one fsync.
                 tokio::spawn(handle);
             } else {
                 // Everything else runs in request order, as Kafka runs a
-                // connection's requests: pipelined produces append in the order
-                // sent, commits land in the order made.
+                // connection's requests: commits land in the order made.
                 handle.await;
             }
         }

@@ -2,7 +2,9 @@
 //! what ferry implements. [`SUPPORTED`] is the single table that both routing and
 //! the ApiVersions answer read, so ferry advertises exactly what it implements.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -154,6 +156,73 @@ fn encode<R: kafka_protocol::protocol::Encodable>(
     }
 }
 
+/// What is left of a request whose order-sensitive part is done.
+pub type Finishing = Pin<Box<dyn Future<Output = Outcome> + Send + 'static>>;
+
+/// A produce request in two steps: its records are appended when this returns
+/// (so a connection's produces append in the order they came), and what it
+/// returns waits for the acks level and answers, beside the requests that
+/// follow. Any other request is handled whole by [`handle`] in the returned
+/// future.
+pub fn start(ctx: RequestContext, parsed: ParsedHeader, body: Bytes) -> Finishing {
+    if parsed.api_key != ApiKey::Produce {
+        return Box::pin(handle(ctx, parsed, body));
+    }
+    let ParsedHeader {
+        api_key,
+        api_version: version,
+        header,
+    } = parsed;
+    let corr = header.correlation_id;
+    drop(header);
+    if let Err(outcome) = check_version(&ctx, api_key, version) {
+        return Box::pin(std::future::ready(outcome));
+    }
+    Box::pin(start_produce(&ctx, version, corr, body))
+}
+
+/// Decodes a produce request and appends its records; the future answers.
+fn start_produce(
+    ctx: &RequestContext,
+    version: i16,
+    corr: i32,
+    mut body: Bytes,
+) -> impl Future<Output = Outcome> + Send + 'static {
+    let req: Result<ProduceRequest, _> = frame::decode_body(&mut body, version);
+    // The records share the frame's buffer; once the rest of the frame is gone the
+    // partition can take that buffer instead of copying it.
+    drop(body);
+    let finishing = match req {
+        Ok(req) => Some(handlers::produce::start(ctx, version, req)),
+        Err(e) => {
+            tracing::warn!(peer = %ctx.peer, client_id = %ctx.client_id, error = %e, "closing connection: malformed produce request");
+            None
+        }
+    };
+    async move {
+        match finishing {
+            None => Outcome::Close,
+            Some(f) => match f.await {
+                Some(resp) => encode(ApiKey::Produce, version, corr, &resp),
+                None => Outcome::NoResponse,
+            },
+        }
+    }
+}
+
+/// `Err(Outcome::Close)` (logged) for an API or version ferry does not implement.
+fn check_version(ctx: &RequestContext, api_key: ApiKey, version: i16) -> Result<(), Outcome> {
+    let Some((min, max)) = supported(api_key) else {
+        tracing::warn!(peer = %ctx.peer, client_id = %ctx.client_id, api = ?api_key, "closing connection: API not implemented");
+        return Err(Outcome::Close);
+    };
+    if version < min || version > max {
+        tracing::warn!(peer = %ctx.peer, client_id = %ctx.client_id, api = ?api_key, version, "closing connection: unsupported API version");
+        return Err(Outcome::Close);
+    }
+    Ok(())
+}
+
 /// Handles one request and returns what to send back.
 pub async fn handle(ctx: RequestContext, parsed: ParsedHeader, mut body: Bytes) -> Outcome {
     let ParsedHeader {
@@ -167,29 +236,11 @@ pub async fn handle(ctx: RequestContext, parsed: ParsedHeader, mut body: Bytes) 
     if api_key == ApiKey::ApiVersions {
         return handlers::api_versions::handle(&ctx, version, corr, body);
     }
-    let Some((min, max)) = supported(api_key) else {
-        tracing::warn!(peer = %ctx.peer, client_id = %ctx.client_id, api = ?api_key, "closing connection: API not implemented");
-        return Outcome::Close;
-    };
-    if version < min || version > max {
-        tracing::warn!(peer = %ctx.peer, client_id = %ctx.client_id, api = ?api_key, version, "closing connection: unsupported API version");
-        return Outcome::Close;
+    if let Err(outcome) = check_version(&ctx, api_key, version) {
+        return outcome;
     }
     if api_key == ApiKey::Produce {
-        let req: ProduceRequest = match frame::decode_body(&mut body, version) {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::warn!(peer = %ctx.peer, client_id = %ctx.client_id, error = %e, "closing connection: malformed produce request");
-                return Outcome::Close;
-            }
-        };
-        // The records share the frame's buffer; once the rest of the frame is gone the
-        // partition can take that buffer instead of copying it.
-        drop(body);
-        return match handlers::produce::handle(&ctx, version, req).await {
-            Some(resp) => encode(api_key, version, corr, &resp),
-            None => Outcome::NoResponse,
-        };
+        return start_produce(&ctx, version, corr, body).await;
     }
     route!(ctx, api_key, version, corr, body, {
         Fetch => FetchRequest => handlers::fetch::handle,

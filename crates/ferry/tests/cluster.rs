@@ -360,3 +360,68 @@ fn a_leader_restarted_alone_serves_what_was_committed_before() {
         "what the restarted leader served while its followers were down"
     );
 }
+
+/// Pipelined acks=all produces wait for their followers without holding
+/// request memory: with a budget of 2 MB (`queued.max.request.bytes`) and a
+/// client that keeps 50 requests of 64 KB in flight per connection, the
+/// followers' fetches still get read, so every record is acknowledged. (A
+/// produce that kept its frame's bytes while waiting would fill the budget
+/// and stall replication until the produce timed out.)
+#[test]
+fn pipelined_acks_all_produces_leave_room_for_the_followers_fetches() {
+    let cluster = Cluster::start_with(
+        1,
+        &[
+            "--set",
+            "socket.request.max.bytes=1048576",
+            "--set",
+            "queued.max.request.bytes=2097152",
+        ],
+    );
+    let bootstrap = cluster.bootstrap();
+    create_replicated_topic(&bootstrap, "pipelined", 1);
+    wait_for(&bootstrap, "pipelined", 0, "a full ISR", |l, isr| {
+        l >= 0 && isr.len() == 3
+    });
+    let acks = std::sync::Arc::new(Acks::default());
+    let p: rdkafka::producer::ThreadedProducer<AckContext> = client(&bootstrap)
+        .set("acks", "all")
+        .set("enable.idempotence", "false")
+        .set("max.in.flight.requests.per.connection", "50")
+        .set("batch.size", "65536")
+        .set("linger.ms", "2")
+        // A stalled produce fails (the broker answers REQUEST_TIMED_OUT after
+        // the request timeout) instead of being retried until it goes through.
+        .set("request.timeout.ms", "10000")
+        .set("message.send.max.retries", "0")
+        .set("message.timeout.ms", "60000")
+        .create_with_context(AckContext(acks.clone()))
+        .expect("producer");
+    let value = "v".repeat(1024);
+    for _ in 0..20_000 {
+        let mut record = BaseRecord::<(), str>::to("pipelined")
+            .partition(0)
+            .payload(&value);
+        let end = Instant::now() + Duration::from_secs(30);
+        loop {
+            match p.send(record) {
+                Ok(()) => break,
+                Err((e, back)) => {
+                    assert!(Instant::now() < end, "the producer queue stayed full: {e}");
+                    record = back;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+        }
+    }
+    p.flush(Duration::from_secs(60)).expect("flush");
+    assert_eq!(
+        (
+            acks.acked.lock().expect("acks").len(),
+            acks.failed.load(std::sync::atomic::Ordering::SeqCst)
+        ),
+        (20_000, 0),
+        "last error: {:?}",
+        acks.last_error.lock().expect("error")
+    );
+}
