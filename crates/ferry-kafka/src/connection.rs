@@ -4,9 +4,9 @@
 //! Requests of one connection run in the order they came, as Kafka runs them,
 //! except fetches, which only read and may long-poll, and the wait of a
 //! produce for its acks level (fsync, replication) once its records are
-//! appended: they run beside the requests that follow them. Kafka clients match responses by order, so the
-//! writer awaits them in the order the requests came; at most
-//! `queued.max.requests` are pending.
+//! appended: they run beside the requests that follow them. Kafka clients
+//! match responses by order, so the writer awaits them in the order the
+//! requests came; at most `queued.max.requests` are pending.
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -159,11 +159,11 @@ fn encode<R: kafka_protocol::protocol::Encodable>(
 /// What is left of a request whose order-sensitive part is done.
 pub type Finishing = Pin<Box<dyn Future<Output = Outcome> + Send + 'static>>;
 
-/// A produce request in two steps: its records are appended when this returns
-/// (so a connection's produces append in the order they came), and what it
-/// returns waits for the acks level and answers, beside the requests that
-/// follow. Any other request is handled whole by [`handle`] in the returned
-/// future.
+/// Starts one request; the returned future gives what to send back. A produce
+/// runs in two steps: its records are appended when this returns (so a
+/// connection's produces append in the order they came), and the future waits
+/// for the acks level and answers, beside the requests that follow. Any other
+/// request is handled whole in the future.
 pub fn start(ctx: RequestContext, parsed: ParsedHeader, body: Bytes) -> Finishing {
     if parsed.api_key != ApiKey::Produce {
         return Box::pin(handle(ctx, parsed, body));
@@ -174,6 +174,7 @@ pub fn start(ctx: RequestContext, parsed: ParsedHeader, body: Bytes) -> Finishin
         header,
     } = parsed;
     let corr = header.correlation_id;
+    // The header's client id borrows the frame's buffer; see `start_produce`.
     drop(header);
     if let Err(outcome) = check_version(&ctx, api_key, version) {
         return Box::pin(std::future::ready(outcome));
@@ -223,24 +224,20 @@ fn check_version(ctx: &RequestContext, api_key: ApiKey, version: i16) -> Result<
     Ok(())
 }
 
-/// Handles one request and returns what to send back.
-pub async fn handle(ctx: RequestContext, parsed: ParsedHeader, mut body: Bytes) -> Outcome {
+/// Handles one request other than produce and returns what to send back.
+async fn handle(ctx: RequestContext, parsed: ParsedHeader, mut body: Bytes) -> Outcome {
     let ParsedHeader {
         api_key,
         api_version: version,
         header,
     } = parsed;
     let corr = header.correlation_id;
-    // The header's client id borrows the frame's buffer; see the produce path below.
     drop(header);
     if api_key == ApiKey::ApiVersions {
         return handlers::api_versions::handle(&ctx, version, corr, body);
     }
     if let Err(outcome) = check_version(&ctx, api_key, version) {
         return outcome;
-    }
-    if api_key == ApiKey::Produce {
-        return start_produce(&ctx, version, corr, body).await;
     }
     route!(ctx, api_key, version, corr, body, {
         Fetch => FetchRequest => handlers::fetch::handle,
