@@ -107,6 +107,9 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::RemoveRaftVoter, 0, 0),
     (ApiKey::UnregisterBroker, 0, 0),
     (ApiKey::DescribeLogDirs, 0, 4),
+    (ApiKey::DescribeAcls, 1, 3),
+    (ApiKey::CreateAcls, 1, 3),
+    (ApiKey::DeleteAcls, 1, 3),
 ];
 
 /// The version range ferry implements for `key`.
@@ -282,6 +285,9 @@ async fn handle(ctx: RequestContext, parsed: ParsedHeader, mut body: Bytes) -> O
         RemoveRaftVoter => RemoveRaftVoterRequest => handlers::raft_quorum::remove_raft_voter,
         UnregisterBroker => UnregisterBrokerRequest => handlers::unregister_broker::handle,
         DescribeLogDirs => DescribeLogDirsRequest => handlers::describe_log_dirs::handle,
+        DescribeAcls => DescribeAclsRequest => handlers::acls::describe,
+        CreateAcls => CreateAclsRequest => handlers::acls::create,
+        DeleteAcls => DeleteAclsRequest => handlers::acls::delete,
     })
 }
 
@@ -353,6 +359,9 @@ pub fn decode_request(api_key: ApiKey, version: i16, body: &mut Bytes) -> anyhow
         RemoveRaftVoter => RemoveRaftVoterRequest,
         UnregisterBroker => UnregisterBrokerRequest,
         DescribeLogDirs => DescribeLogDirsRequest,
+        DescribeAcls => DescribeAclsRequest,
+        CreateAcls => CreateAclsRequest,
+        DeleteAcls => DeleteAclsRequest,
     )
 }
 

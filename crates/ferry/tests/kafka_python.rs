@@ -209,3 +209,17 @@ fn python_describe_log_dirs_reports_the_data_dir_and_replica_sizes() {
         );
     }
 }
+
+/// ACL requests through kafka-python's admin client get SECURITY_DISABLED
+/// (54), as from a Kafka broker without an authorizer.
+#[test]
+fn python_acl_requests_get_security_disabled() {
+    let broker = Broker::start();
+    let topic = unique_topic("py-acls");
+    create_topic(&broker, &topic, 1, &[]);
+    let result = run_scenario(&broker, "acls", &topic);
+    assert_eq!(
+        result,
+        serde_json::json!({"describe": 54, "create": [54], "delete": [54]})
+    );
+}

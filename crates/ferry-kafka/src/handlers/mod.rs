@@ -2,6 +2,7 @@
 //! ferry-core calls and the results into the wire response:
 //! `async fn handle(ctx: &RequestContext, version: i16, req: XRequest) -> XResponse`.
 
+pub mod acls;
 pub mod add_offsets_to_txn;
 pub mod add_partitions_to_txn;
 pub mod alter_partition_reassignments;

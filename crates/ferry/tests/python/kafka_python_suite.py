@@ -300,6 +300,36 @@ def scenario_log_dirs(bootstrap, topic):
     return {"sizes": {str(k): v for k, v in sorted(sizes.items())}, "log_dir": d["log_dir"]}
 
 
+def scenario_acls(bootstrap, topic):
+    """ACL requests on a broker without an authorizer: SECURITY_DISABLED (54),
+    as Kafka answers, for describe, for each creation and for each filter."""
+    from kafka.admin import (ACL, ACLFilter, ACLOperation, ACLPermissionType,
+                             ACLResourcePatternType, ResourcePattern,
+                             ResourcePatternFilter, ResourceType)
+    from kafka.errors import SecurityDisabledError
+
+    adm = admin(bootstrap)
+    pattern = ResourcePattern(ResourceType.TOPIC, topic, ACLResourcePatternType.LITERAL)
+    acl = ACL("User:alice", "*", ACLOperation.READ, ACLPermissionType.ALLOW, pattern)
+    any_filter = ACLFilter("User:alice", "*", ACLOperation.ANY, ACLPermissionType.ANY,
+                           ResourcePatternFilter(ResourceType.TOPIC, topic,
+                                                 ACLResourcePatternType.LITERAL))
+    errors = {}
+    try:
+        adm.describe_acls(any_filter)
+        errors["describe"] = None
+    except SecurityDisabledError as e:
+        errors["describe"] = type(e).errno
+    created = adm.create_acls([acl])
+    assert created["succeeded"] == [], created
+    # kafka-python lists the error classes of the failed creations.
+    errors["create"] = [err.errno for err in created["failed"]]
+    deleted = adm.delete_acls([any_filter])
+    errors["delete"] = [err.errno for _, matched, err in deleted if not matched]
+    adm.close()
+    return errors
+
+
 SCENARIOS = {
     "roundtrip": scenario_roundtrip,
     "read_rdkafka": scenario_read_rdkafka,
@@ -309,6 +339,7 @@ SCENARIOS = {
     "configs": scenario_configs,
     "list_offsets": scenario_list_offsets,
     "log_dirs": scenario_log_dirs,
+    "acls": scenario_acls,
 }
 
 
