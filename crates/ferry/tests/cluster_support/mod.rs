@@ -30,6 +30,9 @@ pub const FAST: &[&str] = &[
     "default.replication.factor=3",
 ];
 
+/// Attempts at starting a cluster whose picked ports another process took.
+const START_ATTEMPTS: usize = 3;
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -73,6 +76,40 @@ impl Cluster {
     /// Like [`Cluster::start`], with `extra` broker arguments after [`FAST`].
     pub fn start_with(voters: usize, extra: &[&str]) -> Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
+        // A controller port is picked by binding it and letting it go: another
+        // process may take it before the node binds it again. Such a start is
+        // tried again on fresh ports.
+        let mut attempt = 0;
+        let (nodes, voter_list) = loop {
+            attempt += 1;
+            match Cluster::try_start_nodes(dir.path(), voters, extra) {
+                Ok(started) => break started,
+                Err(e) if attempt < START_ATTEMPTS && e.contains("Address already in use") => {
+                    for id in 1..=3 {
+                        let _ = std::fs::remove_dir_all(dir.path().join(format!("node{id}")));
+                    }
+                }
+                Err(e) => panic!("start a node: {e}"),
+            }
+        };
+        let cluster = Cluster {
+            dir: Some(dir),
+            nodes,
+            voter_list,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        cluster.wait_for_brokers(3);
+        cluster
+    }
+
+    /// Starts nodes 1 to 3 under `dir` on freshly picked controller ports:
+    /// the nodes and the voter list, or the first node's failure (the
+    /// others are stopped then).
+    fn try_start_nodes(
+        dir: &Path,
+        voters: usize,
+        extra: &[&str],
+    ) -> Result<(BTreeMap<i32, Proc>, String), String> {
         let held: Vec<TcpListener> = (0..3)
             .map(|_| TcpListener::bind("127.0.0.1:0").expect("free port"))
             .collect();
@@ -88,7 +125,7 @@ impl Cluster {
         // Started together, as an operator would: a node reports that it listens
         // once it has caught up with the metadata quorum, which needs a majority
         // of the voters up.
-        let nodes: BTreeMap<i32, Proc> = std::thread::scope(|scope| {
+        let started: Vec<(i32, Result<Proc, String>)> = std::thread::scope(|scope| {
             let starting: Vec<_> = (1..=3)
                 .map(|id| {
                     let mut args: Vec<String> = vec![
@@ -100,10 +137,10 @@ impl Cluster {
                         format!("127.0.0.1:{}", controller[&id]),
                     ];
                     args.extend(FAST.iter().chain(extra).map(|s| s.to_string()));
-                    let data = dir.path().join(format!("node{id}"));
+                    let data = dir.join(format!("node{id}"));
                     scope.spawn(move || {
                         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-                        (id, Proc::start(&data, "127.0.0.1:0", &args))
+                        (id, Proc::try_start(&data, "127.0.0.1:0", &args))
                     })
                 })
                 .collect();
@@ -112,14 +149,12 @@ impl Cluster {
                 .map(|s| s.join().expect("start a node"))
                 .collect()
         });
-        let cluster = Cluster {
-            dir: Some(dir),
-            nodes,
-            voter_list,
-            extra: extra.iter().map(|s| s.to_string()).collect(),
-        };
-        cluster.wait_for_brokers(3);
-        cluster
+        let mut nodes = BTreeMap::new();
+        for (id, proc) in started {
+            // A failure drops (stops) the nodes started so far.
+            nodes.insert(id, proc.map_err(|e| format!("node {id}: {e}"))?);
+        }
+        Ok((nodes, voter_list))
     }
 
     /// Starts broker `id` (not a voter: it joins the quorum as a learner) with
@@ -132,19 +167,31 @@ impl Cluster {
             .expect("cluster dir")
             .path()
             .join(format!("node{id}"));
-        let controller = format!("127.0.0.1:{}", free_port());
         let node_id = id.to_string();
-        let mut args: Vec<&str> = vec![
-            "--node-id",
-            &node_id,
-            "--controller-voters",
-            &self.voter_list,
-            "--controller-addr",
-            &controller,
-        ];
-        args.extend(FAST.iter().copied());
-        args.extend(self.extra.iter().map(String::as_str));
-        let node = Proc::start(&dir, "127.0.0.1:0", &args);
+        let mut attempt = 0;
+        // The controller port may be taken before the node binds it (see
+        // `start_with`).
+        let node = loop {
+            attempt += 1;
+            let controller = format!("127.0.0.1:{}", free_port());
+            let mut args: Vec<&str> = vec![
+                "--node-id",
+                &node_id,
+                "--controller-voters",
+                &self.voter_list,
+                "--controller-addr",
+                &controller,
+            ];
+            args.extend(FAST.iter().copied());
+            args.extend(self.extra.iter().map(String::as_str));
+            match Proc::try_start(&dir, "127.0.0.1:0", &args) {
+                Ok(node) => break node,
+                Err(e) if attempt < START_ATTEMPTS && e.contains("Address already in use") => {
+                    let _ = std::fs::remove_dir_all(&dir);
+                }
+                Err(e) => panic!("start node {id}: {e}"),
+            }
+        };
         self.nodes.insert(id, node);
         self.wait_for_brokers(self.nodes.len());
     }

@@ -49,11 +49,27 @@ impl Proc {
         Proc::start_under(&[], data_dir, addr, args)
     }
 
+    /// Like [`Proc::start`], but a broker that does not start is an `Err`
+    /// with its stderr (e.g. to retry on a port another process took).
+    pub fn try_start(data_dir: &Path, addr: &str, args: &[&str]) -> Result<Proc, String> {
+        let mut p = Proc::unstarted(&[], data_dir, addr, args);
+        match p.try_spawn(addr.to_string()) {
+            Ok(()) => Ok(p),
+            Err(e) => Err(format!("{e}\n--- broker stderr ---\n{}", p.stderr_tail(20))),
+        }
+    }
+
     /// Like [`Proc::start`], with the broker run under `prefix` (a command that
     /// runs its arguments, such as `ip netns exec NS`), also on restarts.
     pub fn start_under(prefix: &[&str], data_dir: &Path, addr: &str, args: &[&str]) -> Proc {
+        let mut p = Proc::unstarted(prefix, data_dir, addr, args);
+        p.spawn(addr.to_string());
+        p
+    }
+
+    fn unstarted(prefix: &[&str], data_dir: &Path, addr: &str, args: &[&str]) -> Proc {
         let stderr = data_dir.with_extension("stderr.log");
-        let mut p = Proc {
+        Proc {
             child: None,
             data_dir: data_dir.to_path_buf(),
             addr: addr.to_string(),
@@ -61,12 +77,10 @@ impl Proc {
             prefix: prefix.iter().map(|s| s.to_string()).collect(),
             stderr,
             starts: 0,
-        };
-        p.spawn(addr.to_string());
-        p
+        }
     }
 
-    /// Like [`Proc::start`] but returns the startup failure instead of panicking.
+    /// Starts the process; panics with its stderr if it does not start.
     fn spawn(&mut self, addr: String) {
         if let Err(e) = self.try_spawn(addr) {
             panic!("{e}\n--- broker stderr ---\n{}", self.stderr_tail(80));
