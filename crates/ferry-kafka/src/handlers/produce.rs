@@ -3,11 +3,11 @@
 //! in-sync replica has the records; acks=0: no answer). The appends happen in
 //! request order; the waiting runs beside the connection's later requests.
 
+use std::future::Future;
+
 use futures_util::future::join_all;
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
-
-use std::future::Future;
 
 use ferry_core::{AppendResult, CoreError, TopicPartition};
 
