@@ -168,9 +168,6 @@ pub type Finishing = Pin<Box<dyn Future<Output = Outcome> + Send + 'static>>;
 /// for the acks level and answers, beside the requests that follow. Any other
 /// request is handled whole in the future.
 pub fn start(ctx: RequestContext, parsed: ParsedHeader, body: Bytes) -> Finishing {
-    if parsed.api_key != ApiKey::Produce {
-        return Box::pin(handle(ctx, parsed, body));
-    }
     let ParsedHeader {
         api_key,
         api_version: version,
@@ -179,6 +176,9 @@ pub fn start(ctx: RequestContext, parsed: ParsedHeader, body: Bytes) -> Finishin
     let corr = header.correlation_id;
     // The header's client id borrows the frame's buffer; see `start_produce`.
     drop(header);
+    if api_key != ApiKey::Produce {
+        return Box::pin(handle(ctx, api_key, version, corr, body));
+    }
     if let Err(outcome) = check_version(&ctx, api_key, version) {
         return Box::pin(std::future::ready(outcome));
     }
@@ -228,14 +228,13 @@ fn check_version(ctx: &RequestContext, api_key: ApiKey, version: i16) -> Result<
 }
 
 /// Handles one request other than produce and returns what to send back.
-async fn handle(ctx: RequestContext, parsed: ParsedHeader, mut body: Bytes) -> Outcome {
-    let ParsedHeader {
-        api_key,
-        api_version: version,
-        header,
-    } = parsed;
-    let corr = header.correlation_id;
-    drop(header);
+async fn handle(
+    ctx: RequestContext,
+    api_key: ApiKey,
+    version: i16,
+    corr: i32,
+    mut body: Bytes,
+) -> Outcome {
     if api_key == ApiKey::ApiVersions {
         return handlers::api_versions::handle(&ctx, version, corr, body);
     }
